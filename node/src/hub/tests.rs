@@ -1,0 +1,241 @@
+use bytes::Bytes;
+
+use super::*;
+
+fn avc_header() -> Tag {
+    Tag::video(0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x64]))
+}
+
+fn key(ts: u32) -> Tag {
+    Tag::video(ts, Bytes::from(vec![0x17, 1, 0, 0, 0, ts as u8]))
+}
+
+fn inter(ts: u32) -> Tag {
+    Tag::video(ts, Bytes::from(vec![0x27, 1, 0, 0, 0, ts as u8]))
+}
+
+fn hub_with(config: HubConfig) -> Arc<Hub> {
+    Hub::new("test", config, StreamMetrics::default())
+}
+
+fn hub() -> Arc<Hub> {
+    hub_with(HubConfig::default())
+}
+
+fn local() -> Feed {
+    Feed::Local { name: "t".into() }
+}
+
+fn upstream() -> Feed {
+    Feed::Upstream {
+        url: "rtmp://up/live/test".into(),
+        connected: true,
+    }
+}
+
+/// Pushes a 30 fps stream with a keyframe every `gop` frames, frames `from..to`.
+fn push_frames(publisher: &Publisher, from: u32, to: u32, gop: u32) {
+    for n in from..to {
+        let ts = n * 1000 / 30;
+        publisher.push(if n % gop == 0 { key(ts) } else { inter(ts) });
+    }
+}
+
+fn drain(sub: &mut Subscription) -> Vec<Packet> {
+    std::iter::from_fn(|| sub.try_recv()).collect()
+}
+
+fn media(packets: &[Packet]) -> Vec<Tag> {
+    packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Media(t) => Some(t.clone()),
+            Packet::Meta(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn late_joiner_gets_meta_headers_then_gop_from_the_last_keyframe() {
+    let hub = hub();
+    let publisher = hub.claim(local()).unwrap();
+    publisher.set_meta(StreamMeta {
+        width: Some(320),
+        ..StreamMeta::default()
+    });
+    publisher.push(avc_header());
+    push_frames(&publisher, 0, 75, 30); // keyframes at 0, 30, 60
+
+    let mut sub = hub.subscribe();
+    let packets = drain(&mut sub);
+    assert!(matches!(&packets[0], Packet::Meta(m) if m.width == Some(320)));
+    let tags = media(&packets);
+    assert!(tags[0].is_sequence_header());
+    assert!(tags[1].is_keyframe());
+    assert_eq!(tags[1].timestamp, 60 * 1000 / 30);
+    assert_eq!(tags.len(), 1 + 15, "the GOP holds frames 60..75");
+
+    publisher.push(inter(75 * 1000 / 30));
+    assert_eq!(media(&drain(&mut sub)), vec![inter(2500)]);
+}
+
+#[test]
+fn a_subscriber_that_stops_reading_does_not_hold_back_a_fast_one() {
+    let hub = hub_with(HubConfig {
+        queue_len: 16,
+        ..HubConfig::default()
+    });
+    let publisher = hub.claim(local()).unwrap();
+    publisher.push(avc_header());
+    let mut slow = hub.subscribe();
+    let mut fast = hub.subscribe();
+    let mut fast_got = media(&drain(&mut fast));
+
+    for n in 0..300 {
+        let ts = n * 1000 / 30;
+        publisher.push(if n % 30 == 0 { key(ts) } else { inter(ts) });
+        fast_got.extend(media(&drain(&mut fast)));
+    }
+    assert_eq!(fast_got.len(), 301, "the fast subscriber lost nothing");
+    assert!(hub.metrics().tags_dropped.get() > 0);
+
+    // The slow one got what fit, then resumes at a keyframe once it reads again.
+    let first = media(&drain(&mut slow));
+    assert_eq!(
+        first.len(),
+        1 + 16,
+        "the header it joined with, then a full queue"
+    );
+    publisher.push(inter(10_001));
+    publisher.push(key(10_034));
+    let resumed = media(&drain(&mut slow));
+    assert_eq!(resumed, vec![key(10_034)], "skipped to the next keyframe");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_behind_for_longer_than_the_lag_timeout_is_dropped() {
+    let hub = hub_with(HubConfig {
+        queue_len: 8,
+        lag_timeout: Duration::from_secs(2),
+        ..HubConfig::default()
+    });
+    let publisher = hub.claim(local()).unwrap();
+    let mut slow = hub.subscribe();
+    push_frames(&publisher, 0, 20, 1000);
+    assert_eq!(hub.snapshot().subscribers, 1);
+    tokio::time::advance(Duration::from_secs(3)).await;
+    push_frames(&publisher, 20, 21, 1000);
+    assert_eq!(hub.snapshot().subscribers, 0);
+    assert_eq!(hub.metrics().lagging_disconnects.get(), 1);
+    // It reads what was queued, then learns it was dropped.
+    let mut n = 0;
+    while slow.recv().await.is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 8);
+}
+
+#[test]
+fn a_reconnected_feed_forwards_no_repeats() {
+    let hub = hub();
+    let mut sub = hub.subscribe();
+    let first = hub.claim(upstream()).unwrap();
+    first.push(avc_header());
+    push_frames(&first, 0, 100, 30);
+    drop(first);
+
+    // The new upstream replays its headers and its GOP (frames 90..), then goes on.
+    let second = hub.claim(upstream()).unwrap();
+    second.push(avc_header());
+    push_frames(&second, 90, 150, 30);
+
+    let tags = media(&drain(&mut sub));
+    let frames: Vec<u32> = tags
+        .iter()
+        .filter(|t| !t.is_sequence_header())
+        .map(|t| t.timestamp)
+        .collect();
+    assert_eq!(frames.len(), 150);
+    assert!(
+        frames.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing"
+    );
+    assert_eq!(
+        tags.iter().filter(|t| t.is_sequence_header()).count(),
+        1,
+        "same header not resent"
+    );
+    assert_eq!(hub.metrics().repeats_dropped.get(), 10);
+}
+
+#[test]
+fn a_new_local_publisher_starts_a_new_stream() {
+    let hub = hub();
+    let first = hub.claim(local()).unwrap();
+    first.push(avc_header());
+    push_frames(&first, 0, 100, 30);
+    drop(first);
+
+    let second = hub.claim(local()).unwrap();
+    let mut sub = hub.subscribe();
+    assert!(drain(&mut sub).is_empty(), "old headers and GOP are gone");
+    second.push(avc_header());
+    push_frames(&second, 0, 10, 30);
+    assert_eq!(media(&drain(&mut sub)).len(), 11);
+}
+
+#[test]
+fn a_source_clock_restart_is_followed() {
+    let hub = hub();
+    let publisher = hub.claim(upstream()).unwrap();
+    let mut sub = hub.subscribe();
+    push_frames(&publisher, 3000, 3010, 30); // around 100 s
+    publisher.push(key(0));
+    publisher.push(inter(33));
+    let ts: Vec<u32> = media(&drain(&mut sub))
+        .iter()
+        .map(|t| t.timestamp)
+        .collect();
+    assert_eq!(&ts[ts.len() - 2..], &[0, 33]);
+}
+
+#[test]
+fn one_feed_at_a_time() {
+    let hub = hub();
+    let _first = hub.claim(local()).unwrap();
+    assert_eq!(
+        hub.claim(upstream()).err(),
+        Some(HubError::Busy("test".into()))
+    );
+}
+
+#[test]
+fn changed_headers_reach_a_subscriber_that_was_skipping() {
+    let hub = hub_with(HubConfig {
+        queue_len: 8,
+        ..HubConfig::default()
+    });
+    let publisher = hub.claim(local()).unwrap();
+    publisher.push(avc_header());
+    let mut sub = hub.subscribe();
+    push_frames(&publisher, 0, 40, 30); // fills the queue; behind from frame 8
+    let new_header = Tag::video(0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x4d]));
+    publisher.push(new_header.clone());
+    drain(&mut sub);
+    publisher.push(key(60 * 1000 / 30));
+    let resumed = media(&drain(&mut sub));
+    assert_eq!(resumed, vec![new_header, key(2000)]);
+}
+
+#[test]
+fn reports_rates_from_source_time() {
+    let hub = hub();
+    let publisher = hub.claim(local()).unwrap();
+    push_frames(&publisher, 0, 120, 60); // 4 s at 30 fps, 6-byte frames
+    let snap = hub.snapshot();
+    assert_eq!(snap.fps, 30.0);
+    assert_eq!(snap.keyframe_interval_ms, Some(2000));
+    assert_eq!(snap.last_timestamp_ms, Some(119 * 1000 / 30));
+    // 61 frames of 6 bytes in 2 s of source time.
+    assert_eq!(snap.bitrate_kbps, 1);
+}

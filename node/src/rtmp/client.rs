@@ -1,0 +1,178 @@
+//! An RTMP player: connects, plays one stream and hands out what arrives.
+//!
+//! Relay pulls are built on it, and so are the tests and the benchmark probe, which see
+//! a stream exactly as a child box does.
+
+use std::collections::VecDeque;
+
+use proto::{StreamMeta, Tag};
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::url::RtmpUrl;
+use super::{meta, RtmpError};
+
+/// What a player receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    Meta(StreamMeta),
+    Media(Tag),
+}
+
+pub struct Player {
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    session: ClientSession,
+    received: VecDeque<Received>,
+    playing: bool,
+    play_path: String,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Player {
+    /// Connects to `url` and plays its stream. Returns once the server accepted the
+    /// play request; bound it with a timeout.
+    pub async fn connect(url: &RtmpUrl) -> Result<Player, RtmpError> {
+        let socket = TcpStream::connect(url.authority()).await?;
+        Player::play_on(socket, url).await
+    }
+
+    /// Plays `url`'s stream over a socket the caller connected (to set its options).
+    pub async fn play_on(socket: TcpStream, url: &RtmpUrl) -> Result<Player, RtmpError> {
+        socket.set_nodelay(true)?;
+        let (mut reader, mut writer) = socket.into_split();
+        let mut buf = vec![0u8; 64 * 1024];
+
+        let mut handshake = Handshake::new(PeerType::Client);
+        writer
+            .write_all(&handshake.generate_outbound_p0_and_p1()?)
+            .await?;
+        let leftover = loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                return Err(RtmpError::Closed("during the handshake"));
+            }
+            match handshake.process_bytes(&buf[..n])? {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    writer.write_all(&response_bytes).await?;
+                }
+                HandshakeProcessResult::Completed {
+                    response_bytes,
+                    remaining_bytes,
+                } => {
+                    writer.write_all(&response_bytes).await?;
+                    break remaining_bytes;
+                }
+            }
+        };
+
+        let mut config = ClientSessionConfig::new();
+        config.tc_url = Some(url.tc_url());
+        let (mut session, initial) = ClientSession::new(config)?;
+        let connect = session.request_connection(url.app.clone())?;
+        let mut player = Player {
+            reader,
+            writer,
+            session,
+            received: VecDeque::new(),
+            playing: false,
+            play_path: url.play_path.clone(),
+            buf,
+            out: Vec::new(),
+        };
+        player.handle(initial.into_iter().chain([connect]).collect())?;
+        if !leftover.is_empty() {
+            let results = player.session.handle_input(&leftover)?;
+            player.handle(results)?;
+        }
+        while !player.playing {
+            player.flush().await?;
+            player.read().await?;
+        }
+        player.flush().await?;
+        Ok(player)
+    }
+
+    /// The next metadata or media tag from the server.
+    pub async fn next(&mut self) -> Result<Received, RtmpError> {
+        loop {
+            if let Some(r) = self.received.pop_front() {
+                return Ok(r);
+            }
+            self.flush().await?;
+            self.read().await?;
+        }
+    }
+
+    async fn read(&mut self) -> Result<(), RtmpError> {
+        let n = self.reader.read(&mut self.buf).await?;
+        if n == 0 {
+            return Err(RtmpError::Closed("by the server"));
+        }
+        let results = self.session.handle_input(&self.buf[..n])?;
+        self.handle(results)
+    }
+
+    async fn flush(&mut self) -> Result<(), RtmpError> {
+        if !self.out.is_empty() {
+            self.writer.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, results: Vec<ClientSessionResult>) -> Result<(), RtmpError> {
+        let mut pending = VecDeque::from(results);
+        while let Some(result) = pending.pop_front() {
+            let event = match result {
+                ClientSessionResult::OutboundResponse(packet) => {
+                    self.out.extend_from_slice(&packet.bytes);
+                    continue;
+                }
+                ClientSessionResult::RaisedEvent(event) => event,
+                ClientSessionResult::UnhandleableMessageReceived(_) => continue,
+            };
+            match event {
+                ClientSessionEvent::ConnectionRequestAccepted => {
+                    pending.push_back(self.session.request_playback(self.play_path.clone())?);
+                }
+                ClientSessionEvent::ConnectionRequestRejected { description } => {
+                    return Err(RtmpError::Refused(description));
+                }
+                ClientSessionEvent::PlaybackRequestAccepted => self.playing = true,
+                ClientSessionEvent::StreamMetadataReceived { metadata } => {
+                    self.received
+                        .push_back(Received::Meta(meta::from_rtmp(metadata)));
+                }
+                ClientSessionEvent::VideoDataReceived { timestamp, data } => {
+                    self.received
+                        .push_back(Received::Media(Tag::video(timestamp.value, data)));
+                }
+                ClientSessionEvent::AudioDataReceived { timestamp, data } => {
+                    self.received
+                        .push_back(Received::Media(Tag::audio(timestamp.value, data)));
+                }
+                ClientSessionEvent::UnhandleableOnStatusCode { code } => match code.as_str() {
+                    "NetStream.Play.UnpublishNotify" | "NetStream.Play.Stop" => {
+                        return Err(RtmpError::Unpublished)
+                    }
+                    c if c.contains("Failed")
+                        || c.contains("NotFound")
+                        || c.contains("Rejected") =>
+                    {
+                        return Err(RtmpError::Refused(code));
+                    }
+                    _ => tracing::debug!(code, "status"),
+                },
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

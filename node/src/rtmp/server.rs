@@ -1,0 +1,392 @@
+//! The node's RTMP server: publishers (ffmpeg, OBS) feed hubs, players and child nodes
+//! subscribe to them.
+//!
+//! Each connection is one task that owns its `ServerSession` and selects between bytes
+//! from the socket and packets from its subscription. rml_rtmp decides the protocol;
+//! this module decides policy: which app, which keys, which streams.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::{Tag, TagKind};
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{
+    ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+};
+use rml_rtmp::time::RtmpTimestamp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tracing::Instrument;
+
+use super::meta::{self, MetaSender};
+use super::{RtmpError, APP};
+use crate::hub::{Feed, Packet, Publisher, Subscription};
+use crate::Node;
+
+/// A peer that has not finished its handshake and `connect` by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A publisher, or a connection that neither publishes nor plays, silent this long is
+/// dropped. Players are not expected to talk; the hub drops them if they stop reading.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const BEFORE_HANDSHAKE: &str = "before the handshake";
+/// Packets written to a player per socket write, at most.
+const WRITE_BATCH: usize = 64;
+
+/// Accepts RTMP connections until the listener fails.
+pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("rtmp accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("rtmp", conn = id);
+        let node = Arc::clone(&node);
+        tokio::spawn(
+            async move {
+                tracing::debug!(%peer, "connected");
+                match Connection::run(socket, node).await {
+                    Ok(()) => tracing::debug!("closed"),
+                    // Health checks and port scans: nothing to report.
+                    Err(RtmpError::Closed(BEFORE_HANDSHAKE)) => {
+                        tracing::debug!("closed before the handshake")
+                    }
+                    Err(e) => tracing::info!("closed: {e}"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+enum Role {
+    Idle,
+    Publishing(Publisher),
+    Playing {
+        stream_id: u32,
+        subscription: Subscription,
+    },
+}
+
+struct Connection {
+    node: Arc<Node>,
+    session: ServerSession,
+    meta_sender: MetaSender,
+    out: Vec<u8>,
+    role: Role,
+}
+
+impl Connection {
+    async fn run(socket: TcpStream, node: Arc<Node>) -> Result<(), RtmpError> {
+        crate::tune_player_socket(&socket)?;
+        let (mut reader, mut writer) = socket.into_split();
+        let mut buf = vec![0u8; 64 * 1024];
+
+        let leftover = timeout(
+            HANDSHAKE_TIMEOUT,
+            handshake(&mut reader, &mut writer, &mut buf),
+        )
+        .await
+        .map_err(|_| RtmpError::Timeout("handshake"))??;
+
+        let session_config = ServerSessionConfig::new();
+        let meta_sender = MetaSender::new(session_config.chunk_size);
+        let (session, initial) = ServerSession::new(session_config)?;
+        let mut conn = Connection {
+            node,
+            session,
+            meta_sender,
+            out: Vec::with_capacity(64 * 1024),
+            role: Role::Idle,
+        };
+        conn.handle_results(initial)?;
+        conn.handle_input(&leftover)?;
+        writer.write_all(&conn.out).await?;
+        conn.out.clear();
+
+        loop {
+            let idle = match conn.role {
+                Role::Playing { .. } => Duration::MAX,
+                _ => IDLE_TIMEOUT,
+            };
+            tokio::select! {
+                read = timeout(idle, reader.read(&mut buf)) => {
+                    let n = read.map_err(|_| RtmpError::Timeout("input"))??;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    conn.handle_input(&buf[..n])?;
+                }
+                packet = next_packet(&mut conn.role) => {
+                    let Some(packet) = packet else {
+                        return Err(RtmpError::Lagging);
+                    };
+                    conn.send(packet)?;
+                    // Everything else already queued goes out in the same write.
+                    for _ in 1..WRITE_BATCH {
+                        match try_next_packet(&mut conn.role) {
+                            Some(p) => conn.send(p)?,
+                            None => break,
+                        }
+                    }
+                }
+            }
+            if !conn.out.is_empty() {
+                writer.write_all(&conn.out).await?;
+                conn.out.clear();
+            }
+        }
+    }
+
+    fn handle_input(&mut self, bytes: &[u8]) -> Result<(), RtmpError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let results = self.session.handle_input(bytes)?;
+        self.handle_results(results)
+    }
+
+    fn handle_results(&mut self, results: Vec<ServerSessionResult>) -> Result<(), RtmpError> {
+        for result in results {
+            match result {
+                ServerSessionResult::OutboundResponse(packet) => {
+                    if !meta::is_data_message(&packet) {
+                        self.out.extend_from_slice(&packet.bytes)
+                    }
+                }
+                ServerSessionResult::RaisedEvent(event) => self.handle_event(event)?,
+                ServerSessionResult::UnhandleableMessageReceived(payload) => {
+                    tracing::debug!(type_id = payload.type_id, "ignored message");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_event(&mut self, event: ServerSessionEvent) -> Result<(), RtmpError> {
+        match event {
+            ServerSessionEvent::ConnectionRequested {
+                request_id,
+                app_name,
+            } => {
+                if app_name == APP {
+                    let results = self.session.accept_request(request_id)?;
+                    self.handle_results(results)?;
+                } else {
+                    let results = self.session.reject_request(
+                        request_id,
+                        "NetConnection.Connect.Rejected",
+                        &format!("unknown app {app_name:?}; use rtmp://HOST:PORT/{APP}/STREAM"),
+                    )?;
+                    self.handle_results(results)?;
+                    return Err(RtmpError::Refused(format!("unknown app {app_name:?}")));
+                }
+            }
+            ServerSessionEvent::PublishStreamRequested {
+                request_id,
+                stream_key,
+                ..
+            } => self.on_publish(request_id, &stream_key)?,
+            ServerSessionEvent::PlayStreamRequested {
+                request_id,
+                stream_key,
+                stream_id,
+                ..
+            } => self.on_play(request_id, stream_id, &stream_key)?,
+            ServerSessionEvent::VideoDataReceived {
+                data, timestamp, ..
+            } => self.on_media(Tag::video(timestamp.value, data)),
+            ServerSessionEvent::AudioDataReceived {
+                data, timestamp, ..
+            } => self.on_media(Tag::audio(timestamp.value, data)),
+            ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
+                if let Role::Publishing(publisher) = &self.role {
+                    publisher.set_meta(meta::from_rtmp(metadata));
+                }
+            }
+            ServerSessionEvent::PublishStreamFinished { .. } => {
+                tracing::info!("publisher finished");
+                self.role = Role::Idle;
+            }
+            ServerSessionEvent::PlayStreamFinished { .. } => {
+                self.role = Role::Idle;
+            }
+            // releaseStream, FCPublish, FCUnpublish, _checkbw, getStreamLength: ffmpeg
+            // and OBS go on without an answer, as they do with nginx-rtmp.
+            ServerSessionEvent::UnhandleableAmf0Command { command_name, .. } => {
+                tracing::debug!(command = %command_name, "ignored command");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, request_id: u32, stream_key: &str) -> Result<(), RtmpError> {
+        let (stream, query) = stream_key.split_once('?').unwrap_or((stream_key, ""));
+        let given = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "key")
+            .map(|(_, v)| v.into_owned());
+        let refusal = match (self.node.config().stream_keys.get(stream), given) {
+            (None, _) => Some(format!(
+                "publishing {stream:?} is not configured: add [streams.{stream}] key = \"…\" to the node's config"
+            )),
+            (Some(_), None) => Some(format!(
+                "publishing {stream:?} needs its key: rtmp://HOST:PORT/{APP}/{stream}?key=KEY"
+            )),
+            (Some(expected), Some(given)) if !constant_time_eq(expected, &given) => {
+                Some(format!("wrong key for {stream:?}"))
+            }
+            _ => None,
+        };
+        if let Some(reason) = refusal {
+            return self.refuse(request_id, "NetStream.Publish.BadName", reason);
+        }
+        let hub = self.node.hub_or_create(stream);
+        let publisher = match hub.claim(Feed::Local {
+            name: "rtmp".into(),
+        }) {
+            Ok(p) => p,
+            Err(e) => return self.refuse(request_id, "NetStream.Publish.BadName", e.to_string()),
+        };
+        let results = self.session.accept_request(request_id)?;
+        self.handle_results(results)?;
+        tracing::info!(stream, "publishing");
+        self.role = Role::Publishing(publisher);
+        Ok(())
+    }
+
+    fn on_play(
+        &mut self,
+        request_id: u32,
+        stream_id: u32,
+        stream_key: &str,
+    ) -> Result<(), RtmpError> {
+        let stream = stream_key.split('?').next().unwrap_or_default();
+        let Some(hub) = self.node.hub(stream) else {
+            return self.refuse(
+                request_id,
+                "NetStream.Play.StreamNotFound",
+                format!("no stream {stream:?} on this node"),
+            );
+        };
+        let subscription = hub.subscribe();
+        let results = self.session.accept_request(request_id)?;
+        self.handle_results(results)?;
+        tracing::info!(stream, "playing");
+        self.role = Role::Playing {
+            stream_id,
+            subscription,
+        };
+        Ok(())
+    }
+
+    fn refuse(&mut self, request_id: u32, code: &str, reason: String) -> Result<(), RtmpError> {
+        let results = self.session.reject_request(request_id, code, &reason)?;
+        self.handle_results(results)?;
+        Err(RtmpError::Refused(reason))
+    }
+
+    fn on_media(&mut self, tag: Tag) {
+        if let Role::Publishing(publisher) = &self.role {
+            publisher.push(tag);
+        }
+    }
+
+    fn send(&mut self, packet: Packet) -> Result<(), RtmpError> {
+        let Role::Playing {
+            stream_id,
+            subscription,
+        } = &self.role
+        else {
+            return Ok(());
+        };
+        let stream_id = *stream_id;
+        let packet = match packet {
+            Packet::Meta(m) => match self.meta_sender.packet(stream_id, &m) {
+                Some(packet) => packet,
+                None => return Ok(()),
+            },
+            Packet::Media(tag) => {
+                let metrics = subscription.hub().metrics();
+                metrics.tags_out.inc();
+                metrics.bytes_out.inc_by(tag.data.len() as u64);
+                let ts = RtmpTimestamp::new(tag.timestamp);
+                match tag.kind {
+                    TagKind::Video => self
+                        .session
+                        .send_video_data(stream_id, tag.data, ts, false)?,
+                    TagKind::Audio => self
+                        .session
+                        .send_audio_data(stream_id, tag.data, ts, false)?,
+                    TagKind::Script => return Ok(()),
+                }
+            }
+        };
+        self.out.extend_from_slice(&packet.bytes);
+        Ok(())
+    }
+}
+
+async fn next_packet(role: &mut Role) -> Option<Packet> {
+    match role {
+        Role::Playing { subscription, .. } => subscription.recv().await,
+        _ => std::future::pending().await,
+    }
+}
+
+fn try_next_packet(role: &mut Role) -> Option<Packet> {
+    match role {
+        Role::Playing { subscription, .. } => subscription.try_recv(),
+        _ => None,
+    }
+}
+
+/// Runs the server side of the handshake; returns the bytes that followed it.
+async fn handshake(
+    reader: &mut (impl AsyncReadExt + Unpin),
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    buf: &mut [u8],
+) -> Result<Vec<u8>, RtmpError> {
+    let mut handshake = Handshake::new(PeerType::Server);
+    let mut received = false;
+    loop {
+        let n = reader.read(buf).await?;
+        if n == 0 {
+            return Err(RtmpError::Closed(if received {
+                "during the handshake"
+            } else {
+                BEFORE_HANDSHAKE
+            }));
+        }
+        received = true;
+        match handshake.process_bytes(&buf[..n])? {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                writer.write_all(&response_bytes).await?;
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                writer.write_all(&response_bytes).await?;
+                return Ok(remaining_bytes);
+            }
+        }
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}

@@ -1,0 +1,86 @@
+//! `astral`: the one binary. Subcommands only; each one's logic lives in its crate.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Live video from home boxes over a peer-to-peer relay tree.
+#[derive(Parser)]
+#[command(name = "astral", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: the daemon of every box
+    Node(Box<node::NodeArgs>),
+    /// Run a test-pattern source and a chain of relays on loopback, and print their URLs
+    Demo(node::demo::DemoArgs),
+}
+
+/// Exit status for a configuration that cannot work (sysexits' EX_USAGE); the systemd
+/// unit does not restart on it.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("ASTRAL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("astral: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Node(args) => {
+            let config = match node::Config::load(&args) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("astral: bad configuration: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            runtime.block_on(async {
+                let listeners = node::Listeners::bind(&config).await?;
+                node::run(config, listeners, shutdown_signal()).await
+            })
+        }
+        Command::Demo(args) => runtime.block_on(node::demo::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("astral: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on Unix");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,267 @@
+//! Bad input on the RTMP and HTTP ports gets a clear error or a clean close, logged
+//! once, and every other stream on the node keeps flowing.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use proto::TagKind;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+
+/// A node with two publishable streams: `good` carries video throughout, `cam` takes
+/// the abuse.
+fn node() -> NodeProc {
+    NodeProc::start(
+        "target",
+        &format!("[streams.good]\nkey = \"{KEY}\"\n[streams.cam]\nkey = \"{KEY}\"\n"),
+        &[],
+    )
+}
+
+/// Does a real client handshake on a blocking socket, so raw RTMP chunks can follow.
+fn handshaken(node: &NodeProc) -> TcpStream {
+    let mut socket = TcpStream::connect(node.rtmp).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut handshake = Handshake::new(PeerType::Client);
+    socket
+        .write_all(&handshake.generate_outbound_p0_and_p1().unwrap())
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.read(&mut buf).unwrap();
+        assert!(n > 0, "server closed during the handshake");
+        match handshake.process_bytes(&buf[..n]).unwrap() {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                socket.write_all(&response_bytes).unwrap()
+            }
+            HandshakeProcessResult::Completed { response_bytes, .. } => {
+                socket.write_all(&response_bytes).unwrap();
+                return socket;
+            }
+        }
+    }
+}
+
+fn closed_by_server(mut socket: TcpStream) -> bool {
+    let mut rest = Vec::new();
+    // Reads whatever the server still sent, then EOF (or a reset): never a timeout.
+    match socket.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(e) => {
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
+        }
+    }
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_rtmp_input_is_refused_and_other_streams_keep_flowing() {
+    let node = node();
+    let _good = Publish::start(&format!("{}?key={KEY}", node.rtmp_url("good")));
+    eventually(Duration::from_secs(10), || {
+        (node.stream_info("good")["tags_in"].as_u64()? > 30).then_some(())
+    });
+    let url = node.rtmp_url("good");
+    let watcher = tokio::spawn(async move { play(&url, Duration::from_secs(8)).await });
+
+    // The test body blocks this thread; the watcher runs on the runtime's workers.
+    {
+        let node = &node;
+        {
+            // Garbage instead of a handshake.
+            let back = send_raw(node.rtmp, &[0xff; 3000]);
+            assert!(
+                back.len() <= 1 + 1536 * 2,
+                "no more than a handshake answer"
+            );
+
+            // A handshake cut in the middle.
+            let mut s = TcpStream::connect(node.rtmp).unwrap();
+            s.write_all(&[3u8; 700]).unwrap();
+            drop(s);
+
+            // A chunk size beyond what RTMP allows (the high bit must be zero).
+            let mut s = handshaken(node);
+            let set_chunk_size = [
+                0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0, // fmt 0, csid 2, len 4, type 1, msid 0
+                0xff, 0xff, 0xff, 0xff,
+            ];
+            s.write_all(&set_chunk_size).unwrap();
+            assert!(
+                closed_by_server(s),
+                "oversized chunk size: connection closed"
+            );
+
+            // Publishing with a wrong key, and without one.
+            let (code, _) = Publish::start(&format!("{}?key=wrong-key-99", node.rtmp_url("cam")))
+                .wait(Duration::from_secs(10));
+            assert_ne!(
+                code,
+                Some(0),
+                "ffmpeg must fail to publish with a wrong key"
+            );
+            let (code, _) = Publish::start(&node.rtmp_url("cam")).wait(Duration::from_secs(10));
+            assert_ne!(code, Some(0), "ffmpeg must fail to publish without a key");
+
+            // Publishing over a live stream.
+            let (code, _) = Publish::start(&format!("{}?key={KEY}", node.rtmp_url("good")))
+                .wait(Duration::from_secs(10));
+            assert_ne!(
+                code,
+                Some(0),
+                "a second publisher of a live stream is refused"
+            );
+
+            // Playing a stream the node does not have.
+            let status = std::process::Command::new("ffprobe")
+                .args(["-v", "quiet", "-rw_timeout", "5000000"])
+                .arg(node.rtmp_url("nosuch"))
+                .status()
+                .unwrap();
+            assert!(!status.success(), "ffprobe of an unknown stream fails");
+        }
+    }
+    let seen = watcher.await.unwrap();
+
+    // The good stream never skipped a frame while all that happened.
+    let frames: Vec<u32> = seen
+        .iter()
+        .filter(|s| s.tag.kind == TagKind::Video && !s.tag.is_sequence_header())
+        .map(|s| s.tag.timestamp)
+        .collect();
+    assert!(
+        frames.len() >= 200,
+        "only {} frames of the good stream",
+        frames.len()
+    );
+    for w in frames.windows(2) {
+        assert!(
+            w[1] - w[0] <= 34,
+            "the good stream skipped from {} to {}",
+            w[0],
+            w[1]
+        );
+    }
+
+    let log = node.log();
+    for (needle, times) in [
+        ("bad handshake", 1),
+        ("peer closed the connection during the handshake", 1),
+        ("protocol error", 1),
+        ("refused: wrong key for \"cam\"", 1),
+        ("refused: publishing \"cam\" needs its key", 1),
+        ("refused: stream \"good\" already has a publisher", 1),
+        ("refused: no stream \"nosuch\" on this node", 1),
+    ] {
+        assert_eq!(
+            count(&log, needle),
+            times,
+            "log lines with {needle:?}:\n{log}"
+        );
+    }
+    assert_eq!(
+        node.stream_info("cam")["source"]["kind"],
+        "idle",
+        "no publisher got in"
+    );
+}
+
+#[test]
+fn bad_api_requests_get_json_errors_and_change_nothing() {
+    let node = node();
+    for (method, path, body, status, needle) in [
+        ("GET", "/streams/nosuch", None, 404, "no stream"),
+        ("GET", "/live/nosuch.flv", None, 404, "no stream"),
+        ("GET", "/nowhere", None, 404, "no such resource"),
+        (
+            "POST",
+            "/streams/x/pull",
+            Some("{not json"),
+            400,
+            "Failed to parse",
+        ),
+        (
+            "POST",
+            "/streams/x/pull",
+            Some(r#"{"upstreams": []}"#),
+            400,
+            "upstreams",
+        ),
+        (
+            "POST",
+            "/streams/x/pull",
+            Some(r#"{"upstreams": ["http://h/live/x"]}"#),
+            400,
+            "rtmp://",
+        ),
+        (
+            "POST",
+            "/streams/x/pull",
+            Some(r#"{"upstreams": ["rtmp://h/live/x"], "extra": 1}"#),
+            400,
+            "unknown field",
+        ),
+        (
+            "POST",
+            "/streams/bad%20name/pull",
+            Some(r#"{"upstreams": ["rtmp://h/live/x"]}"#),
+            400,
+            "stream",
+        ),
+        ("DELETE", "/streams/cam/pull", None, 404, "not being pulled"),
+    ] {
+        let (got, text) = node.http(method, path, body);
+        assert_eq!(got, status, "{method} {path}: {text}");
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+        let error = json["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(needle),
+            "{method} {path}: {error:?} lacks {needle:?}"
+        );
+    }
+    let (_, streams) = node.http_get("/streams");
+    let streams: serde_json::Value = serde_json::from_str(&streams).unwrap();
+    let names: Vec<&str> = streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["cam", "good"],
+        "no stream was created by a bad request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_started_through_the_api_relays_and_stops() {
+    let a = NodeProc::publishing("a", "cam");
+    let _publish = Publish::start(&format!("{}?key={KEY}", a.rtmp_url("cam")));
+    let b = NodeProc::start("b", "", &[]);
+    let body = format!(r#"{{"upstreams": ["{}"]}}"#, a.rtmp_url("cam"));
+    let (status, text) = b.http("POST", "/streams/cam/pull", Some(&body));
+    assert_eq!(status, 201, "{text}");
+    let (status, _) = b.http("POST", "/streams/cam/pull", Some(&body));
+    assert_eq!(status, 409, "a stream has one feed");
+
+    let seen = play(&b.rtmp_url("cam"), Duration::from_secs(2)).await;
+    assert!(seen.iter().filter(|s| s.tag.kind == TagKind::Video).count() > 30);
+
+    let (status, _) = b.http("DELETE", "/streams/cam/pull", None);
+    assert_eq!(status, 204);
+    let info = eventually(Duration::from_secs(5), || {
+        let info = b.stream_info("cam");
+        (info["source"]["kind"] == "idle").then_some(info)
+    });
+    assert_eq!(info["name"], "cam");
+}

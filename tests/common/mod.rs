@@ -1,0 +1,338 @@
+//! Real `astral` processes on loopback, with ffmpeg and ffprobe as outside peers.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use node::rtmp::client::{Player, Received};
+use node::rtmp::url::RtmpUrl;
+use proto::Tag;
+
+pub const KEY: &str = "test-key-0123";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// An `astral node` process, killed when dropped.
+pub struct NodeProc {
+    pub name: String,
+    pub api: SocketAddr,
+    pub rtmp: SocketAddr,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl NodeProc {
+    /// Starts a node with `config` as its TOML file plus `args`, and waits for its API.
+    pub fn start(name: &str, config: &str, args: &[&str]) -> NodeProc {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config_path = dir.path().join("node.toml");
+        std::fs::write(&config_path, config).expect("writing the config");
+        let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let rtmp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = std::fs::File::create(dir.path().join("node.log")).expect("a log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_astral"))
+            .arg("node")
+            .args(["--config", config_path.to_str().unwrap()])
+            .args(["--name", name])
+            .args(["--api", &api.to_string(), "--rtmp", &rtmp.to_string()])
+            .args(["--data-dir", dir.path().to_str().unwrap()])
+            .args(args)
+            .env("ASTRAL_LOG", "info,node=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting astral");
+        let node = NodeProc {
+            name: name.into(),
+            api,
+            rtmp,
+            child,
+            dir,
+        };
+        node.wait_ready();
+        node
+    }
+
+    /// A node that accepts publishing `stream` with [`KEY`].
+    pub fn publishing(name: &str, stream: &str) -> NodeProc {
+        NodeProc::start(name, &format!("[streams.{stream}]\nkey = \"{KEY}\"\n"), &[])
+    }
+
+    /// A node that relays `stream` from `upstreams`, in order.
+    pub fn relay(name: &str, stream: &str, upstreams: &[&NodeProc]) -> NodeProc {
+        let mut args = Vec::new();
+        for up in upstreams {
+            args.push("--pull".to_owned());
+            args.push(up.rtmp_url(stream));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        NodeProc::start(name, "", &args)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.api).is_ok() && TcpStream::connect(self.rtmp).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("node {} did not start:\n{}", self.name, self.log());
+    }
+
+    pub fn rtmp_url(&self, stream: &str) -> String {
+        format!("rtmp://{}/live/{stream}", self.rtmp)
+    }
+
+    pub fn flv_url(&self, stream: &str) -> String {
+        format!("http://{}/live/{stream}.flv", self.api)
+    }
+
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http(&format!("http://{}{path}", self.api), "GET", None)
+    }
+
+    pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        http(&format!("http://{}{path}", self.api), method, body)
+    }
+
+    pub fn stream_info(&self, stream: &str) -> serde_json::Value {
+        let (status, body) = self.http_get(&format!("/streams/{stream}"));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// The value of a metric for `stream`, or 0 when it is not there.
+    pub fn metric(&self, name: &str, stream: &str) -> f64 {
+        let (_, text) = self.http_get("/metrics");
+        let prefix = format!("astral_{name}{{stream=\"{stream}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0.0, |v| v.trim().parse().expect("a number"))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+pub fn http(url: &str, method: &str, body: Option<&str>) -> (u16, String) {
+    let request = ureq::request(method, url).timeout(Duration::from_secs(5));
+    let result = match body {
+        Some(body) => request
+            .set("content-type", "application/json")
+            .send_string(body),
+        None => request.call(),
+    };
+    match result {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{method} {url}: {e}"),
+    }
+}
+
+/// A 20 s H.264 + AAC clip, made once per test process: 640x360, 30 fps, a keyframe
+/// every second, no B-frames.
+pub fn clip() -> &'static Path {
+    static CLIP: OnceLock<PathBuf> = OnceLock::new();
+    CLIP.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("astral-clip-{}.flv", std::process::id()));
+        let status = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y"])
+            .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
+            .args([
+                "-t",
+                "20",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args([
+                "-g", "30", "-bf", "0", "-b:v", "2000k", "-c:a", "aac", "-b:a", "64k",
+            ])
+            .arg(&path)
+            .status()
+            .expect("ffmpeg must be installed (see README)");
+        assert!(status.success(), "ffmpeg could not make the test clip");
+        path
+    })
+}
+
+/// ffmpeg publishing the test clip in real time, looped; killed when dropped.
+pub struct Publish(Child);
+
+impl Publish {
+    pub fn start(url: &str) -> Publish {
+        let child = Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-re",
+                "-stream_loop",
+                "-1",
+            ])
+            .arg("-i")
+            .arg(clip())
+            .args(["-c", "copy", "-f", "flv", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting ffmpeg");
+        Publish(child)
+    }
+
+    /// Waits for ffmpeg to exit; its status and stderr.
+    pub fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                let mut err = String::new();
+                if let Some(mut e) = self.0.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return (status.code(), err);
+            }
+            if Instant::now() > deadline {
+                return (None, String::new());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Publish {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One packet as ffprobe saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probed {
+    pub kind: String,
+    pub pts: i64,
+    pub keyframe: bool,
+    pub hash: String,
+}
+
+/// Reads `seconds` of `url` with ffprobe: every packet with a CRC of its payload.
+pub fn ffprobe(url: &str, seconds: u32) -> Vec<Probed> {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-show_data_hash", "CRC32"])
+        .args([
+            "-show_entries",
+            "packet=codec_type,pts,flags,data_hash",
+            "-of",
+            "csv=p=0",
+        ])
+        .args(["-read_intervals", &format!("%+{seconds}")])
+        .args(["-rw_timeout", "5000000"])
+        .arg(url)
+        .output()
+        .expect("ffprobe must be installed (see README)");
+    assert!(
+        output.status.success(),
+        "ffprobe {url} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            Some(Probed {
+                kind: f.first()?.to_string(),
+                pts: f.get(1)?.parse().ok()?,
+                keyframe: f.get(2)?.starts_with('K'),
+                hash: f.get(3)?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// What an RTMP player saw: each tag with the moment it arrived.
+pub struct Seen {
+    pub tag: Tag,
+    pub at: Instant,
+}
+
+/// Plays `url` for `duration` with the node's own RTMP client (as a child box would).
+pub async fn play(url: &str, duration: Duration) -> Vec<Seen> {
+    let url = RtmpUrl::parse(url).expect("an RTMP URL");
+    let mut player = tokio::time::timeout(Duration::from_secs(5), Player::connect(&url))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let end = tokio::time::Instant::now() + duration;
+    let mut seen = Vec::new();
+    while let Ok(next) = tokio::time::timeout_at(end, player.next()).await {
+        match next {
+            Ok(Received::Media(tag)) => seen.push(Seen {
+                tag,
+                at: Instant::now(),
+            }),
+            Ok(Received::Meta(_)) => {}
+            Err(e) => panic!("playing {url}: {e}"),
+        }
+    }
+    seen
+}
+
+/// Raw bytes to a port, for bad-input tests; returns what came back before close.
+pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut back = Vec::new();
+    let _ = s.read_to_end(&mut back);
+    back
+}
+
+/// Retries `f` until it returns `Some`, for up to `limit`.
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
