@@ -34,10 +34,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A node serves a handful of sockets (its upstream, one or two child boxes, local
+    // players): one thread carries that many times over, and spares every tag the
+    // cross-thread wake-ups of a multi-threaded scheduler. Capture has threads of its
+    // own. The demo runs several nodes in one process and gets a worker per core.
+    let mut builder = match cli.command {
+        Command::Node(_) => tokio::runtime::Builder::new_current_thread(),
+        Command::Demo(_) => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("astral: cannot start the runtime: {e}");

@@ -3,7 +3,8 @@
 
 mod bench;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -49,10 +50,48 @@ fn main() -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ]))?;
-            run(cargo().args(["test", "--workspace"]))
+            test_workspace()
         }
         Task::Bench { which } => bench::run(which),
     }
+}
+
+/// Runs every test, passing cargo's output through, and closes with one summary
+/// line over all test binaries (cargo's own last line is whichever binary ran last,
+/// often a doc-test run of none).
+fn test_workspace() -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--color", "never"])
+        .stdout(Stdio::piped());
+    eprintln!("xtask: {cmd:?}");
+    let mut child = cmd.spawn().context("cannot run cargo test")?;
+    let stdout = child.stdout.take().context("cargo test's output")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            for part in result.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("\n{passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
 }
 
 fn cargo() -> Command {
