@@ -179,6 +179,12 @@ async fn killing_a_relay_mid_stream_resumes_from_the_next_upstream_without_repea
         .map(|w| w[1].at.duration_since(w[0].at))
         .max()
         .unwrap();
+    // Frames the source made that C never got (30 fps: 33 or 34 ms apart).
+    let missing: u32 = video
+        .windows(2)
+        .map(|w| ((w[1].tag.timestamp - w[0].tag.timestamp) * 3 / 100).saturating_sub(1))
+        .sum();
+    eprintln!("failover: longest gap in arrivals {longest_gap:?}, {missing} frames missing");
     assert!(
         longest_gap < Duration::from_secs(2),
         "stalled for {longest_gap:?}"
