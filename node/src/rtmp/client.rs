@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use proto::{StreamMeta, Tag};
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::handshake::PeerType;
 use rml_rtmp::sessions::{
     ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
 };
@@ -15,7 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::url::RtmpUrl;
-use super::{meta, RtmpError};
+use super::{handshake, meta, RtmpError};
 
 /// What a player receives.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,28 +49,7 @@ impl Player {
         let (mut reader, mut writer) = socket.into_split();
         let mut buf = vec![0u8; 64 * 1024];
 
-        let mut handshake = Handshake::new(PeerType::Client);
-        writer
-            .write_all(&handshake.generate_outbound_p0_and_p1()?)
-            .await?;
-        let leftover = loop {
-            let n = reader.read(&mut buf).await?;
-            if n == 0 {
-                return Err(RtmpError::Closed("during the handshake"));
-            }
-            match handshake.process_bytes(&buf[..n])? {
-                HandshakeProcessResult::InProgress { response_bytes } => {
-                    writer.write_all(&response_bytes).await?;
-                }
-                HandshakeProcessResult::Completed {
-                    response_bytes,
-                    remaining_bytes,
-                } => {
-                    writer.write_all(&response_bytes).await?;
-                    break remaining_bytes;
-                }
-            }
-        };
+        let leftover = handshake(PeerType::Client, &mut reader, &mut writer, &mut buf).await?;
 
         let mut config = ClientSessionConfig::new();
         config.tc_url = Some(url.tc_url());

@@ -7,8 +7,9 @@ pub mod pull;
 pub mod server;
 pub mod url;
 
-use rml_rtmp::handshake::HandshakeError;
+use rml_rtmp::handshake::{Handshake, HandshakeError, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ClientSessionError, ServerSessionError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The one RTMP application a node serves: `rtmp://HOST:PORT/live/STREAM`.
 pub const APP: &str = "live";
@@ -36,4 +37,49 @@ pub enum RtmpError {
     Stalled(u128),
     #[error("upstream ended the stream")]
     Unpublished,
+}
+
+/// How `RtmpError::Closed` reads when the peer closed without sending a byte: health
+/// checks and port scans, not worth reporting.
+pub const BEFORE_HANDSHAKE: &str = "before the handshake";
+
+/// Runs either side of the RTMP handshake on a fresh connection; returns the bytes that
+/// followed it, which belong to the session.
+pub async fn handshake(
+    peer: PeerType,
+    reader: &mut (impl AsyncRead + Unpin),
+    writer: &mut (impl AsyncWrite + Unpin),
+    buf: &mut [u8],
+) -> Result<Vec<u8>, RtmpError> {
+    let client = peer == PeerType::Client;
+    let mut handshake = Handshake::new(peer);
+    if client {
+        writer
+            .write_all(&handshake.generate_outbound_p0_and_p1()?)
+            .await?;
+    }
+    let mut received = false;
+    loop {
+        let n = reader.read(buf).await?;
+        if n == 0 {
+            return Err(RtmpError::Closed(if received {
+                "during the handshake"
+            } else {
+                BEFORE_HANDSHAKE
+            }));
+        }
+        received = true;
+        match handshake.process_bytes(&buf[..n])? {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                writer.write_all(&response_bytes).await?;
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                writer.write_all(&response_bytes).await?;
+                return Ok(remaining_bytes);
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::{Tag, TagKind};
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::handshake::PeerType;
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
 };
@@ -21,7 +21,7 @@ use tokio::time::timeout;
 use tracing::Instrument;
 
 use super::meta::{self, MetaSender};
-use super::{RtmpError, APP};
+use super::{handshake, RtmpError, APP, BEFORE_HANDSHAKE};
 use crate::hub::{Feed, Packet, Publisher, Subscription};
 use crate::Node;
 
@@ -30,7 +30,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A publisher, or a connection that neither publishes nor plays, silent this long is
 /// dropped. Players are not expected to talk; the hub drops them if they stop reading.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-const BEFORE_HANDSHAKE: &str = "before the handshake";
 /// Packets written to a player per socket write, at most.
 const WRITE_BATCH: usize = 64;
 
@@ -92,7 +91,7 @@ impl Connection {
 
         let leftover = timeout(
             HANDSHAKE_TIMEOUT,
-            handshake(&mut reader, &mut writer, &mut buf),
+            handshake(PeerType::Server, &mut reader, &mut writer, &mut buf),
         )
         .await
         .map_err(|_| RtmpError::Timeout("handshake"))??;
@@ -346,39 +345,6 @@ fn try_next_packet(role: &mut Role) -> Option<Packet> {
     match role {
         Role::Playing { subscription, .. } => subscription.try_recv(),
         _ => None,
-    }
-}
-
-/// Runs the server side of the handshake; returns the bytes that followed it.
-async fn handshake(
-    reader: &mut (impl AsyncReadExt + Unpin),
-    writer: &mut (impl AsyncWriteExt + Unpin),
-    buf: &mut [u8],
-) -> Result<Vec<u8>, RtmpError> {
-    let mut handshake = Handshake::new(PeerType::Server);
-    let mut received = false;
-    loop {
-        let n = reader.read(buf).await?;
-        if n == 0 {
-            return Err(RtmpError::Closed(if received {
-                "during the handshake"
-            } else {
-                BEFORE_HANDSHAKE
-            }));
-        }
-        received = true;
-        match handshake.process_bytes(&buf[..n])? {
-            HandshakeProcessResult::InProgress { response_bytes } => {
-                writer.write_all(&response_bytes).await?;
-            }
-            HandshakeProcessResult::Completed {
-                response_bytes,
-                remaining_bytes,
-            } => {
-                writer.write_all(&response_bytes).await?;
-                return Ok(remaining_bytes);
-            }
-        }
     }
 }
 
