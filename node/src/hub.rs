@@ -17,9 +17,10 @@
 //! `.await`.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use proto::{StreamMeta, Tag, TagKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -52,7 +53,31 @@ impl Default for HubConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Packet {
     Meta(Arc<StreamMeta>),
-    Media(Tag),
+    Media(Arc<Frame>),
+}
+
+/// A media tag as the hub hands it out: one allocation shared by every subscriber and
+/// the GOP cache, with room for its wire form, made once for all the players that
+/// send it the same way (see `rtmp::chunk`).
+#[derive(Debug)]
+pub struct Frame {
+    pub tag: Tag,
+    pub(crate) rtmp_chunks: OnceLock<Bytes>,
+}
+
+impl Frame {
+    pub fn new(tag: Tag) -> Arc<Frame> {
+        Arc::new(Frame {
+            tag,
+            rtmp_chunks: OnceLock::new(),
+        })
+    }
+}
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Frame) -> bool {
+        self.tag == other.tag
+    }
 }
 
 /// A timestamp that jumps back by more than this within one epoch means the source
@@ -89,12 +114,12 @@ struct State {
     feed: Option<(u64, Feed)>,
     next_feed_id: u64,
     meta: Option<Arc<StreamMeta>>,
-    video_header: Option<Tag>,
-    audio_header: Option<Tag>,
+    video_header: Option<Arc<Frame>>,
+    audio_header: Option<Arc<Frame>>,
     /// Bumped whenever metadata or a sequence header changes, so a subscriber that was
     /// skipping can be given the new ones before its next keyframe.
     headers_gen: u64,
-    gop: Vec<Tag>,
+    gop: Vec<Arc<Frame>>,
     last_video: Option<u32>,
     last_audio: Option<u32>,
     subscribers: Vec<Slot>,
@@ -325,12 +350,13 @@ impl Hub {
             };
             // An upstream replays its headers on every reconnect: only a real change
             // goes out again.
-            if slot.as_ref().is_some_and(|h| h.data == tag.data) {
+            if slot.as_ref().is_some_and(|h| h.tag.data == tag.data) {
                 return;
             }
-            *slot = Some(tag.clone());
+            let frame = Frame::new(tag);
+            *slot = Some(Arc::clone(&frame));
             state.headers_gen += 1;
-            self.fan_out(&mut state, Packet::Media(tag), false);
+            self.fan_out(&mut state, Packet::Media(frame), false);
             return;
         }
 
@@ -366,18 +392,20 @@ impl Hub {
         state.rates.record(&tag);
         let sync_point =
             tag.is_keyframe() || (tag.kind == TagKind::Audio && state.video_header.is_none());
-        if tag.is_keyframe() {
+        let keyframe = tag.is_keyframe();
+        let frame = Frame::new(tag);
+        if keyframe {
             state.gop.clear();
         }
-        if !state.gop.is_empty() || tag.is_keyframe() {
+        if !state.gop.is_empty() || keyframe {
             if state.gop.len() >= self.config.max_gop_tags {
                 tracing::warn!(stream = %self.name, "no keyframe in {} tags; GOP cache dropped", self.config.max_gop_tags);
                 state.gop.clear();
             } else {
-                state.gop.push(tag.clone());
+                state.gop.push(Arc::clone(&frame));
             }
         }
-        self.fan_out(&mut state, Packet::Media(tag), sync_point);
+        self.fan_out(&mut state, Packet::Media(frame), sync_point);
     }
 
     /// Sends `packet` to every subscriber without ever waiting. `sync_point` says a

@@ -49,7 +49,7 @@ fn media(packets: &[Packet]) -> Vec<Tag> {
     packets
         .iter()
         .filter_map(|p| match p {
-            Packet::Media(t) => Some(t.clone()),
+            Packet::Media(f) => Some(f.tag.clone()),
             Packet::Meta(_) => None,
         })
         .collect()

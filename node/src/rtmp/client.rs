@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use super::outbox::Outbox;
 use super::url::RtmpUrl;
 use super::{handshake, meta, RtmpError};
 
@@ -32,7 +33,7 @@ pub struct Player {
     playing: bool,
     play_path: String,
     buf: Vec<u8>,
-    out: Vec<u8>,
+    out: Outbox,
 }
 
 impl Player {
@@ -63,7 +64,7 @@ impl Player {
             playing: false,
             play_path: url.play_path.clone(),
             buf,
-            out: Vec::new(),
+            out: Outbox::default(),
         };
         player.handle(initial.into_iter().chain([connect]).collect())?;
         if !leftover.is_empty() {
@@ -78,7 +79,8 @@ impl Player {
         Ok(player)
     }
 
-    /// The next metadata or media tag from the server.
+    /// The next metadata or media tag from the server. Cancel-safe: dropping the
+    /// future loses nothing.
     pub async fn next(&mut self) -> Result<Received, RtmpError> {
         loop {
             if let Some(r) = self.received.pop_front() {
@@ -99,10 +101,8 @@ impl Player {
     }
 
     async fn flush(&mut self) -> Result<(), RtmpError> {
-        if !self.out.is_empty() {
-            self.writer.write_all(&self.out).await?;
-            self.out.clear();
-        }
+        // Advances through `out` as the bytes go, so a cancelled flush resumes.
+        self.writer.write_all_buf(&mut self.out).await?;
         Ok(())
     }
 
@@ -111,7 +111,7 @@ impl Player {
         while let Some(result) = pending.pop_front() {
             let event = match result {
                 ClientSessionResult::OutboundResponse(packet) => {
-                    self.out.extend_from_slice(&packet.bytes);
+                    self.out.push(packet.bytes.into());
                     continue;
                 }
                 ClientSessionResult::RaisedEvent(event) => event,

@@ -1,8 +1,10 @@
 //! RTMP, the one media protocol between boxes and to and from outside players:
 //! the server (publish and play) and the relay pull client.
 
+pub mod chunk;
 pub mod client;
 pub mod meta;
+mod outbox;
 pub mod pull;
 pub mod server;
 pub mod url;

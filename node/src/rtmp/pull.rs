@@ -92,23 +92,33 @@ async fn pull_session(
     stall_timeout: Duration,
     delivered: &mut bool,
 ) -> Result<Infallible, RtmpError> {
-    let mut deadline = Instant::now() + stall_timeout.max(CONNECT_TIMEOUT);
+    let deadline = Instant::now() + stall_timeout.max(CONNECT_TIMEOUT);
     let mut player = timeout_at(deadline, Player::connect(url))
         .await
         .map_err(|_| RtmpError::Timeout("connect"))??;
     publisher.set_upstream(url.to_string(), true);
     tracing::info!(upstream = %url, "relaying");
-    deadline = Instant::now() + stall_timeout;
+    // The stall timer is re-armed only when it fires, not for every tag: a tag only
+    // notes the time it came.
+    let mut last_media = Instant::now();
+    let stall = tokio::time::sleep_until(last_media + stall_timeout);
+    tokio::pin!(stall);
     loop {
-        let received = timeout_at(deadline, player.next())
-            .await
-            .map_err(|_| RtmpError::Stalled(stall_timeout.as_millis()))??;
-        match received {
-            Received::Meta(meta) => publisher.set_meta(meta),
-            Received::Media(tag) => {
-                publisher.push(tag);
-                *delivered = true;
-                deadline = Instant::now() + stall_timeout;
+        tokio::select! {
+            biased;
+            received = player.next() => match received? {
+                Received::Meta(meta) => publisher.set_meta(meta),
+                Received::Media(tag) => {
+                    publisher.push(tag);
+                    *delivered = true;
+                    last_media = Instant::now();
+                }
+            },
+            () = &mut stall => {
+                if last_media.elapsed() >= stall_timeout {
+                    return Err(RtmpError::Stalled(stall_timeout.as_millis()));
+                }
+                stall.as_mut().reset(last_media + stall_timeout);
             }
         }
     }

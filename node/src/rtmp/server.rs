@@ -9,18 +9,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::{Tag, TagKind};
+use bytes::Bytes;
+use proto::Tag;
 use rml_rtmp::handshake::PeerType;
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
 };
-use rml_rtmp::time::RtmpTimestamp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tracing::Instrument;
 
+use super::chunk;
 use super::meta::{self, MetaSender};
+use super::outbox::Outbox;
 use super::{handshake, RtmpError, APP, BEFORE_HANDSHAKE};
 use crate::hub::{Feed, Packet, Publisher, Subscription};
 use crate::Node;
@@ -79,7 +81,7 @@ struct Connection {
     node: Arc<Node>,
     session: ServerSession,
     meta_sender: MetaSender,
-    out: Vec<u8>,
+    out: Outbox,
     role: Role,
 }
 
@@ -96,20 +98,20 @@ impl Connection {
         .await
         .map_err(|_| RtmpError::Timeout("handshake"))??;
 
-        let session_config = ServerSessionConfig::new();
+        let mut session_config = ServerSessionConfig::new();
+        session_config.chunk_size = chunk::CHUNK_SIZE as u32;
         let meta_sender = MetaSender::new(session_config.chunk_size);
         let (session, initial) = ServerSession::new(session_config)?;
         let mut conn = Connection {
             node,
             session,
             meta_sender,
-            out: Vec::with_capacity(64 * 1024),
+            out: Outbox::default(),
             role: Role::Idle,
         };
         conn.handle_results(initial)?;
         conn.handle_input(&leftover)?;
-        writer.write_all(&conn.out).await?;
-        conn.out.clear();
+        writer.write_all_buf(&mut conn.out).await?;
 
         loop {
             let idle = match conn.role {
@@ -117,6 +119,7 @@ impl Connection {
                 _ => IDLE_TIMEOUT,
             };
             tokio::select! {
+                biased;
                 read = timeout(idle, reader.read(&mut buf)) => {
                     let n = read.map_err(|_| RtmpError::Timeout("input"))??;
                     if n == 0 {
@@ -139,8 +142,7 @@ impl Connection {
                 }
             }
             if !conn.out.is_empty() {
-                writer.write_all(&conn.out).await?;
-                conn.out.clear();
+                writer.write_all_buf(&mut conn.out).await?;
             }
         }
     }
@@ -158,7 +160,7 @@ impl Connection {
             match result {
                 ServerSessionResult::OutboundResponse(packet) => {
                     if !meta::is_data_message(&packet) {
-                        self.out.extend_from_slice(&packet.bytes)
+                        self.out.push(Bytes::from(packet.bytes))
                     }
                 }
                 ServerSessionResult::RaisedEvent(event) => self.handle_event(event)?,
@@ -307,29 +309,19 @@ impl Connection {
         else {
             return Ok(());
         };
-        let stream_id = *stream_id;
-        let packet = match packet {
-            Packet::Meta(m) => match self.meta_sender.packet(stream_id, &m) {
-                Some(packet) => packet,
-                None => return Ok(()),
-            },
-            Packet::Media(tag) => {
-                let metrics = subscription.hub().metrics();
-                metrics.tags_out.inc();
-                metrics.bytes_out.inc_by(tag.data.len() as u64);
-                let ts = RtmpTimestamp::new(tag.timestamp);
-                match tag.kind {
-                    TagKind::Video => self
-                        .session
-                        .send_video_data(stream_id, tag.data, ts, false)?,
-                    TagKind::Audio => self
-                        .session
-                        .send_audio_data(stream_id, tag.data, ts, false)?,
-                    TagKind::Script => return Ok(()),
+        match packet {
+            Packet::Meta(m) => {
+                if let Some(packet) = self.meta_sender.packet(*stream_id, &m) {
+                    self.out.push(Bytes::from(packet.bytes));
                 }
             }
-        };
-        self.out.extend_from_slice(&packet.bytes);
+            Packet::Media(frame) => {
+                let metrics = subscription.hub().metrics();
+                metrics.tags_out.inc();
+                metrics.bytes_out.inc_by(frame.tag.data.len() as u64);
+                self.out.push(chunk::for_player(&frame, *stream_id));
+            }
+        }
         Ok(())
     }
 }
