@@ -19,6 +19,8 @@ enum Command {
     Node(Box<node::NodeArgs>),
     /// Run a test-pattern source and a chain of relays on loopback, and print their URLs
     Demo(node::demo::DemoArgs),
+    /// Simulate the overlay with many boxes and churn, and print what it measured
+    Sim(sim::Params),
 }
 
 /// Exit status for a configuration that cannot work (sysexits' EX_USAGE); the systemd
@@ -27,6 +29,15 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Sim(params) = &cli.command {
+        let report = sim::run(params);
+        print!("{report}");
+        return if report.ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("ASTRAL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -41,6 +52,7 @@ fn main() -> ExitCode {
     let mut builder = match cli.command {
         Command::Node(_) => tokio::runtime::Builder::new_current_thread(),
         Command::Demo(_) => tokio::runtime::Builder::new_multi_thread(),
+        Command::Sim(_) => unreachable!("handled above"),
     };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -64,6 +76,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Demo(args) => runtime.block_on(node::demo::run(args)),
+        Command::Sim(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod flv;
+pub mod overlay;
 
 pub use api::{ApiError, PullRequest, StreamInfo, StreamRole};
 pub use flv::{StreamMeta, Tag, TagKind};

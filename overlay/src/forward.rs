@@ -1,0 +1,705 @@
+//! The parent's side: tickets granted, slots within the upload budget, capacity-first
+//! placement, path updates down the tree, and the graceful leave.
+
+use std::cmp::Reverse;
+
+use proto::overlay::{
+    Holding, NodeCard, NodeId, Peer, Refusal, RefusalKind, Request, Response, StreamId, Ticket,
+    TicketId,
+};
+use rand::Rng;
+
+use crate::node::{Event, Held, Node, Output, Pending, Target};
+use crate::supernode::MAX_PATH;
+use crate::Time;
+
+/// A forward granted to a child.
+pub(crate) struct Child {
+    pub card: NodeCard,
+    pub token: String,
+    /// Its player is connected to the media plane.
+    pub connected: bool,
+    /// Since when it is disconnected (or granted and not yet connected).
+    pub idle_since: Time,
+    /// We asked it to move (displaced by a stronger joiner, or we are leaving); it
+    /// keeps the stream until it ends the ticket from its new parent.
+    pub moving_since: Option<Time>,
+    /// The child is leaving and named this node to take its slot.
+    pub successor: Option<NodeId>,
+}
+
+/// A graceful leave in progress.
+pub(crate) struct Leaving {
+    deadline: Time,
+    /// When the strongest child is sent to take this node's slot at its parent.
+    successors_at: Time,
+    successors_sent: bool,
+    done: bool,
+}
+
+/// A slot kept for a child displaced to make room for this node.
+pub(crate) struct Reservation {
+    pub node: NodeId,
+    pub until: Time,
+}
+
+impl Node {
+    /// Slots this node gives `held`'s stream, before counting the children.
+    pub(crate) fn slots_for(&self, held: &Held) -> u8 {
+        self.cfg
+            .slots(self.me.max_forwards, self.me.upload_kbps, held.kbps)
+    }
+
+    /// Free slots for `stream`: within its own slots and within the whole upload
+    /// budget, which the node's other streams share.
+    fn free_slots(&self, stream: &StreamId) -> u8 {
+        let Some(held) = self.streams.get(stream) else {
+            return 0;
+        };
+        let reserved = u8::from(held.reserved.as_ref().is_some_and(|r| r.until > self.now));
+        let by_slots = self
+            .slots_for(held)
+            .saturating_sub(held.children.len() as u8 + reserved);
+        let budget = f64::from(self.me.upload_kbps) * self.cfg.upload_share;
+        let used: f64 = self
+            .streams
+            .values()
+            .map(|h| f64::from(h.kbps) * h.children.len() as f64)
+            .sum();
+        let by_budget = if held.kbps == 0 {
+            u8::MAX
+        } else {
+            ((budget - used) / f64::from(held.kbps))
+                .floor()
+                .clamp(0.0, 255.0) as u8
+        };
+        by_slots.min(by_budget)
+    }
+
+    fn child_slots(&self, card: &NodeCard, kbps: u32) -> u8 {
+        self.cfg.slots(card.max_forwards, card.upload_kbps, kbps)
+    }
+
+    /// What this node announces to its supernode.
+    pub(crate) fn holdings(&self) -> Vec<Holding> {
+        self.streams
+            .iter()
+            .filter(|(_, held)| held.holds() && self.leaving.is_none())
+            .map(|(stream, held)| Holding {
+                stream: stream.clone(),
+                path: held.path().to_vec(),
+                slots: self.slots_for(held),
+                free: self.free_slots(stream),
+                weakest_child: held
+                    .children
+                    .values()
+                    .filter(|c| c.moving_since.is_none())
+                    .map(|c| self.child_slots(&c.card, held.kbps))
+                    .min(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn publish(&mut self, stream: StreamId, kbps: u32) {
+        let held = self.streams.entry(stream).or_insert_with(|| Held {
+            kbps,
+            watch: None,
+            children: Default::default(),
+            reserved: None,
+        });
+        held.kbps = kbps;
+        held.watch = None;
+        self.announce_soon();
+    }
+
+    /// `POST /tickets`: a child asks for a forward.
+    pub(crate) fn grant(
+        &mut self,
+        stream: StreamId,
+        child: NodeCard,
+        path: Option<Vec<NodeId>>,
+        replaces: Option<NodeId>,
+    ) -> Result<Response, Refusal> {
+        let child_id = child.peer.id.clone();
+        if child_id == self.me.peer.id {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                "a node cannot be its own child",
+            ));
+        }
+        if path.as_ref().is_some_and(|p| p.len() > MAX_PATH) {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                format!("a path has at most {MAX_PATH} nodes"),
+            ));
+        }
+        let Some(held) = self.streams.get(&stream).filter(|h| h.holds()) else {
+            return Err(Refusal::new(
+                RefusalKind::NotFound,
+                format!("this node does not hold stream {stream}"),
+            ));
+        };
+        if held.path().contains(&child_id) {
+            return Err(Refusal::new(
+                RefusalKind::Loop,
+                format!("{child_id} is upstream of this node in stream {stream}"),
+            ));
+        }
+        if let Some((&id, existing)) = held
+            .children
+            .iter()
+            .find(|(_, c)| c.card.peer.id == child_id)
+        {
+            let token = existing.token.clone();
+            return Ok(Response::Ticket {
+                ticket: Box::new(self.ticket(&stream, id, token, None)),
+            });
+        }
+        let kbps = held.kbps;
+        // The slot of a child that failed (its player is gone) or is leaving (it named
+        // the requester), taken over by one of its children. A live child is never
+        // pushed out by a claim alone.
+        let replaced = replaces.and_then(|x| {
+            let from_its_child = path.as_ref().and_then(|p| p.last()) == Some(&x);
+            let (&id, c) = held.children.iter().find(|(_, c)| c.card.peer.id == x)?;
+            let vacant = !c.connected || c.successor.as_ref() == Some(&child_id);
+            (from_its_child && vacant).then_some(id)
+        });
+        if let Some(old) = replaced {
+            self.remove_child(&stream, old);
+        } else if self.reserved_for(&stream, &child_id) {
+            self.streams.get_mut(&stream).expect("held").reserved = None;
+        } else if self.free_slots(&stream) == 0 {
+            // Capacity-first: a joiner stronger than our weakest child takes its place
+            // and adopts it.
+            let strength = self.child_slots(&child, kbps);
+            let weakest = path
+                .is_none()
+                .then(|| self.weakest_child(&stream))
+                .flatten();
+            match weakest {
+                Some((id, slots)) if slots < strength && strength > 0 => {
+                    return Ok(self.displace(&stream, id, child));
+                }
+                _ => {
+                    return Err(Refusal::new(
+                        RefusalKind::Full,
+                        format!("no free slot for stream {stream} here"),
+                    ))
+                }
+            }
+        }
+        Ok(Response::Ticket {
+            ticket: Box::new(self.add_child(&stream, child, None)),
+        })
+    }
+
+    fn reserved_for(&self, stream: &StreamId, node: &NodeId) -> bool {
+        self.streams
+            .get(stream)
+            .and_then(|h| h.reserved.as_ref())
+            .is_some_and(|r| &r.node == node && r.until > self.now)
+    }
+
+    /// The child with the fewest slots that is not already moving, newest first.
+    fn weakest_child(&self, stream: &StreamId) -> Option<(TicketId, u8)> {
+        let held = self.streams.get(stream)?;
+        held.children
+            .iter()
+            .filter(|(_, c)| c.moving_since.is_none())
+            .map(|(id, c)| (*id, self.child_slots(&c.card, held.kbps), c.idle_since))
+            .min_by_key(|(_, slots, since)| (*slots, Reverse(*since)))
+            .map(|(id, slots, _)| (id, slots))
+    }
+
+    /// Grant `child` a ticket and send the displaced child to it.
+    fn displace(&mut self, stream: &StreamId, displaced: TicketId, child: NodeCard) -> Response {
+        let child_peer = child.peer.clone();
+        let (adopt, token) = {
+            let held = self.streams.get_mut(stream).expect("held");
+            let old = held.children.get_mut(&displaced).expect("child");
+            old.moving_since = Some(self.now);
+            (old.card.peer.id.clone(), old.token.clone())
+        };
+        let ticket = self.add_child(stream, child, Some(adopt.clone()));
+        let request = Request::EndTicket {
+            ticket: displaced,
+            token,
+            handover: Some(child_peer),
+        };
+        let target = self.child_peer(stream, displaced);
+        if let Some(peer) = target {
+            self.call(Target::Node(peer), request, Pending::Quiet);
+        }
+        Response::Ticket {
+            ticket: Box::new(ticket),
+        }
+    }
+
+    fn child_peer(&self, stream: &StreamId, id: TicketId) -> Option<Peer> {
+        Some(
+            self.streams
+                .get(stream)?
+                .children
+                .get(&id)?
+                .card
+                .peer
+                .clone(),
+        )
+    }
+
+    fn add_child(&mut self, stream: &StreamId, card: NodeCard, adopt: Option<NodeId>) -> Ticket {
+        let id = TicketId(self.rng.gen());
+        let token = self.token();
+        let child = card.peer.id.clone();
+        let now = self.now;
+        self.streams.get_mut(stream).expect("held").children.insert(
+            id,
+            Child {
+                card,
+                token: token.clone(),
+                connected: false,
+                idle_since: now,
+                moving_since: None,
+                successor: None,
+            },
+        );
+        self.event(Event::Granted {
+            stream: stream.clone(),
+            child,
+            ticket: id,
+        });
+        self.announce_soon();
+        self.ticket(stream, id, token, adopt)
+    }
+
+    fn ticket(
+        &self,
+        stream: &StreamId,
+        id: TicketId,
+        token: String,
+        adopt: Option<NodeId>,
+    ) -> Ticket {
+        let held = &self.streams[stream];
+        let mut path = held.path().to_vec();
+        path.push(self.me.peer.id.clone());
+        Ticket {
+            id,
+            token,
+            stream: stream.clone(),
+            parent: self.me.peer.clone(),
+            path,
+            backup: held.parent().cloned(),
+            adopt,
+        }
+    }
+
+    fn remove_child(&mut self, stream: &StreamId, id: TicketId) {
+        let Some(child) = self
+            .streams
+            .get_mut(stream)
+            .and_then(|h| h.children.remove(&id))
+        else {
+            return;
+        };
+        self.emit(Output::Kick {
+            stream: stream.clone(),
+            ticket: id,
+        });
+        self.event(Event::Ended {
+            stream: stream.clone(),
+            child: child.card.peer.id,
+            ticket: id,
+        });
+        self.announce_soon();
+    }
+
+    /// `DELETE /tickets/{id}`: a child ends its ticket, or our parent ends ours.
+    pub(crate) fn end_ticket(
+        &mut self,
+        ticket: TicketId,
+        token: &str,
+        handover: Option<Peer>,
+    ) -> Result<Response, Refusal> {
+        let mine = self.streams.iter().find_map(|(s, h)| {
+            h.children
+                .get(&ticket)
+                .map(|c| (s.clone(), c.token == token))
+        });
+        if let Some((stream, ok)) = mine {
+            if !ok {
+                return Err(forbidden());
+            }
+            match handover {
+                // A leaving child: keep forwarding until its successor takes the slot.
+                Some(successor) => {
+                    let now = self.now;
+                    if let Some(c) = self
+                        .streams
+                        .get_mut(&stream)
+                        .and_then(|h| h.children.get_mut(&ticket))
+                    {
+                        c.moving_since = Some(now);
+                        c.successor = Some(successor.id);
+                    }
+                }
+                None => self.remove_child(&stream, ticket),
+            }
+            return Ok(Response::Done);
+        }
+        let ours = self.streams.iter().find_map(|(s, h)| {
+            let t = h.watch.as_ref()?.ticket()?;
+            (t.id == ticket).then(|| (s.clone(), t.token == token))
+        });
+        match ours {
+            Some((_, false)) => Err(forbidden()),
+            Some((stream, true)) => {
+                self.parent_ended(&stream, handover);
+                Ok(Response::Done)
+            }
+            None => Err(Refusal::new(
+                RefusalKind::NotFound,
+                format!("no ticket {ticket} here"),
+            )),
+        }
+    }
+
+    /// `PUT /tickets/{id}`: our parent's place in the tree changed.
+    pub(crate) fn path_changed(
+        &mut self,
+        ticket: TicketId,
+        token: &str,
+        path: Vec<NodeId>,
+        backup: Option<Peer>,
+    ) -> Result<Response, Refusal> {
+        if path.len() > MAX_PATH {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                format!("a path has at most {MAX_PATH} nodes"),
+            ));
+        }
+        let stream = self.streams.iter().find_map(|(s, h)| {
+            let t = h.watch.as_ref()?.ticket()?;
+            (t.id == ticket).then(|| (s.clone(), t.token == token))
+        });
+        let stream = match stream {
+            Some((_, false)) => return Err(forbidden()),
+            Some((stream, true)) => stream,
+            None => {
+                return Err(Refusal::new(
+                    RefusalKind::NotFound,
+                    format!("no ticket {ticket} here"),
+                ))
+            }
+        };
+        if path.contains(&self.me.peer.id) {
+            // Our parent descends from us: a loop closed somewhere. Break it here.
+            self.stalled_hard(&stream);
+            return Ok(Response::Done);
+        }
+        let watch = self
+            .streams
+            .get_mut(&stream)
+            .and_then(|h| h.watch.as_mut())
+            .expect("watched");
+        if watch.set_path(path, backup) {
+            self.paths_changed(&stream);
+        }
+        Ok(Response::Done)
+    }
+
+    /// Tell every child of `stream` its new path, and the supernode our new depth.
+    pub(crate) fn paths_changed(&mut self, stream: &StreamId) {
+        let Some(held) = self.streams.get(stream) else {
+            return;
+        };
+        let mut path = held.path().to_vec();
+        path.push(self.me.peer.id.clone());
+        let backup = held.parent().cloned();
+        let calls: Vec<(Peer, Request)> = held
+            .children
+            .iter()
+            .map(|(id, c)| {
+                let request = Request::Path {
+                    ticket: *id,
+                    token: c.token.clone(),
+                    path: path.clone(),
+                    backup: backup.clone(),
+                };
+                (c.card.peer.clone(), request)
+            })
+            .collect();
+        for (peer, request) in calls {
+            self.call(Target::Node(peer), request, Pending::Quiet);
+        }
+        self.announce_soon();
+    }
+
+    pub(crate) fn player(&mut self, stream: &StreamId, ticket: TicketId, connected: bool) {
+        let now = self.now;
+        if let Some(child) = self
+            .streams
+            .get_mut(stream)
+            .and_then(|h| h.children.get_mut(&ticket))
+        {
+            child.connected = connected;
+            child.idle_since = now;
+        }
+    }
+
+    /// The ticket of the player presenting `token` for `stream`, if it has one.
+    pub fn ticket_for_token(&self, stream: &StreamId, token: &str) -> Option<TicketId> {
+        let held = self.streams.get(stream)?;
+        held.children
+            .iter()
+            .find(|(_, c)| c.token == token)
+            .map(|(id, _)| *id)
+    }
+
+    /// Unwatch or unpublish: children are sent on, our parent released.
+    pub(crate) fn drop_stream(&mut self, stream: &StreamId) {
+        let Some(held) = self.streams.remove(stream) else {
+            return;
+        };
+        let handover = held.parent().cloned();
+        for (id, child) in held.children {
+            let request = Request::EndTicket {
+                ticket: id,
+                token: child.token,
+                handover: handover.clone(),
+            };
+            self.call(Target::Node(child.card.peer), request, Pending::Quiet);
+            self.emit(Output::Kick {
+                stream: stream.clone(),
+                ticket: id,
+            });
+        }
+        if let Some(watch) = held.watch {
+            self.release(watch.into_tickets());
+            self.emit(Output::StopPull {
+                stream: stream.clone(),
+            });
+        }
+        self.announce_soon();
+    }
+
+    /// End our own tickets with their parents.
+    pub(crate) fn release(&mut self, tickets: Vec<Ticket>) {
+        for t in tickets {
+            let request = Request::EndTicket {
+                ticket: t.id,
+                token: t.token,
+                handover: None,
+            };
+            self.call(Target::Node(t.parent), request, Pending::Quiet);
+        }
+    }
+
+    /// Tickets never used, children gone for good, moves that never happened,
+    /// reservations nobody claimed.
+    pub(crate) fn forward_timeout(&mut self) {
+        let now = self.now;
+        let idle = self.cfg.ticket_idle;
+        let moving = self.cfg.leave_grace;
+        let mut ended = Vec::new();
+        for (stream, held) in &mut self.streams {
+            if held.reserved.as_ref().is_some_and(|r| r.until <= now) {
+                held.reserved = None;
+            }
+            for (id, c) in &held.children {
+                let gone = !c.connected && c.idle_since + idle <= now;
+                let never_moved = c.moving_since.is_some_and(|t| t + moving * 2 <= now);
+                if gone || never_moved {
+                    ended.push((stream.clone(), *id));
+                }
+            }
+        }
+        for (stream, id) in ended {
+            self.remove_child(&stream, id);
+        }
+    }
+
+    pub(crate) fn forward_deadline(&self) -> Option<Time> {
+        let idle = self.cfg.ticket_idle;
+        let moving = self.cfg.leave_grace * 2;
+        let children = self.streams.values().flat_map(|h| {
+            let reserved = h.reserved.as_ref().map(|r| r.until);
+            h.children
+                .values()
+                .flat_map(move |c| {
+                    [
+                        (!c.connected).then(|| c.idle_since + idle),
+                        c.moving_since.map(|t| t + moving),
+                    ]
+                })
+                .flatten()
+                .chain(reserved)
+        });
+        let leaving = self.leaving.as_ref().filter(|l| !l.done).map(|l| {
+            if l.successors_sent {
+                l.deadline
+            } else {
+                l.deadline.min(l.successors_at)
+            }
+        });
+        children.chain(leaving).min()
+    }
+
+    /// Keep a slot for the child this node displaced at its new parent.
+    pub(crate) fn reserve(&mut self, stream: &StreamId, node: NodeId) {
+        let until = self.now + self.cfg.ticket_idle;
+        if let Some(held) = self.streams.get_mut(stream) {
+            held.reserved = Some(Reservation { node, until });
+        }
+    }
+
+    pub(crate) fn leave(&mut self) {
+        if self.leaving.is_some() {
+            return;
+        }
+        let grace = self.cfg.leave_grace;
+        self.leaving = Some(Leaving {
+            deadline: self.now + grace,
+            successors_at: self.now + grace / 2,
+            successors_sent: false,
+            done: false,
+        });
+        // Every child but the strongest goes first, to that strongest sibling.
+        let streams: Vec<StreamId> = self.streams.keys().cloned().collect();
+        for stream in streams {
+            let Some(successor) = self.successor(&stream) else {
+                continue;
+            };
+            let held = &self.streams[&stream];
+            let hint = held.children.get(&successor).map(|c| c.card.peer.clone());
+            let others: Vec<TicketId> = held
+                .children
+                .keys()
+                .copied()
+                .filter(|id| *id != successor)
+                .collect();
+            for id in others {
+                self.send_child_away(&stream, id, hint.clone());
+            }
+        }
+        self.announce_soon();
+    }
+
+    /// The child that takes this node's place: most slots, then longest connected.
+    fn successor(&self, stream: &StreamId) -> Option<TicketId> {
+        let held = self.streams.get(stream)?;
+        held.children
+            .iter()
+            .max_by_key(|(_, c)| (self.child_slots(&c.card, held.kbps), Reverse(c.idle_since)))
+            .map(|(id, _)| *id)
+    }
+
+    fn send_child_away(&mut self, stream: &StreamId, id: TicketId, handover: Option<Peer>) {
+        let now = self.now;
+        let Some(child) = self
+            .streams
+            .get_mut(stream)
+            .and_then(|h| h.children.get_mut(&id))
+        else {
+            return;
+        };
+        child.moving_since = Some(now);
+        let request = Request::EndTicket {
+            ticket: id,
+            token: child.token.clone(),
+            handover,
+        };
+        let peer = child.card.peer.clone();
+        self.call(Target::Node(peer), request, Pending::Quiet);
+    }
+
+    /// Called after every input: the next step of a graceful leave.
+    pub(crate) fn leave_progress(&mut self) {
+        let Some(leaving) = &self.leaving else {
+            return;
+        };
+        if leaving.done {
+            return;
+        }
+        let now = self.now;
+        let (deadline, successors_at, sent) = (
+            leaving.deadline,
+            leaving.successors_at,
+            leaving.successors_sent,
+        );
+        let only_successors_left = self.streams.keys().all(|s| {
+            let successor = self.successor(s);
+            self.streams[s]
+                .children
+                .iter()
+                .all(|(id, c)| Some(*id) == successor || c.moving_since.is_none())
+                && self.streams[s].children.len() <= 1
+        });
+        if !sent && (only_successors_left || successors_at <= now) {
+            self.leaving.as_mut().expect("leaving").successors_sent = true;
+            let streams: Vec<StreamId> = self.streams.keys().cloned().collect();
+            for stream in streams {
+                let held = &self.streams[&stream];
+                let parent = held.parent().cloned();
+                let ids: Vec<TicketId> = held
+                    .children
+                    .iter()
+                    .filter(|(_, c)| c.moving_since.is_none())
+                    .map(|(id, _)| *id)
+                    .collect();
+                // Our parent keeps our slot for the successor, and feeds us until then.
+                let successor = ids
+                    .first()
+                    .and_then(|id| held.children.get(id))
+                    .map(|c| c.card.peer.clone());
+                let ours = held.watch.as_ref().and_then(|w| w.ticket()).cloned();
+                if let (Some(successor), Some(t)) = (successor, ours) {
+                    let request = Request::EndTicket {
+                        ticket: t.id,
+                        token: t.token,
+                        handover: Some(successor),
+                    };
+                    self.call(Target::Node(t.parent), request, Pending::Quiet);
+                }
+                for id in ids {
+                    self.send_child_away(&stream, id, parent.clone());
+                }
+            }
+        }
+        let no_children = self.streams.values().all(|h| h.children.is_empty());
+        if (sent && no_children) || deadline <= now {
+            self.finish_leave();
+        }
+    }
+
+    fn finish_leave(&mut self) {
+        if let Some(l) = self.leaving.as_mut() {
+            l.done = true;
+        }
+        let streams = std::mem::take(&mut self.streams);
+        for (stream, held) in streams {
+            for id in held.children.keys() {
+                self.emit(Output::Kick {
+                    stream: stream.clone(),
+                    ticket: *id,
+                });
+            }
+            if let Some(watch) = held.watch {
+                self.release(watch.into_tickets());
+                self.emit(Output::StopPull { stream });
+            }
+        }
+        self.leave_membership();
+        self.announce_at = Time::NEVER;
+        self.emit(Output::Left);
+    }
+
+    /// Whether a graceful leave has finished.
+    pub fn has_left(&self) -> bool {
+        self.leaving.as_ref().is_some_and(|l| l.done)
+    }
+}
+
+fn forbidden() -> Refusal {
+    Refusal::new(RefusalKind::Forbidden, "the ticket's token does not match")
+}

@@ -1,0 +1,456 @@
+//! The supernode role: a registry of children with leases and holdings, and search
+//! by flooding among neighbour supernodes.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use proto::overlay::{
+    Candidate, Holding, NodeCard, NodeId, Peer, Refusal, RefusalKind, Request, Response, StreamId,
+};
+use rand::seq::SliceRandom;
+
+use crate::node::{CallError, Node, Pending, RequestId, Target};
+use crate::Time;
+
+/// Query ids are remembered this long: longer than any search can last.
+const SEEN_FOR: Duration = Duration::from_secs(30);
+/// Most holdings in one announcement, and most ancestors in one path.
+pub(crate) const MAX_HOLDINGS: usize = 64;
+pub(crate) const MAX_PATH: usize = 64;
+/// Most neighbour supernodes kept.
+const MAX_NEIGHBOURS: usize = 32;
+
+pub(crate) struct Supernode {
+    children: BTreeMap<NodeId, Registered>,
+    /// The supernode's own holdings: it is a node like its children.
+    own: Vec<Holding>,
+    neighbours: Vec<Peer>,
+    floods: HashMap<u64, Flood>,
+    seen: HashMap<u64, Time>,
+    pub next_refresh: Time,
+}
+
+struct Registered {
+    card: NodeCard,
+    holdings: Vec<Holding>,
+    lease_until: Time,
+    since: Time,
+}
+
+struct Flood {
+    origin: Origin,
+    found: Vec<Candidate>,
+    outstanding: usize,
+    deadline: Time,
+}
+
+enum Origin {
+    Remote(RequestId),
+    /// The supernode's own search for a stream it wants.
+    Local(StreamId),
+}
+
+impl Supernode {
+    pub(crate) fn new(now: Time) -> Supernode {
+        Supernode {
+            children: BTreeMap::new(),
+            own: Vec::new(),
+            neighbours: Vec::new(),
+            floods: HashMap::new(),
+            seen: HashMap::new(),
+            next_refresh: now + Duration::from_secs(10),
+        }
+    }
+
+    pub(crate) fn set_neighbours(&mut self, mut neighbours: Vec<Peer>) {
+        neighbours.truncate(MAX_NEIGHBOURS);
+        self.neighbours = neighbours;
+    }
+}
+
+impl Node {
+    /// Children registered here, when this node is a supernode.
+    pub fn registered(&self) -> Option<usize> {
+        self.supernode.as_ref().map(|sn| sn.children.len())
+    }
+
+    fn sn(&mut self) -> Result<&mut Supernode, Refusal> {
+        self.supernode
+            .as_mut()
+            .ok_or_else(|| Refusal::new(RefusalKind::Unavailable, "this node is not a supernode"))
+    }
+
+    pub(crate) fn sn_register(&mut self, card: NodeCard) -> Result<Response, Refusal> {
+        let now = self.now;
+        let lease = self.cfg.lease;
+        let max = self.cfg.max_children;
+        let me = self.me.peer.id.clone();
+        let sn = self.sn()?;
+        if card.peer.id == me {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                "a supernode does not register with itself",
+            ));
+        }
+        if !sn.children.contains_key(&card.peer.id) && sn.children.len() >= max {
+            return Err(Refusal::new(
+                RefusalKind::Full,
+                format!("this supernode has its {max} children; try the next one"),
+            ));
+        }
+        let entry = sn
+            .children
+            .entry(card.peer.id.clone())
+            .or_insert(Registered {
+                card: card.clone(),
+                holdings: Vec::new(),
+                lease_until: now,
+                since: now,
+            });
+        entry.card = card;
+        entry.lease_until = now + lease;
+        Ok(Response::Registered {
+            lease_ms: lease.as_millis() as u64,
+        })
+    }
+
+    pub(crate) fn sn_announce(
+        &mut self,
+        node: NodeId,
+        holdings: Vec<Holding>,
+    ) -> Result<Response, Refusal> {
+        check_holdings(&holdings)?;
+        let now = self.now;
+        let lease = self.cfg.lease;
+        let sn = self.sn()?;
+        let child = sn.children.get_mut(&node).ok_or_else(|| {
+            Refusal::new(
+                RefusalKind::NotFound,
+                format!("node {node} is not registered here"),
+            )
+        })?;
+        child.holdings = holdings;
+        child.lease_until = now + lease;
+        Ok(Response::Done)
+    }
+
+    pub(crate) fn sn_unregister(&mut self, node: &NodeId) -> Result<Response, Refusal> {
+        self.sn()?.children.remove(node);
+        Ok(Response::Done)
+    }
+
+    pub(crate) fn sn_own_holdings(&mut self, holdings: Vec<Holding>) {
+        if let Some(sn) = self.supernode.as_mut() {
+            sn.own = holdings;
+        }
+    }
+
+    /// A search from a node or a neighbour supernode: answered now from the registry,
+    /// or later, once the neighbours have answered or their time is up.
+    pub(crate) fn sn_search(
+        &mut self,
+        id: RequestId,
+        query: u64,
+        stream: StreamId,
+        ttl: u8,
+        requester: NodeId,
+        requester_slots: u8,
+    ) -> Option<Result<Response, Refusal>> {
+        if ttl > self.cfg.max_search_ttl {
+            let max = self.cfg.max_search_ttl;
+            return Some(Err(Refusal::new(
+                RefusalKind::Invalid,
+                format!("search TTL {ttl} is over {max}"),
+            )));
+        }
+        if let Err(e) = self.sn() {
+            return Some(Err(e));
+        }
+        let origin = Origin::Remote(id);
+        self.start_flood(query, origin, &stream, ttl, &requester, requester_slots)
+            .map(|candidates| Ok(Response::Candidates { candidates }))
+    }
+
+    /// This supernode's own search for a stream it wants; the result goes to
+    /// `search_done` now or when the flood ends.
+    pub(crate) fn sn_local_search(&mut self, stream: &StreamId, ttl: u8) {
+        let query = rand::Rng::gen(&mut self.rng);
+        let me = self.me.peer.id.clone();
+        let slots = self.me.max_forwards;
+        if let Some(found) = self.start_flood(
+            query,
+            Origin::Local(stream.clone()),
+            stream,
+            ttl,
+            &me,
+            slots,
+        ) {
+            self.search_done(stream, found);
+        }
+    }
+
+    /// Candidates from the registry, and a flood to neighbours when TTL is left.
+    /// Returns the answer if it is ready now.
+    fn start_flood(
+        &mut self,
+        query: u64,
+        origin: Origin,
+        stream: &StreamId,
+        ttl: u8,
+        requester: &NodeId,
+        requester_slots: u8,
+    ) -> Option<Vec<Candidate>> {
+        let now = self.now;
+        let me = self.me.peer.clone();
+        let fanout = self.cfg.flood_fanout;
+        let wait = self.cfg.flood_wait_per_hop * u32::from(ttl);
+        let max = self.cfg.max_candidates;
+        let sn = self.supernode.as_mut()?;
+        if sn.seen.insert(query, now + SEEN_FOR).is_some() {
+            return Some(Vec::new());
+        }
+        let found = sn.candidates(&me, stream, requester, requester_slots);
+        if ttl == 0 || sn.neighbours.is_empty() {
+            return Some(rank(found, max));
+        }
+        let mut neighbours = sn.neighbours.clone();
+        neighbours.shuffle(&mut self.rng);
+        neighbours.truncate(fanout);
+        let outstanding = neighbours.len();
+        for peer in neighbours {
+            let request = Request::Search {
+                query,
+                stream: stream.clone(),
+                ttl: ttl - 1,
+                requester: requester.clone(),
+                requester_slots,
+            };
+            self.call_within(Target::Node(peer), request, Pending::Flood(query), wait);
+        }
+        let flood = Flood {
+            origin,
+            found,
+            outstanding,
+            deadline: now + wait,
+        };
+        self.supernode.as_mut()?.floods.insert(query, flood);
+        None
+    }
+
+    pub(crate) fn on_flood_reply(&mut self, query: u64, result: Result<Response, CallError>) {
+        let Some(flood) = self
+            .supernode
+            .as_mut()
+            .and_then(|sn| sn.floods.get_mut(&query))
+        else {
+            return;
+        };
+        if let Ok(Response::Candidates { candidates }) = result {
+            flood.found.extend(candidates);
+        }
+        flood.outstanding -= 1;
+        if flood.outstanding == 0 {
+            self.finish_flood(query);
+        }
+    }
+
+    fn finish_flood(&mut self, query: u64) {
+        let Some(flood) = self
+            .supernode
+            .as_mut()
+            .and_then(|sn| sn.floods.remove(&query))
+        else {
+            return;
+        };
+        let found = rank(flood.found, self.cfg.max_candidates);
+        match flood.origin {
+            Origin::Remote(id) => self.respond(id, Ok(Response::Candidates { candidates: found })),
+            Origin::Local(stream) => self.search_done(&stream, found),
+        }
+    }
+
+    /// Leases, finished floods, remembered queries, the neighbour list.
+    pub(crate) fn supernode_timeout(&mut self) {
+        let now = self.now;
+        let Some(sn) = self.supernode.as_mut() else {
+            return;
+        };
+        sn.children.retain(|_, c| c.lease_until > now);
+        sn.seen.retain(|_, until| *until > now);
+        let due: Vec<u64> = sn
+            .floods
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(q, _)| *q)
+            .collect();
+        let refresh = sn.next_refresh <= now;
+        if refresh {
+            sn.next_refresh = now + self.cfg.neighbour_refresh;
+        }
+        for query in due {
+            self.finish_flood(query);
+        }
+        if refresh && self.leaving.is_none() {
+            self.refresh_neighbours();
+        }
+    }
+
+    pub(crate) fn supernode_deadline(&self) -> Option<Time> {
+        let sn = self.supernode.as_ref()?;
+        [
+            sn.children.values().map(|c| c.lease_until).min(),
+            sn.floods.values().map(|f| f.deadline).min(),
+            sn.seen.values().min().copied(),
+            Some(sn.next_refresh),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// A leaving supernode's successor takes over its registry.
+    pub(crate) fn sn_adopt(
+        &mut self,
+        children: Vec<(NodeCard, Vec<Holding>)>,
+        neighbours: Vec<Peer>,
+    ) -> Result<Response, Refusal> {
+        if children.len() > self.cfg.max_children {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                "more children than a supernode takes",
+            ));
+        }
+        for (_, holdings) in &children {
+            check_holdings(holdings)?;
+        }
+        self.become_supernode();
+        let now = self.now;
+        let lease = self.cfg.lease;
+        let me = self.me.peer.id.clone();
+        let sn = self.sn()?;
+        for (card, holdings) in children {
+            if card.peer.id != me {
+                let id = card.peer.id.clone();
+                sn.children.insert(
+                    id,
+                    Registered {
+                        card,
+                        holdings,
+                        lease_until: now + lease,
+                        since: now,
+                    },
+                );
+            }
+        }
+        let mut all = sn.neighbours.clone();
+        all.extend(
+            neighbours
+                .into_iter()
+                .filter(|p| p.id != me && !sn.neighbours.contains(p)),
+        );
+        sn.set_neighbours(all);
+        Ok(Response::Done)
+    }
+
+    /// On leave: the strongest, oldest child becomes supernode and the others move to it.
+    pub(crate) fn sn_hand_off(&mut self) {
+        let Some(sn) = self.supernode.take() else {
+            return;
+        };
+        self.call(
+            Target::Portal,
+            Request::RetireSupernode {
+                id: self.me.peer.id.clone(),
+            },
+            Pending::Quiet,
+        );
+        let successor = sn
+            .children
+            .values()
+            .max_by_key(|c| (c.card.max_forwards, c.card.upload_kbps, Reverse(c.since)))
+            .map(|c| c.card.peer.clone());
+        let Some(successor) = successor else {
+            return;
+        };
+        let others: Vec<(NodeCard, Vec<Holding>)> = sn
+            .children
+            .values()
+            .filter(|c| c.card.peer.id != successor.id)
+            .map(|c| (c.card.clone(), c.holdings.clone()))
+            .collect();
+        let rehome: Vec<Peer> = others.iter().map(|(c, _)| c.peer.clone()).collect();
+        let request = Request::Adopt {
+            children: others,
+            neighbours: sn.neighbours.clone(),
+        };
+        self.call(Target::Node(successor.clone()), request, Pending::Quiet);
+        for peer in rehome {
+            let request = Request::Rehome {
+                supernode: successor.clone(),
+            };
+            self.call(Target::Node(peer), request, Pending::Quiet);
+        }
+    }
+}
+
+impl Supernode {
+    fn candidates(
+        &self,
+        me: &Peer,
+        stream: &StreamId,
+        requester: &NodeId,
+        slots: u8,
+    ) -> Vec<Candidate> {
+        let own = self.own.iter().map(|h| (me, h));
+        let children = self
+            .children
+            .values()
+            .flat_map(|c| c.holdings.iter().map(move |h| (&c.card.peer, h)));
+        own.chain(children)
+            .filter(|(peer, h)| {
+                &h.stream == stream
+                    && &peer.id != requester
+                    && !h.path.contains(requester)
+                    && (h.free > 0 || h.weakest_child.is_some_and(|w| w < slots))
+            })
+            .map(|(peer, h)| Candidate {
+                peer: peer.clone(),
+                holding: h.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Shallowest first, then most free slots; one entry per node; at most `max`.
+pub(crate) fn rank(mut found: Vec<Candidate>, max: usize) -> Vec<Candidate> {
+    found.sort_by(|a, b| {
+        (a.holding.depth(), Reverse(a.holding.free), &a.peer.id).cmp(&(
+            b.holding.depth(),
+            Reverse(b.holding.free),
+            &b.peer.id,
+        ))
+    });
+    found.dedup_by(|a, b| a.peer.id == b.peer.id);
+    found.truncate(max);
+    found
+}
+
+fn check_holdings(holdings: &[Holding]) -> Result<(), Refusal> {
+    if holdings.len() > MAX_HOLDINGS {
+        return Err(Refusal::new(
+            RefusalKind::Invalid,
+            format!("more than {MAX_HOLDINGS} holdings"),
+        ));
+    }
+    if holdings
+        .iter()
+        .any(|h| h.path.len() > MAX_PATH || h.free > h.slots)
+    {
+        return Err(Refusal::new(
+            RefusalKind::Invalid,
+            format!("a holding has a path over {MAX_PATH} or more free slots than slots"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! The engine against requests as a peer would send them, on a virtual clock.
+
+use proptest::prelude::*;
+use proto::overlay::{NodeCard, NodeId, Peer, RefusalKind, Request, Response, StreamId, Ticket};
+
+use crate::{CallError, Config, Input, Node, Output, RequestId, Target, Time};
+
+fn card(name: &str, i: u8, upload_kbps: u32) -> NodeCard {
+    NodeCard {
+        peer: Peer {
+            id: NodeId::new(name).unwrap(),
+            api: ([10, 0, 0, i], 8000).into(),
+            rtmp: ([10, 0, 0, i], 1935).into(),
+        },
+        max_forwards: 2,
+        upload_kbps,
+    }
+}
+
+fn stream() -> StreamId {
+    StreamId::new("cam").unwrap()
+}
+
+struct Harness {
+    node: Node,
+    now: Time,
+    next: u64,
+    outputs: Vec<Output>,
+}
+
+impl Harness {
+    /// A source of `cam` that could reach no portal, so it is its own supernode.
+    fn source(cfg: Config) -> Harness {
+        let mut h = Harness {
+            node: Node::new(cfg, card("src", 1, 10_000), 7, Time::ZERO),
+            now: Time::ZERO,
+            next: 0,
+            outputs: Vec::new(),
+        };
+        h.input(Input::Start {
+            supernodes: Vec::new(),
+        });
+        let call = h
+            .outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::Call {
+                    call,
+                    to: Target::Portal,
+                    ..
+                } => Some(*call),
+                _ => None,
+            })
+            .expect("asks the portal");
+        h.input(Input::Reply {
+            call,
+            result: Err(CallError::Unreachable("no portal".into())),
+        });
+        assert!(h.node.is_supernode());
+        h.input(Input::Publish {
+            stream: stream(),
+            kbps: 2500,
+        });
+        h
+    }
+
+    fn input(&mut self, input: Input) {
+        self.now = self.now + std::time::Duration::from_millis(1);
+        self.node.handle_input(self.now, input);
+        while let Some(o) = self.node.poll_output() {
+            self.outputs.push(o);
+        }
+    }
+
+    fn request(&mut self, request: Request) -> Result<Response, proto::overlay::Refusal> {
+        self.next += 1;
+        let id = RequestId(self.next);
+        self.input(Input::Request { id, request });
+        self.outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::Respond { id: i, result } if *i == id => Some(result.clone()),
+                _ => None,
+            })
+            .expect("answered at once")
+    }
+
+    fn ticket(
+        &mut self,
+        child: &NodeCard,
+        path: Option<Vec<NodeId>>,
+    ) -> Result<Ticket, RefusalKind> {
+        let request = Request::Ticket {
+            stream: stream(),
+            child: child.clone(),
+            path,
+            replaces: None,
+        };
+        match self.request(request) {
+            Ok(Response::Ticket { ticket }) => Ok(*ticket),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(r) => Err(r.kind),
+        }
+    }
+
+    fn children(&self) -> usize {
+        self.node.held()[0].children.len()
+    }
+}
+
+#[test]
+fn slots_follow_the_upload_budget() {
+    let cfg = Config::default();
+    assert_eq!(cfg.slots(2, 1500, 2500), 0);
+    assert_eq!(cfg.slots(2, 4000, 2500), 1);
+    assert_eq!(cfg.slots(2, 7000, 2500), 2);
+    assert_eq!(cfg.slots(1, 100_000, 2500), 1);
+}
+
+#[test]
+fn a_supernode_takes_children_up_to_its_cap() {
+    let mut h = Harness::source(Config {
+        max_children: 3,
+        ..Config::default()
+    });
+    for i in 0..3 {
+        let c = card(&format!("n{i}"), 10 + i, 4000);
+        assert!(matches!(
+            h.request(Request::Register { node: c }),
+            Ok(Response::Registered { .. })
+        ));
+    }
+    let err = h
+        .request(Request::Register {
+            node: card("n9", 20, 4000),
+        })
+        .unwrap_err();
+    assert_eq!((err.kind, err.status()), (RefusalKind::Full, 409));
+    assert_eq!(h.node.registered(), Some(3));
+}
+
+#[test]
+fn searches_are_bounded_and_answered_once() {
+    let mut h = Harness::source(Config::default());
+    let search = |query, ttl| Request::Search {
+        query,
+        stream: stream(),
+        ttl,
+        requester: NodeId::new("n1").unwrap(),
+        requester_slots: 1,
+    };
+    assert_eq!(
+        h.request(search(1, 200)).unwrap_err().kind,
+        RefusalKind::Invalid
+    );
+    let Ok(Response::Candidates { candidates }) = h.request(search(2, 2)) else {
+        panic!()
+    };
+    assert_eq!(candidates.len(), 1, "the source itself has free slots");
+    assert_eq!(candidates[0].holding.depth(), 0);
+    let Ok(Response::Candidates { candidates }) = h.request(search(2, 2)) else {
+        panic!()
+    };
+    assert!(
+        candidates.is_empty(),
+        "a replayed query id is answered empty"
+    );
+}
+
+#[test]
+fn tickets_respect_slots_and_refuse_loops() {
+    let mut h = Harness::source(Config::default());
+    let a = card("a", 10, 4000);
+    let b = card("b", 11, 4000);
+    let t = h.ticket(&a, None).unwrap();
+    assert_eq!(t.path, vec![NodeId::new("src").unwrap()]);
+    assert_eq!(
+        h.ticket(&a, None).unwrap().id,
+        t.id,
+        "asking twice gives the same ticket"
+    );
+    h.ticket(&b, None).unwrap();
+    assert_eq!(h.ticket(&card("c", 12, 4000), None), Err(RefusalKind::Full));
+    assert_eq!(h.children(), 2);
+    // Nobody may forward to its own ancestor: here, the source to itself.
+    let err = h.request(Request::Ticket {
+        stream: stream(),
+        child: h.node.card().clone(),
+        path: None,
+        replaces: None,
+    });
+    assert_eq!(err.unwrap_err().kind, RefusalKind::Invalid);
+    let err = h.request(Request::Ticket {
+        stream: StreamId::new("other").unwrap(),
+        child: a,
+        path: None,
+        replaces: None,
+    });
+    assert_eq!(err.unwrap_err().kind, RefusalKind::NotFound);
+}
+
+#[test]
+fn a_stronger_joiner_takes_a_weak_childs_place_and_adopts_it() {
+    let mut h = Harness::source(Config::default());
+    h.ticket(&card("weak1", 10, 4000), None).unwrap();
+    h.ticket(&card("weak2", 11, 4000), None).unwrap();
+    let strong = h.ticket(&card("strong", 12, 7000), None).unwrap();
+    let adopted = strong.adopt.expect("adopts the displaced child");
+    assert!(adopted.as_str().starts_with("weak"));
+    // The displaced child is told where to go, and keeps the stream until it moves.
+    let told = h.outputs.iter().any(|o| {
+        matches!(o, Output::Call { request: Request::EndTicket { handover: Some(p), .. }, .. } if p.id.as_str() == "strong")
+    });
+    assert!(told);
+    // A mover (it has a path) displaces nobody.
+    let path = Some(vec![NodeId::new("x").unwrap()]);
+    assert_eq!(
+        h.ticket(&card("strong2", 13, 7000), path),
+        Err(RefusalKind::Full)
+    );
+}
+
+#[test]
+fn a_live_child_cannot_be_replaced_by_a_claim() {
+    let mut h = Harness::source(Config::default());
+    let a = card("a", 10, 4000);
+    let t = h.ticket(&a, None).unwrap();
+    h.ticket(&card("b", 11, 4000), None).unwrap();
+    h.input(Input::PlayerConnected {
+        stream: stream(),
+        ticket: t.id,
+    });
+    let orphan = card("orphan", 12, 4000);
+    let claim = |h: &mut Harness| {
+        h.request(Request::Ticket {
+            stream: stream(),
+            child: orphan.clone(),
+            path: Some(vec![NodeId::new("src").unwrap(), NodeId::new("a").unwrap()]),
+            replaces: Some(NodeId::new("a").unwrap()),
+        })
+    };
+    assert_eq!(claim(&mut h).unwrap_err().kind, RefusalKind::Full);
+    // Once a's player is gone, its child may take the slot.
+    h.input(Input::PlayerGone {
+        stream: stream(),
+        ticket: t.id,
+    });
+    assert!(matches!(claim(&mut h), Ok(Response::Ticket { .. })));
+    assert!(h.outputs.contains(&Output::Kick {
+        stream: stream(),
+        ticket: t.id
+    }));
+}
+
+#[test]
+fn ending_a_ticket_needs_its_token() {
+    let mut h = Harness::source(Config::default());
+    let t = h.ticket(&card("a", 10, 4000), None).unwrap();
+    let end = |token: &str| Request::EndTicket {
+        ticket: t.id,
+        token: token.into(),
+        handover: None,
+    };
+    assert_eq!(
+        h.request(end("guess")).unwrap_err().kind,
+        RefusalKind::Forbidden
+    );
+    assert_eq!(h.children(), 1);
+    assert_eq!(h.request(end(&t.token)), Ok(Response::Done));
+    assert_eq!(h.children(), 0);
+}
+
+#[test]
+fn unused_tickets_expire() {
+    let mut h = Harness::source(Config::default());
+    h.ticket(&card("a", 10, 4000), None).unwrap();
+    let later = h.now + Config::default().ticket_idle;
+    h.node.handle_timeout(later);
+    assert_eq!(h.children(), 0);
+}
+
+proptest! {
+    /// Whatever children ask, connect, vanish or end, the source never holds more
+    /// settled tickets than its slots (displaced children, still moving, aside).
+    #[test]
+    fn tickets_never_exceed_slots(ops in proptest::collection::vec((0u8..8, 0u8..4), 1..60)) {
+        let mut h = Harness::source(Config::default());
+        let mut tickets: Vec<Option<Ticket>> = vec![None; 8];
+        for (who, op) in ops {
+            let c = card(&format!("c{who}"), 10 + who, if who % 2 == 0 { 7000 } else { 4000 });
+            match op {
+                0 => tickets[who as usize] = h.ticket(&c, None).ok(),
+                1 => if let Some(t) = &tickets[who as usize] {
+                    h.input(Input::PlayerConnected { stream: stream(), ticket: t.id });
+                },
+                2 => if let Some(t) = &tickets[who as usize] {
+                    h.input(Input::PlayerGone { stream: stream(), ticket: t.id });
+                },
+                _ => if let Some(t) = tickets[who as usize].take() {
+                    let _ = h.request(Request::EndTicket { ticket: t.id, token: t.token, handover: None });
+                },
+            }
+            let held = &h.node.held()[0];
+            let settled = held.children.iter().filter(|c| !c.moving).count();
+            prop_assert!(settled <= held.slots as usize, "{settled} settled tickets, {} slots", held.slots);
+        }
+    }
+}

@@ -1,0 +1,787 @@
+//! The child's side: finding a parent for a stream and keeping one.
+//!
+//! Search → ping the best candidates → ask for a ticket → pull. A stall is checked
+//! with the parent first (a parent repairing itself is waited for, so one failure
+//! does not send a whole subtree searching), then repaired through the backup parent,
+//! then by a new search. Moves (up the tree, or away from a parent that asks) are
+//! make-before-break: the old ticket ends only once the new parent's stream flows.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use proto::overlay::{Candidate, NodeId, Peer, Request, Response, StreamId, Ticket};
+
+use crate::membership::State;
+use crate::node::{CallError, CallId, Event, Held, Node, Output, Pending, Target};
+use crate::Time;
+
+/// How often a node asks a parent that is repairing itself whether it is done.
+const RECHECK: Duration = Duration::from_secs(1);
+
+pub(crate) struct Watch {
+    /// The stream's source, asked directly when a search finds nobody.
+    source: Option<Peer>,
+    attached: Option<Attached>,
+    /// The previous parent's ticket, ended once the new parent's stream flows.
+    old: Option<Ticket>,
+    seek: Seek,
+    retry: Duration,
+    next_improve: Time,
+}
+
+struct Attached {
+    ticket: Ticket,
+    flowing: bool,
+    /// Until when the stream may take to start flowing.
+    connect_by: Time,
+}
+
+/// Why a node is looking for a parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// It has none.
+    Join,
+    /// Its parent failed.
+    Repair,
+    /// Its parent asked it to go (it is leaving, or a stronger node took the slot);
+    /// the stream still flows meanwhile.
+    Move,
+    /// A shallower slot may have freed.
+    Improve,
+}
+
+enum Seek {
+    Idle,
+    Waiting {
+        until: Time,
+        purpose: Purpose,
+    },
+    /// `call` is `None` while the node has no supernode yet, or is its own.
+    Searching {
+        call: Option<CallId>,
+        purpose: Purpose,
+    },
+    Pinging {
+        candidates: Vec<(Candidate, Ping)>,
+        sent: Time,
+        deadline: Time,
+        purpose: Purpose,
+    },
+    Asking {
+        queue: VecDeque<(Peer, Option<NodeId>)>,
+        call: Option<CallId>,
+        purpose: Purpose,
+        then_search: bool,
+    },
+    Probing {
+        call: CallId,
+        stalled_at: Time,
+    },
+    Patient {
+        recheck: Time,
+        stalled_at: Time,
+    },
+}
+
+#[derive(Clone, Copy)]
+enum Ping {
+    NotPinged,
+    Waiting,
+    Answered(Duration),
+    Failed,
+}
+
+impl Watch {
+    fn new(source: Option<Peer>) -> Watch {
+        Watch {
+            source,
+            attached: None,
+            old: None,
+            seek: Seek::Idle,
+            retry: Duration::ZERO,
+            next_improve: Time::NEVER,
+        }
+    }
+
+    pub(crate) fn parent(&self) -> Option<&Peer> {
+        self.attached.as_ref().map(|a| &a.ticket.parent)
+    }
+
+    pub(crate) fn path(&self) -> &[NodeId] {
+        self.attached.as_ref().map_or(&[], |a| &a.ticket.path)
+    }
+
+    pub(crate) fn ticket(&self) -> Option<&Ticket> {
+        self.attached.as_ref().map(|a| &a.ticket)
+    }
+
+    pub(crate) fn is_flowing(&self) -> bool {
+        self.attached.as_ref().is_some_and(|a| a.flowing)
+    }
+
+    /// Returns whether anything changed.
+    pub(crate) fn set_path(&mut self, path: Vec<NodeId>, backup: Option<Peer>) -> bool {
+        let Some(a) = self.attached.as_mut() else {
+            return false;
+        };
+        let changed = a.ticket.path != path || a.ticket.backup != backup;
+        a.ticket.path = path;
+        a.ticket.backup = backup;
+        changed
+    }
+
+    pub(crate) fn into_tickets(self) -> Vec<Ticket> {
+        self.attached
+            .map(|a| a.ticket)
+            .into_iter()
+            .chain(self.old)
+            .collect()
+    }
+
+    fn deadline(&self) -> Option<Time> {
+        let seek = match &self.seek {
+            Seek::Waiting { until, .. } => Some(*until),
+            Seek::Pinging { deadline, .. } => Some(*deadline),
+            Seek::Patient { recheck, .. } => Some(*recheck),
+            Seek::Idle => {
+                let connect = self
+                    .attached
+                    .as_ref()
+                    .filter(|a| !a.flowing)
+                    .map(|a| a.connect_by);
+                Some(connect.map_or(self.next_improve, |c| c.min(self.next_improve)))
+            }
+            _ => None,
+        };
+        seek
+    }
+}
+
+impl Node {
+    pub(crate) fn watch(&mut self, stream: StreamId, kbps: u32, source: Option<Peer>) {
+        if let Some(held) = self.streams.get_mut(&stream) {
+            held.kbps = kbps;
+            if let Some(w) = held.watch.as_mut() {
+                w.source = source.or(w.source.take());
+            }
+            return;
+        }
+        let watch = Watch::new(source);
+        let held = Held {
+            kbps,
+            watch: Some(watch),
+            children: Default::default(),
+            reserved: None,
+        };
+        self.streams.insert(stream.clone(), held);
+        self.search(&stream, Purpose::Join);
+    }
+
+    fn watch_mut(&mut self, stream: &StreamId) -> Option<&mut Watch> {
+        self.streams.get_mut(stream)?.watch.as_mut()
+    }
+
+    fn my_slots(&self, stream: &StreamId) -> u8 {
+        self.streams.get(stream).map_or(0, |h| self.slots_for(h))
+    }
+
+    /// Registered (or promoted): searches that waited for a supernode go out.
+    pub(crate) fn membership_ready(&mut self) {
+        let waiting: Vec<(StreamId, Purpose)> = self
+            .streams
+            .iter()
+            .filter_map(|(s, h)| match h.watch.as_ref()?.seek {
+                Seek::Searching {
+                    call: None,
+                    purpose,
+                } => Some((s.clone(), purpose)),
+                _ => None,
+            })
+            .collect();
+        for (stream, purpose) in waiting {
+            self.search(&stream, purpose);
+        }
+    }
+
+    fn search(&mut self, stream: &StreamId, purpose: Purpose) {
+        if self.leaving.is_some() {
+            if let Some(watch) = self.watch_mut(stream) {
+                watch.seek = Seek::Idle;
+            }
+            return;
+        }
+        let ttl = if purpose == Purpose::Improve {
+            self.cfg.improve_ttl
+        } else {
+            self.cfg.search_ttl
+        };
+        let call = match &self.member.state {
+            State::Member { supernode } => {
+                let request = Request::Search {
+                    query: rand::Rng::gen(&mut self.rng),
+                    stream: stream.clone(),
+                    ttl,
+                    requester: self.me.peer.id.clone(),
+                    requester_slots: self.my_slots(stream),
+                };
+                let to = Target::Node(supernode.clone());
+                Some(self.call(to, request, Pending::Search(stream.clone())))
+            }
+            _ => None,
+        };
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        watch.seek = Seek::Searching { call, purpose };
+        if call.is_none() && self.is_supernode() {
+            self.sn_local_search(stream, ttl);
+        }
+    }
+
+    pub(crate) fn on_search(
+        &mut self,
+        call: CallId,
+        stream: &StreamId,
+        result: Result<Response, CallError>,
+    ) {
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        if !matches!(watch.seek, Seek::Searching { call: Some(c), .. } if c == call) {
+            return;
+        }
+        let found = match result {
+            Ok(Response::Candidates { candidates }) => candidates,
+            _ => Vec::new(),
+        };
+        self.search_done(stream, found);
+    }
+
+    /// Candidates from our supernode (or our own registry, as a supernode).
+    pub(crate) fn search_done(&mut self, stream: &StreamId, found: Vec<Candidate>) {
+        let me = self.me.peer.id.clone();
+        let now = self.now;
+        let ping_count = self.cfg.ping_candidates;
+        let timeout = self.cfg.ping_timeout;
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        let Seek::Searching { purpose, .. } = watch.seek else {
+            return;
+        };
+        let depth = watch.path().len();
+        let parent = watch.parent().map(|p| p.id.clone());
+        let mut candidates: Vec<Candidate> = found
+            .into_iter()
+            .filter(|c| {
+                c.peer.id != me
+                    && !c.holding.path.contains(&me)
+                    && Some(&c.peer.id) != parent.as_ref()
+            })
+            .filter(|c| {
+                purpose != Purpose::Improve || (c.holding.free > 0 && c.holding.depth() + 1 < depth)
+            })
+            .collect();
+        if candidates.is_empty() {
+            let source = watch
+                .source
+                .clone()
+                .filter(|s| Some(&s.id) != parent.as_ref() && s.id != me);
+            match (purpose, source) {
+                (Purpose::Improve, _) | (_, None) => self.no_parent(stream, purpose),
+                (_, Some(source)) => {
+                    self.ask(stream, VecDeque::from([(source, None)]), purpose, false)
+                }
+            }
+            return;
+        }
+        candidates.truncate(self.cfg.max_candidates);
+        if purpose == Purpose::Improve {
+            // A move up needs no round-trip ranking: depth decides, and it is cheap.
+            let queue = candidates.into_iter().map(|c| (c.peer, None)).collect();
+            self.ask(stream, queue, purpose, false);
+            return;
+        }
+        let pinged = ping_count.min(candidates.len());
+        let list: Vec<(Candidate, Ping)> = candidates
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    c,
+                    if i < pinged {
+                        Ping::Waiting
+                    } else {
+                        Ping::NotPinged
+                    },
+                )
+            })
+            .collect();
+        let peers: Vec<Peer> = list
+            .iter()
+            .take(pinged)
+            .map(|(c, _)| c.peer.clone())
+            .collect();
+        if let Some(watch) = self.watch_mut(stream) {
+            watch.seek = Seek::Pinging {
+                candidates: list,
+                sent: now,
+                deadline: now + timeout,
+                purpose,
+            };
+        }
+        for (i, peer) in peers.into_iter().enumerate() {
+            let request = Request::Ping {
+                stream: Some(stream.clone()),
+            };
+            self.call_within(
+                Target::Node(peer),
+                request,
+                Pending::PingCandidate(stream.clone(), i),
+                timeout,
+            );
+        }
+    }
+
+    pub(crate) fn on_candidate_ping(
+        &mut self,
+        stream: &StreamId,
+        i: usize,
+        result: Result<Response, CallError>,
+    ) {
+        let now = self.now;
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        let Seek::Pinging {
+            candidates, sent, ..
+        } = &mut watch.seek
+        else {
+            return;
+        };
+        if let Some((_, ping)) = candidates.get_mut(i) {
+            *ping = match result {
+                Ok(Response::Pong {
+                    flowing: Some(true),
+                }) => Ping::Answered(now - *sent),
+                _ => Ping::Failed,
+            };
+        }
+        if candidates.iter().all(|(_, p)| !matches!(p, Ping::Waiting)) {
+            self.finish_pinging(stream);
+        }
+    }
+
+    /// Ask the answering candidates in order of depth, free slots and round-trip
+    /// time; then the ones not pinged.
+    fn finish_pinging(&mut self, stream: &StreamId) {
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        let Seek::Pinging {
+            candidates,
+            purpose,
+            ..
+        } = std::mem::replace(&mut watch.seek, Seek::Idle)
+        else {
+            return;
+        };
+        let mut answered: Vec<(Candidate, Duration)> = candidates
+            .iter()
+            .filter_map(|(c, p)| match p {
+                Ping::Answered(rtt) => Some((c.clone(), *rtt)),
+                _ => None,
+            })
+            .collect();
+        answered
+            .sort_by_key(|(c, rtt)| (c.holding.depth(), std::cmp::Reverse(c.holding.free), *rtt));
+        let rest = candidates
+            .into_iter()
+            .filter(|(_, p)| matches!(p, Ping::NotPinged));
+        let queue = answered
+            .into_iter()
+            .map(|(c, _)| c)
+            .chain(rest.map(|(c, _)| c))
+            .map(|c| (c.peer, None))
+            .collect();
+        self.ask(stream, queue, purpose, purpose == Purpose::Repair);
+    }
+
+    fn ask(
+        &mut self,
+        stream: &StreamId,
+        queue: VecDeque<(Peer, Option<NodeId>)>,
+        purpose: Purpose,
+        then_search: bool,
+    ) {
+        if let Some(watch) = self.watch_mut(stream) {
+            watch.seek = Seek::Asking {
+                queue,
+                call: None,
+                purpose,
+                then_search,
+            };
+            self.ask_next(stream);
+        }
+    }
+
+    fn ask_next(&mut self, stream: &StreamId) {
+        let card = self.me.clone();
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        let Seek::Asking {
+            queue,
+            purpose,
+            then_search,
+            ..
+        } = &mut watch.seek
+        else {
+            return;
+        };
+        let (purpose, then_search) = (*purpose, *then_search);
+        let Some((peer, replaces)) = queue.pop_front() else {
+            if then_search {
+                self.search(stream, purpose);
+            } else {
+                self.no_parent(stream, purpose);
+            }
+            return;
+        };
+        let path = watch.attached.as_ref().map(|a| a.ticket.path.clone());
+        let request = Request::Ticket {
+            stream: stream.clone(),
+            child: card,
+            path,
+            replaces,
+        };
+        let call = self.call(Target::Node(peer), request, Pending::Ticket(stream.clone()));
+        if let Some(Seek::Asking { call: c, .. }) = self.watch_mut(stream).map(|w| &mut w.seek) {
+            *c = Some(call);
+        }
+    }
+
+    pub(crate) fn on_ticket(
+        &mut self,
+        call: CallId,
+        stream: &StreamId,
+        result: Result<Response, CallError>,
+    ) {
+        let Some(watch) = self.watch_mut(stream) else {
+            if let Ok(Response::Ticket { ticket }) = result {
+                self.release(vec![*ticket]);
+            }
+            return;
+        };
+        let purpose = match watch.seek {
+            Seek::Asking {
+                call: Some(c),
+                purpose,
+                ..
+            } if c == call => purpose,
+            _ => {
+                // An answer that came too late: give the slot back.
+                if let Ok(Response::Ticket { ticket }) = result {
+                    self.release(vec![*ticket]);
+                }
+                return;
+            }
+        };
+        match result {
+            Ok(Response::Ticket { ticket }) if ticket.stream == *stream => {
+                self.attach(stream, *ticket, purpose)
+            }
+            _ => self.ask_next(stream),
+        }
+    }
+
+    fn attach(&mut self, stream: &StreamId, ticket: Ticket, purpose: Purpose) {
+        let now = self.now;
+        let connect_by = now + self.cfg.connect_timeout;
+        let improve = self.jitter(self.cfg.improve_interval);
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        let previous = watch.attached.take().map(|a| a.ticket);
+        let dead = match purpose {
+            // The old parent is gone or stalled: nothing to wait for.
+            Purpose::Repair | Purpose::Join => previous,
+            Purpose::Move | Purpose::Improve => {
+                watch.old = previous;
+                None
+            }
+        };
+        let parent = ticket.parent.clone();
+        let token = ticket.token.clone();
+        let adopt = ticket.adopt.clone();
+        let depth = ticket.path.len();
+        watch.attached = Some(Attached {
+            ticket,
+            flowing: false,
+            connect_by,
+        });
+        watch.seek = Seek::Idle;
+        watch.retry = Duration::ZERO;
+        watch.next_improve = now + improve;
+        if let Some(dead) = dead {
+            self.release(vec![dead]);
+        }
+        if let Some(node) = adopt {
+            self.reserve(stream, node);
+        }
+        self.event(Event::Attached {
+            stream: stream.clone(),
+            parent: parent.id.clone(),
+            depth,
+        });
+        self.emit(Output::Pull {
+            stream: stream.clone(),
+            parent,
+            token,
+        });
+        self.paths_changed(stream);
+    }
+
+    /// Nobody could take us: try again later, waiting longer each time.
+    fn no_parent(&mut self, stream: &StreamId, purpose: Purpose) {
+        let now = self.now;
+        let (min, max) = (self.cfg.retry_min, self.cfg.retry_max);
+        let improve = self.jitter(self.cfg.improve_interval);
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        if purpose == Purpose::Improve {
+            watch.seek = Seek::Idle;
+            watch.next_improve = now + improve;
+            return;
+        }
+        watch.retry = (watch.retry * 2).clamp(min, max);
+        let retry_in = watch.retry;
+        watch.seek = Seek::Waiting {
+            until: now + retry_in,
+            purpose,
+        };
+        self.event(Event::NoParent {
+            stream: stream.clone(),
+            retry_in,
+        });
+    }
+
+    pub(crate) fn flowing(&mut self, stream: &StreamId) {
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        let Some(a) = watch.attached.as_mut() else {
+            return;
+        };
+        a.flowing = true;
+        if matches!(watch.seek, Seek::Probing { .. } | Seek::Patient { .. }) {
+            watch.seek = Seek::Idle;
+        }
+        if let Some(old) = watch.old.take() {
+            self.release(vec![old]);
+        }
+    }
+
+    /// The media plane saw no tag for the stall timeout: ask the parent why.
+    pub(crate) fn stalled(&mut self, stream: &StreamId) {
+        let now = self.now;
+        let timeout = self.cfg.ping_timeout;
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        let Some(a) = watch.attached.as_mut() else {
+            return;
+        };
+        a.flowing = false;
+        match watch.seek {
+            Seek::Idle
+            | Seek::Searching {
+                purpose: Purpose::Improve,
+                ..
+            } => {}
+            Seek::Pinging {
+                purpose: Purpose::Improve,
+                ..
+            }
+            | Seek::Asking {
+                purpose: Purpose::Improve,
+                ..
+            } => {}
+            _ => return,
+        }
+        let parent = a.ticket.parent.clone();
+        let request = Request::Ping {
+            stream: Some(stream.clone()),
+        };
+        let call = self.call_within(
+            Target::Node(parent),
+            request,
+            Pending::Probe(stream.clone()),
+            timeout,
+        );
+        if let Some(watch) = self.watch_mut(stream) {
+            watch.seek = Seek::Probing {
+                call,
+                stalled_at: now,
+            };
+        }
+    }
+
+    /// The parent cannot be kept (it is in our own subtree): repair at once.
+    pub(crate) fn stalled_hard(&mut self, stream: &StreamId) {
+        if let Some(a) = self.watch_mut(stream).and_then(|w| w.attached.as_mut()) {
+            a.flowing = false;
+        }
+        self.repair(stream, false);
+    }
+
+    pub(crate) fn on_probe(
+        &mut self,
+        call: CallId,
+        stream: &StreamId,
+        result: Result<Response, CallError>,
+    ) {
+        let now = self.now;
+        let patience = self.cfg.repair_patience;
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        let Seek::Probing {
+            call: c,
+            stalled_at,
+        } = watch.seek
+        else {
+            return;
+        };
+        if c != call {
+            return;
+        }
+        match result {
+            // The parent is alive and has no stream either: it is repairing itself.
+            Ok(Response::Pong {
+                flowing: Some(false),
+            }) if now < stalled_at + patience => {
+                watch.seek = Seek::Patient {
+                    recheck: now + RECHECK,
+                    stalled_at,
+                };
+            }
+            // The parent has the stream but we do not: it dropped us, or the link is bad.
+            Ok(_) => self.repair(stream, false),
+            Err(_) => self.repair(stream, true),
+        }
+    }
+
+    /// Find a new parent. A dead parent's slot at our backup (the grandparent) is ours
+    /// to take; a live parent's is not, so then we search.
+    fn repair(&mut self, stream: &StreamId, parent_dead: bool) {
+        self.event(Event::Orphaned {
+            stream: stream.clone(),
+        });
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        let Some(a) = watch.attached.as_ref() else {
+            self.search(stream, Purpose::Join);
+            return;
+        };
+        if !parent_dead {
+            let old = watch.attached.take().map(|a| a.ticket);
+            self.release(old.into_iter().collect());
+            self.emit(Output::StopPull {
+                stream: stream.clone(),
+            });
+            self.paths_changed(stream);
+            self.search(stream, Purpose::Repair);
+            return;
+        }
+        let dead = a.ticket.parent.id.clone();
+        let queue: VecDeque<(Peer, Option<NodeId>)> = a
+            .ticket
+            .backup
+            .clone()
+            .map(|b| (b, Some(dead)))
+            .into_iter()
+            .collect();
+        self.ask(stream, queue, Purpose::Repair, true);
+    }
+
+    /// Our parent ended our ticket, naming where to go: move, keeping the stream
+    /// meanwhile.
+    pub(crate) fn parent_ended(&mut self, stream: &StreamId, handover: Option<Peer>) {
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        let Some(a) = watch.attached.as_ref() else {
+            return;
+        };
+        let leaving = a.ticket.parent.id.clone();
+        let queue = handover.map(|p| (p, Some(leaving))).into_iter().collect();
+        self.ask(stream, queue, Purpose::Move, true);
+    }
+
+    pub(crate) fn watch_timeout(&mut self) {
+        let now = self.now;
+        let timeout = self.cfg.ping_timeout;
+        let streams: Vec<StreamId> = self.streams.keys().cloned().collect();
+        for stream in streams {
+            let Some(watch) = self.watch_mut(&stream) else {
+                continue;
+            };
+            let stuck = watch
+                .attached
+                .as_ref()
+                .is_some_and(|a| !a.flowing && a.connect_by <= now);
+            match watch.seek {
+                Seek::Waiting { until, purpose } if until <= now => self.search(&stream, purpose),
+                Seek::Pinging { deadline, .. } if deadline <= now => self.finish_pinging(&stream),
+                Seek::Patient {
+                    recheck,
+                    stalled_at,
+                } if recheck <= now => {
+                    let parent = watch.attached.as_ref().map(|a| a.ticket.parent.clone());
+                    if let Some(parent) = parent {
+                        let request = Request::Ping {
+                            stream: Some(stream.clone()),
+                        };
+                        let call = self.call_within(
+                            Target::Node(parent),
+                            request,
+                            Pending::Probe(stream.clone()),
+                            timeout,
+                        );
+                        if let Some(w) = self.watch_mut(&stream) {
+                            w.seek = Seek::Probing { call, stalled_at };
+                        }
+                    }
+                }
+                Seek::Idle if stuck => {
+                    if let Some(a) = watch.attached.as_mut() {
+                        a.connect_by = Time::NEVER;
+                    }
+                    self.repair(&stream, false);
+                }
+                Seek::Idle if watch.next_improve <= now => {
+                    let depth = watch.path().len();
+                    if depth >= 2 && watch.is_flowing() && self.leaving.is_none() {
+                        self.search(&stream, Purpose::Improve);
+                    } else {
+                        let next = self.jitter(self.cfg.improve_interval);
+                        if let Some(w) = self.watch_mut(&stream) {
+                            w.next_improve = now + next;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub(crate) fn watch_deadline(&self) -> Option<Time> {
+        self.streams
+            .values()
+            .filter_map(|h| h.watch.as_ref()?.deadline())
+            .min()
+    }
+}
