@@ -188,9 +188,7 @@ async fn http_flv(State(node): Node_, Path(file): Path<String>) -> Result<Respon
 fn write_packet(sub: &Subscription, packet: Packet, out: &mut BytesMut) {
     let tag = match packet {
         Packet::Media(frame) => {
-            let metrics = sub.hub().metrics();
-            metrics.tags_out.inc();
-            metrics.bytes_out.inc_by(frame.tag.data.len() as u64);
+            sub.count_sent(&frame);
             frame.tag.clone()
         }
         Packet::Meta(meta) => Tag {

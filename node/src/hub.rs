@@ -533,6 +533,13 @@ impl Subscription {
     pub fn try_recv(&mut self) -> Option<Packet> {
         self.initial.pop_front().or_else(|| self.rx.try_recv().ok())
     }
+
+    /// Counts `frame` as sent to this subscriber, whatever the output.
+    pub fn count_sent(&self, frame: &Frame) {
+        let metrics = self.hub.metrics();
+        metrics.tags_out.inc();
+        metrics.bytes_out.inc_by(frame.tag.data.len() as u64);
+    }
 }
 
 impl Drop for Subscription {

@@ -214,38 +214,28 @@ impl Node {
 
     /// Grant `child` a ticket and send the displaced child to it.
     fn displace(&mut self, stream: &StreamId, displaced: TicketId, child: NodeCard) -> Response {
-        let child_peer = child.peer.clone();
-        let (adopt, token) = {
-            let held = self.streams.get_mut(stream).expect("held");
-            let old = held.children.get_mut(&displaced).expect("child");
-            old.moving_since = Some(self.now);
-            (old.card.peer.id.clone(), old.token.clone())
-        };
-        let ticket = self.add_child(stream, child, Some(adopt.clone()));
-        let request = Request::EndTicket {
-            ticket: displaced,
-            token,
-            handover: Some(child_peer),
-        };
-        let target = self.child_peer(stream, displaced);
-        if let Some(peer) = target {
-            self.call(Target::Node(peer), request, Pending::Quiet);
-        }
+        let handover = child.peer.clone();
+        let adopt = self.streams[stream].children[&displaced]
+            .card
+            .peer
+            .id
+            .clone();
+        let ticket = self.add_child(stream, child, Some(adopt));
+        self.send_child_away(stream, displaced, Some(handover));
         Response::Ticket {
             ticket: Box::new(ticket),
         }
     }
 
-    fn child_peer(&self, stream: &StreamId, id: TicketId) -> Option<Peer> {
-        Some(
-            self.streams
-                .get(stream)?
-                .children
-                .get(&id)?
-                .card
-                .peer
-                .clone(),
-        )
+    fn child_mut(&mut self, stream: &StreamId, id: TicketId) -> Option<&mut Child> {
+        self.streams.get_mut(stream)?.children.get_mut(&id)
+    }
+
+    /// The path a child of `held` gets: ours, then us.
+    fn child_path(&self, held: &Held) -> Vec<NodeId> {
+        let mut path = held.path().to_vec();
+        path.push(self.me.peer.id.clone());
+        path
     }
 
     fn add_child(&mut self, stream: &StreamId, card: NodeCard, adopt: Option<NodeId>) -> Ticket {
@@ -281,8 +271,7 @@ impl Node {
         adopt: Option<NodeId>,
     ) -> Ticket {
         let held = &self.streams[stream];
-        let mut path = held.path().to_vec();
-        path.push(self.me.peer.id.clone());
+        let path = self.child_path(held);
         Ticket {
             id,
             token,
@@ -334,11 +323,7 @@ impl Node {
                 // A leaving child: keep forwarding until its successor takes the slot.
                 Some(successor) => {
                     let now = self.now;
-                    if let Some(c) = self
-                        .streams
-                        .get_mut(&stream)
-                        .and_then(|h| h.children.get_mut(&ticket))
-                    {
+                    if let Some(c) = self.child_mut(&stream, ticket) {
                         c.moving_since = Some(now);
                         c.successor = Some(successor.id);
                     }
@@ -347,16 +332,20 @@ impl Node {
             }
             return Ok(Response::Done);
         }
+        let stream = self.stream_of_our_ticket(ticket, token)?;
+        self.parent_ended(&stream, handover);
+        Ok(Response::Done)
+    }
+
+    /// The stream we hold through `ticket` from our parent, if `token` is its token.
+    fn stream_of_our_ticket(&self, ticket: TicketId, token: &str) -> Result<StreamId, Refusal> {
         let ours = self.streams.iter().find_map(|(s, h)| {
             let t = h.watch.as_ref()?.ticket()?;
             (t.id == ticket).then(|| (s.clone(), t.token == token))
         });
         match ours {
             Some((_, false)) => Err(forbidden()),
-            Some((stream, true)) => {
-                self.parent_ended(&stream, handover);
-                Ok(Response::Done)
-            }
+            Some((stream, true)) => Ok(stream),
             None => Err(Refusal::new(
                 RefusalKind::NotFound,
                 format!("no ticket {ticket} here"),
@@ -378,20 +367,7 @@ impl Node {
                 format!("a path has at most {MAX_PATH} nodes"),
             ));
         }
-        let stream = self.streams.iter().find_map(|(s, h)| {
-            let t = h.watch.as_ref()?.ticket()?;
-            (t.id == ticket).then(|| (s.clone(), t.token == token))
-        });
-        let stream = match stream {
-            Some((_, false)) => return Err(forbidden()),
-            Some((stream, true)) => stream,
-            None => {
-                return Err(Refusal::new(
-                    RefusalKind::NotFound,
-                    format!("no ticket {ticket} here"),
-                ))
-            }
-        };
+        let stream = self.stream_of_our_ticket(ticket, token)?;
         if path.contains(&self.me.peer.id) {
             // Our parent descends from us: a loop closed somewhere. Break it here.
             self.stalled_hard(&stream);
@@ -413,8 +389,7 @@ impl Node {
         let Some(held) = self.streams.get(stream) else {
             return;
         };
-        let mut path = held.path().to_vec();
-        path.push(self.me.peer.id.clone());
+        let path = self.child_path(held);
         let backup = held.parent().cloned();
         let calls: Vec<(Peer, Request)> = held
             .children
@@ -437,11 +412,7 @@ impl Node {
 
     pub(crate) fn player(&mut self, stream: &StreamId, ticket: TicketId, connected: bool) {
         let now = self.now;
-        if let Some(child) = self
-            .streams
-            .get_mut(stream)
-            .and_then(|h| h.children.get_mut(&ticket))
-        {
+        if let Some(child) = self.child_mut(stream, ticket) {
             child.connected = connected;
             child.idle_since = now;
         }
@@ -596,11 +567,7 @@ impl Node {
 
     fn send_child_away(&mut self, stream: &StreamId, id: TicketId, handover: Option<Peer>) {
         let now = self.now;
-        let Some(child) = self
-            .streams
-            .get_mut(stream)
-            .and_then(|h| h.children.get_mut(&id))
-        else {
+        let Some(child) = self.child_mut(stream, id) else {
             return;
         };
         child.moving_since = Some(now);

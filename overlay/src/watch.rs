@@ -586,7 +586,6 @@ impl Node {
     /// The media plane saw no tag for the stall timeout: ask the parent why.
     pub(crate) fn stalled(&mut self, stream: &StreamId) {
         let now = self.now;
-        let timeout = self.cfg.ping_timeout;
         let Some(watch) = self.watch_mut(stream) else {
             return;
         };
@@ -594,37 +593,33 @@ impl Node {
             return;
         };
         a.flowing = false;
-        match watch.seek {
-            Seek::Idle
-            | Seek::Searching {
-                purpose: Purpose::Improve,
-                ..
-            } => {}
-            Seek::Pinging {
-                purpose: Purpose::Improve,
-                ..
-            }
-            | Seek::Asking {
-                purpose: Purpose::Improve,
-                ..
-            } => {}
-            _ => return,
+        // Only a settled node, or one merely looking for a better place, starts
+        // probing; any other search is already a repair or a move.
+        let interruptible = match watch.seek {
+            Seek::Idle => true,
+            Seek::Searching { purpose, .. }
+            | Seek::Pinging { purpose, .. }
+            | Seek::Asking { purpose, .. } => purpose == Purpose::Improve,
+            _ => false,
+        };
+        if interruptible {
+            self.probe(stream, now);
         }
-        let parent = a.ticket.parent.clone();
+    }
+
+    /// Ask the parent whether `stream` still flows there.
+    fn probe(&mut self, stream: &StreamId, stalled_at: Time) {
+        let timeout = self.cfg.ping_timeout;
+        let Some(parent) = self.watch_mut(stream).and_then(|w| w.parent().cloned()) else {
+            return;
+        };
         let request = Request::Ping {
             stream: Some(stream.clone()),
         };
-        let call = self.call_within(
-            Target::Node(parent),
-            request,
-            Pending::Probe(stream.clone()),
-            timeout,
-        );
+        let pending = Pending::Probe(stream.clone());
+        let call = self.call_within(Target::Node(parent), request, pending, timeout);
         if let Some(watch) = self.watch_mut(stream) {
-            watch.seek = Seek::Probing {
-                call,
-                stalled_at: now,
-            };
+            watch.seek = Seek::Probing { call, stalled_at };
         }
     }
 
@@ -723,7 +718,6 @@ impl Node {
 
     pub(crate) fn watch_timeout(&mut self) {
         let now = self.now;
-        let timeout = self.cfg.ping_timeout;
         let streams: Vec<StreamId> = self.streams.keys().cloned().collect();
         for stream in streams {
             let Some(watch) = self.watch_mut(&stream) else {
@@ -739,29 +733,9 @@ impl Node {
                 Seek::Patient {
                     recheck,
                     stalled_at,
-                } if recheck <= now => {
-                    let parent = watch.attached.as_ref().map(|a| a.ticket.parent.clone());
-                    if let Some(parent) = parent {
-                        let request = Request::Ping {
-                            stream: Some(stream.clone()),
-                        };
-                        let call = self.call_within(
-                            Target::Node(parent),
-                            request,
-                            Pending::Probe(stream.clone()),
-                            timeout,
-                        );
-                        if let Some(w) = self.watch_mut(&stream) {
-                            w.seek = Seek::Probing { call, stalled_at };
-                        }
-                    }
-                }
-                Seek::Idle if stuck => {
-                    if let Some(a) = watch.attached.as_mut() {
-                        a.connect_by = Time::NEVER;
-                    }
-                    self.repair(&stream, false);
-                }
+                } if recheck <= now => self.probe(&stream, stalled_at),
+                // Its stream never started: repair, which drops the attachment.
+                Seek::Idle if stuck => self.repair(&stream, false),
                 Seek::Idle if watch.next_improve <= now => {
                     let depth = watch.path().len();
                     if depth >= 2 && watch.is_flowing() && self.leaving.is_none() {

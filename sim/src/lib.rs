@@ -129,13 +129,34 @@ pub(crate) struct Sim {
     portal: Portal,
     stream: StreamId,
     stats: Stats,
-    spawned: usize,
+    trace: Trace,
+}
+
+/// Debugging output on stderr, chosen by environment variables once per run:
+/// `ASTRAL_SIM_TRACE` (progress and churn), `ASTRAL_SIM_TRACE_EVENTS` (every engine
+/// event), `ASTRAL_SIM_TRACE_NODE=I` (every input and output of box I).
+#[derive(Default)]
+struct Trace {
+    progress: bool,
+    events: bool,
+    node: Option<usize>,
+}
+
+impl Trace {
+    fn from_env() -> Trace {
+        Trace {
+            progress: std::env::var_os("ASTRAL_SIM_TRACE").is_some(),
+            events: std::env::var_os("ASTRAL_SIM_TRACE_EVENTS").is_some(),
+            node: std::env::var("ASTRAL_SIM_TRACE_NODE")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        }
+    }
 }
 
 impl Sim {
     fn new(params: Params) -> Sim {
         let rng = StdRng::seed_from_u64(params.seed);
-        let stats = Stats::new(&params);
         Sim {
             params,
             now: Time::ZERO,
@@ -148,8 +169,8 @@ impl Sim {
             next_request: 0,
             portal: Portal::default(),
             stream: StreamId::new("live").expect("valid"),
-            stats,
-            spawned: 0,
+            stats: Stats::default(),
+            trace: Trace::from_env(),
         }
     }
 
@@ -233,14 +254,7 @@ impl Sim {
                 if !self.boxes[to].alive {
                     let back = self.latency(to, from);
                     let result = Err(CallError::Unreachable("connection refused".into()));
-                    self.after(
-                        back,
-                        Ev::Reply {
-                            to: from,
-                            call,
-                            result,
-                        },
-                    );
+                    self.reply_after(back, from, call, result);
                     return;
                 }
                 self.next_request += 1;
@@ -260,14 +274,7 @@ impl Sim {
             } => {
                 let result = self.portal.handle(&request, self.now, &mut self.rng);
                 let back = self.portal_latency(from);
-                self.after(
-                    back,
-                    Ev::Reply {
-                        to: from,
-                        call,
-                        result,
-                    },
-                );
+                self.reply_after(back, from, call, result);
             }
             Ev::LinkUp {
                 child,
@@ -291,7 +298,7 @@ impl Sim {
                 }
             }
             Ev::Sample => {
-                if std::env::var_os("ASTRAL_SIM_TRACE").is_some() {
+                if self.trace.progress {
                     let alive = self.boxes.iter().filter(|b| b.alive).count();
                     let playing = self.boxes.iter().filter(|b| b.alive && b.has_media).count();
                     eprintln!(
@@ -300,29 +307,23 @@ impl Sim {
                         self.queue.len(),
                         self.stats.messages
                     );
-                    if self.now.as_millis() / 1000 == 63 {
-                        for (i, b) in self
-                            .boxes
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, b)| b.alive && !b.has_media)
-                            .take(4)
-                        {
-                            eprintln!("  n{i} link={:?} held={:?}", b.link, b.engine.held());
-                        }
-                    }
                 }
                 let mut stats = std::mem::take(&mut self.stats);
                 stats.sample(self);
                 self.stats = stats;
-                let every = if std::env::var_os("ASTRAL_SIM_TRACE").is_some() {
-                    1
-                } else {
-                    10
-                };
-                self.after(Duration::from_secs(every), Ev::Sample);
+                self.after(Duration::from_secs(10), Ev::Sample);
             }
         }
+    }
+
+    fn reply_after(
+        &mut self,
+        d: Duration,
+        to: usize,
+        call: overlay::CallId,
+        result: Result<Response, CallError>,
+    ) {
+        self.after(d, Ev::Reply { to, call, result });
     }
 
     fn add_box(&mut self, source: bool) -> usize {
@@ -369,7 +370,6 @@ impl Sim {
     }
 
     fn spawn(&mut self) {
-        self.spawned += 1;
         let i = self.add_box(false);
         self.input(
             i,
@@ -400,7 +400,7 @@ impl Sim {
         }
         let victim = alive[self.rng.gen_range(0..alive.len())];
         let crash = self.rng.gen::<bool>();
-        if std::env::var_os("ASTRAL_SIM_TRACE").is_some() {
+        if self.trace.progress {
             eprintln!(
                 "t={}ms {} n{victim}: supernode {}, children {}",
                 self.now.as_millis(),
@@ -422,7 +422,6 @@ impl Sim {
         self.stats.crashes += 1;
         let affected_before = self.stats.affected;
         self.boxes[i].alive = false;
-        self.stats.crash_started(i);
         if let Some((parent, ticket)) = self.boxes[i].link.take() {
             self.boxes[parent].media_children.retain(|&c| c != i);
             let stream = self.stream.clone();
@@ -446,7 +445,7 @@ impl Sim {
         if !self.boxes[i].alive {
             return;
         }
-        if std::env::var("ASTRAL_SIM_TRACE_NODE").ok() == Some(i.to_string()) {
+        if self.trace.node == Some(i) {
             eprintln!("  t={} n{i} <- {input:?}", self.now.as_millis());
         }
         self.boxes[i].engine.handle_input(self.now, input);
@@ -469,7 +468,7 @@ impl Sim {
     }
 
     fn output(&mut self, i: usize, output: Output) {
-        if std::env::var("ASTRAL_SIM_TRACE_NODE").ok() == Some(i.to_string()) {
+        if self.trace.node == Some(i) {
             eprintln!("  t={} n{i} -> {output:?}", self.now.as_millis());
         }
         match output {
@@ -502,14 +501,7 @@ impl Sim {
                         }
                         None => {
                             let result = Err(CallError::Unreachable("no such address".into()));
-                            self.after(
-                                Duration::from_millis(1),
-                                Ev::Reply {
-                                    to: i,
-                                    call,
-                                    result,
-                                },
-                            );
+                            self.reply_after(Duration::from_millis(1), i, call, result);
                         }
                     },
                 }
@@ -517,8 +509,7 @@ impl Sim {
             Output::Respond { id, result } => {
                 if let Some((to, call)) = self.requests.remove(&(i, id)) {
                     let d = self.latency(i, to);
-                    let result = result.map_err(CallError::Refused);
-                    self.after(d, Ev::Reply { to, call, result });
+                    self.reply_after(d, to, call, result.map_err(CallError::Refused));
                 }
             }
             Output::Pull { parent, token, .. } => {
@@ -553,10 +544,10 @@ impl Sim {
                 }
             }
             Output::Event(event) => {
-                if std::env::var_os("ASTRAL_SIM_TRACE_EVENTS").is_some() {
+                if self.trace.events {
                     eprintln!("    t={} n{i} {event:?}", self.now.as_millis());
                 }
-                self.stats.event(i, &event, self.now)
+                self.stats.event(&event)
             }
             Output::Left => {
                 self.cut(i, true);

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use overlay::{Event, Time};
+use overlay::Event;
 
 use crate::{Params, Sim};
 
@@ -66,12 +66,6 @@ impl fmt::Display for Report {
 }
 
 impl Stats {
-    pub(crate) fn new(_params: &Params) -> Stats {
-        Stats::default()
-    }
-
-    pub(crate) fn crash_started(&mut self, _node: usize) {}
-
     pub(crate) fn joined(&mut self, d: Duration) {
         self.joins.push(d);
     }
@@ -84,7 +78,7 @@ impl Stats {
         }
     }
 
-    pub(crate) fn event(&mut self, _node: usize, event: &Event, _now: Time) {
+    pub(crate) fn event(&mut self, event: &Event) {
         if let Event::Promoted = event {
             self.promotions += 1;
         }

@@ -316,9 +316,7 @@ impl Connection {
                 }
             }
             Packet::Media(frame) => {
-                let metrics = subscription.hub().metrics();
-                metrics.tags_out.inc();
-                metrics.bytes_out.inc_by(frame.tag.data.len() as u64);
+                subscription.count_sent(&frame);
                 self.out.push(chunk::for_player(&frame, *stream_id));
             }
         }
