@@ -40,7 +40,8 @@ pub struct Config {
     pub ticket_idle: Duration,
     /// Longest graceful leave: then the node stops whether or not its children moved.
     pub leave_grace: Duration,
-    /// How often a supernode refreshes its neighbours from the portal.
+    /// How often a supernode renews its entry on the portal, reports its viewer counts
+    /// and refreshes its neighbours.
     pub neighbour_refresh: Duration,
     /// Share of the upload budget given to forwards (the rest is headroom).
     pub upload_share: f64,
@@ -68,7 +69,7 @@ impl Default for Config {
             improve_interval: Duration::from_secs(60),
             ticket_idle: Duration::from_secs(10),
             leave_grace: Duration::from_secs(5),
-            neighbour_refresh: Duration::from_secs(300),
+            neighbour_refresh: Duration::from_secs(60),
             upload_share: 0.8,
         }
     }

@@ -227,9 +227,7 @@ impl Node {
         self.member.state = State::Supernode;
         self.supernode = Some(Supernode::new(self.now));
         self.event(Event::Promoted);
-        let request = Request::PromoteSupernode {
-            peer: self.me.peer.clone(),
-        };
+        let request = self.promote_request();
         self.call(Target::Portal, request, Pending::Promote);
         self.announce_soon();
         self.membership_ready();
@@ -260,10 +258,15 @@ impl Node {
     }
 
     pub(crate) fn refresh_neighbours(&mut self) {
-        let request = Request::PromoteSupernode {
-            peer: self.me.peer.clone(),
-        };
+        let request = self.promote_request();
         self.call(Target::Portal, request, Pending::Refresh);
+    }
+
+    fn promote_request(&self) -> Request {
+        Request::PromoteSupernode {
+            peer: self.me.peer.clone(),
+            viewers: self.supernode.as_ref().map(|sn| sn.viewers()).unwrap_or_default(),
+        }
     }
 
     /// A leaving supernode sent us to its successor.

@@ -63,6 +63,16 @@ impl Supernode {
         }
     }
 
+    /// Boxes registered here (this one included) holding each stream.
+    pub(crate) fn viewers(&self) -> BTreeMap<StreamId, u32> {
+        let mut viewers = BTreeMap::new();
+        let holdings = self.children.values().flat_map(|c| &c.holdings);
+        for holding in holdings.chain(&self.own) {
+            *viewers.entry(holding.stream.clone()).or_default() += 1;
+        }
+        viewers
+    }
+
     pub(crate) fn set_neighbours(&mut self, mut neighbours: Vec<Peer>) {
         neighbours.truncate(MAX_NEIGHBOURS);
         self.neighbours = neighbours;

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod flv;
 pub mod overlay;
+pub mod portal;
 
 pub use api::{ApiError, PullRequest, StreamInfo, StreamRole};
 pub use flv::{StreamMeta, Tag, TagKind};

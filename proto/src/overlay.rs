@@ -5,6 +5,7 @@
 //! machines (`overlay/`) speak these types and nothing else, so the node's HTTP
 //! driver and the simulation carry the very same messages.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -212,9 +213,14 @@ pub enum Request {
     Rehome { supernode: Peer },
     /// Portal `GET /api/supernodes`: a partial list of supernodes. Answer: `Supernodes`.
     Bootstrap,
-    /// Portal `POST /api/supernodes`: I am a supernode now. Answer: `Supernodes`
-    /// (my neighbours).
-    PromoteSupernode { peer: Peer },
+    /// Portal `POST /api/supernodes`: I am a supernode now, or still am (sent every
+    /// `neighbour_refresh`). `viewers` counts the boxes registered here that hold each
+    /// stream, for the portal's directory. Answer: `Supernodes` (my neighbours).
+    PromoteSupernode {
+        peer: Peer,
+        #[serde(default)]
+        viewers: BTreeMap<StreamId, u32>,
+    },
     /// Portal `DELETE /api/supernodes/{id}`. Answer: `Done`.
     RetireSupernode { id: NodeId },
 }

@@ -92,7 +92,7 @@ impl Portal {
             Request::Bootstrap => Ok(Response::Supernodes {
                 supernodes: self.sample(None, rng),
             }),
-            Request::PromoteSupernode { peer } => {
+            Request::PromoteSupernode { peer, .. } => {
                 if self.seen.insert(peer.id.clone(), now).is_none() {
                     self.supernodes.push(peer.clone());
                 }
