@@ -1,5 +1,7 @@
 //! `astral`: the one binary. Subcommands only; each one's logic lives in its crate.
 
+mod demo;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,10 +19,14 @@ struct Cli {
 enum Command {
     /// Run a node: the daemon of every box
     Node(Box<node::NodeArgs>),
-    /// Run a test-pattern source and a chain of relays on loopback, and print their URLs
-    Demo(node::demo::DemoArgs),
+    /// Run a portal, a test-pattern source and a few boxes on loopback, and print their URLs
+    Demo(demo::DemoArgs),
+    /// Run the portal: supernode bootstrap and the directory of live streams
+    Portal(portal::PortalArgs),
     /// Simulate the overlay with many boxes and churn, and print what it measured
     Sim(sim::Params),
+    #[command(flatten)]
+    Local(node::cli::Command),
 }
 
 /// Exit status for a configuration that cannot work (sysexits' EX_USAGE); the systemd
@@ -38,9 +44,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
+    // The demo and the CLI talk to people on the terminal: only trouble is logged.
+    let default_log = match cli.command {
+        Command::Demo(_) | Command::Local(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("ASTRAL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("ASTRAL_LOG").unwrap_or_else(|_| EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -50,7 +61,8 @@ fn main() -> ExitCode {
     // cross-thread wake-ups of a multi-threaded scheduler. Capture has threads of its
     // own. The demo runs several nodes in one process and gets a worker per core.
     let mut builder = match cli.command {
-        Command::Node(_) => tokio::runtime::Builder::new_current_thread(),
+        Command::Node(_) | Command::Local(_) => tokio::runtime::Builder::new_current_thread(),
+        Command::Portal(_) => tokio::runtime::Builder::new_multi_thread(),
         Command::Demo(_) => tokio::runtime::Builder::new_multi_thread(),
         Command::Sim(_) => unreachable!("handled above"),
     };
@@ -75,7 +87,14 @@ fn main() -> ExitCode {
                 node::run(config, listeners, shutdown_signal()).await
             })
         }
-        Command::Demo(args) => runtime.block_on(node::demo::run(args)),
+        Command::Demo(args) => runtime.block_on(demo::run(args)),
+        Command::Local(command) => runtime.block_on(node::cli::run(command)),
+        Command::Portal(args) => runtime.block_on(async {
+            portal::Portal::open(&args)
+                .await?
+                .serve(shutdown_signal())
+                .await
+        }),
         Command::Sim(_) => unreachable!("handled above"),
     };
     match result {

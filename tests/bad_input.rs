@@ -206,7 +206,7 @@ fn bad_api_requests_get_json_errors_and_change_nothing() {
             "POST",
             "/streams/x/pull",
             Some(r#"{"upstreams": ["rtmp://h/live/x"], "extra": 1}"#),
-            400,
+            422,
             "unknown field",
         ),
         (
@@ -228,6 +228,20 @@ fn bad_api_requests_get_json_errors_and_change_nothing() {
             "{method} {path}: {error:?} lacks {needle:?}"
         );
     }
+    // Admin calls need the node's token.
+    let pull = r#"{"upstreams": ["rtmp://127.0.0.1:1/live/cam"]}"#;
+    let (status, text) = node.http_anon("POST", "/streams/cam/pull", Some(pull));
+    assert_eq!(status, 401, "{text}");
+    assert!(
+        text.contains("admin-token"),
+        "the error says where the token is: {text}"
+    );
+    let url = format!("http://{}/streams/cam/pull", node.api);
+    let (status, _) = common::http_as(&url, "POST", Some(pull), Some("not-the-token"));
+    assert_eq!(status, 401);
+    let (status, _) = node.http_anon("POST", "/leave", None);
+    assert_eq!(status, 401);
+
     let (_, streams) = node.http_get("/streams");
     let streams: serde_json::Value = serde_json::from_str(&streams).unwrap();
     let names: Vec<&str> = streams

@@ -4,7 +4,7 @@
 //! a node that cannot start.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -64,6 +64,24 @@ pub struct NodeArgs {
     /// An upstream silent for this long counts as dead [default: 1000]
     #[arg(long)]
     pub stall_timeout_ms: Option<u64>,
+    /// A supernode's API address (HOST:PORT), tried before the portal's list. Repeat
+    /// for more.
+    #[arg(long = "supernode", value_name = "ADDR")]
+    pub supernodes: Vec<SocketAddr>,
+    /// The IP address other boxes reach this one at [default: the API's address, or,
+    /// when that is 0.0.0.0, the address this box reaches the portal from]
+    #[arg(long, env = "ASTRAL_ADVERTISE")]
+    pub advertise: Option<IpAddr>,
+    /// Players from this network (CIDR) play without a ticket. Repeat for more
+    /// [default: 127.0.0.0/8 and ::1, the box itself]
+    #[arg(long = "play-without-ticket", value_name = "CIDR")]
+    pub play_without_ticket: Vec<String>,
+    /// Most boxes this node registers when it is a supernode [default: 100]
+    #[arg(long)]
+    pub supernode_max_children: Option<usize>,
+    /// Title of the local source's stream in the portal's directory
+    #[arg(long)]
+    pub title: Option<String>,
 }
 
 /// The config file as written, before validation.
@@ -89,6 +107,21 @@ struct RawConfig {
     hub: RawHub,
     #[serde(default)]
     relay: RawRelay,
+    #[serde(default)]
+    supernodes: Vec<SocketAddr>,
+    advertise: Option<IpAddr>,
+    play_without_ticket: Option<Vec<String>>,
+    #[serde(default)]
+    overlay: RawOverlay,
+    title: Option<String>,
+    description: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverlay {
+    supernode_max_children: Option<usize>,
+    search_ttl: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,12 +196,21 @@ pub struct Config {
     pub pulls: Vec<PullConfig>,
     pub hub: HubConfig,
     pub stall_timeout: Duration,
+    /// Supernodes to try before the portal's list.
+    pub supernodes: Vec<SocketAddr>,
+    pub advertise: Option<IpAddr>,
+    /// Networks whose players need no ticket.
+    pub play_without_ticket: Vec<Cidr>,
+    pub overlay: overlay::Config,
 }
 
 #[derive(Debug, Clone)]
 pub struct SourceConfig {
     pub stream: String,
     pub kind: SourceKind,
+    /// How the portal's directory shows the stream.
+    pub title: String,
+    pub description: String,
 }
 
 #[derive(Debug, Clone)]
@@ -273,7 +315,27 @@ impl Config {
                         format!("{spec:?} is not a source; use test-pattern or v4l2:/dev/videoN"),
                     ));
                 };
-                Some(SourceConfig { stream, kind })
+                let title = args
+                    .title
+                    .clone()
+                    .or(raw.title)
+                    .unwrap_or_else(|| stream.clone());
+                let description = raw.description.unwrap_or_default();
+                let listing = proto::portal::StreamUpdate {
+                    title,
+                    description,
+                    source: placeholder_peer(),
+                    bitrate_kbps: 0,
+                    width: 0,
+                    height: 0,
+                };
+                listing.check().map_err(|e| invalid("title", e))?;
+                Some(SourceConfig {
+                    stream,
+                    kind,
+                    title: listing.title,
+                    description: listing.description,
+                })
             }
         };
 
@@ -328,6 +390,36 @@ impl Config {
             ));
         }
 
+        let play_without_ticket = match (&args.play_without_ticket[..], raw.play_without_ticket) {
+            ([], None) => vec![Cidr::LOOPBACK_V4, Cidr::LOOPBACK_V6],
+            ([], Some(list)) => parse_cidrs("play_without_ticket", &list)?,
+            (flags, _) => parse_cidrs("--play-without-ticket", flags)?,
+        };
+        let mut overlay = overlay::Config::default();
+        if let Some(n) = args
+            .supernode_max_children
+            .or(raw.overlay.supernode_max_children)
+        {
+            if !(1..=10_000).contains(&n) {
+                return Err(invalid(
+                    "overlay.supernode_max_children",
+                    "must be between 1 and 10000",
+                ));
+            }
+            overlay.max_children = n;
+        }
+        if let Some(ttl) = raw.overlay.search_ttl {
+            if ttl > overlay.max_search_ttl {
+                return Err(invalid(
+                    "overlay.search_ttl",
+                    format!("must be at most {}", overlay.max_search_ttl),
+                ));
+            }
+            overlay.search_ttl = ttl;
+        }
+        let mut supernodes = args.supernodes.clone();
+        supernodes.extend(raw.supernodes);
+
         Ok(Config {
             name,
             api: args
@@ -351,7 +443,86 @@ impl Config {
             pulls,
             hub,
             stall_timeout: Duration::from_millis(stall_ms),
+            supernodes,
+            advertise: args.advertise.or(raw.advertise),
+            play_without_ticket,
+            overlay,
         })
+    }
+}
+
+/// A network, `ADDR/BITS`: who may play without a ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub bits: u8,
+}
+
+impl Cidr {
+    pub const LOOPBACK_V4: Cidr = Cidr {
+        addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
+        bits: 8,
+    };
+    pub const LOOPBACK_V6: Cidr = Cidr {
+        addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+        bits: 128,
+    };
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let prefix =
+            |bits: u32, width: u32, a: u128, b: u128| bits == 0 || (a ^ b) >> (width - bits) == 0;
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix(
+                self.bits.into(),
+                32,
+                u32::from(net).into(),
+                u32::from(ip).into(),
+            ),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix(self.bits.into(), 128, u128::from(net), u128::from(ip))
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Cidr, String> {
+        let (addr, bits) = match text.split_once('/') {
+            Some((addr, bits)) => (addr, Some(bits)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{text:?} is not ADDRESS/BITS, e.g. 192.168.1.0/24"))?;
+        let width = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => width,
+            Some(b) => b
+                .parse()
+                .ok()
+                .filter(|b| *b <= width)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {width}"))?,
+        };
+        Ok(Cidr { addr, bits })
+    }
+}
+
+fn parse_cidrs(field: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
+    list.iter()
+        .map(|c| c.parse().map_err(|e: String| invalid(field, e)))
+        .collect()
+}
+
+/// A stand-in for the node's own address while the config is checked; the directory
+/// fills in the real one.
+fn placeholder_peer() -> proto::overlay::Peer {
+    proto::overlay::Peer {
+        id: proto::overlay::NodeId::new("config").expect("a valid id"),
+        api: SocketAddr::from(([0, 0, 0, 0], 0)),
+        rtmp: SocketAddr::from(([0, 0, 0, 0], 0)),
     }
 }
 
@@ -469,6 +640,30 @@ mod tests {
                 other => panic!("{text}: expected an error on {field}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn networks_without_tickets() {
+        let config = load("").unwrap();
+        let local = |ip: &str| {
+            let ip: IpAddr = ip.parse().unwrap();
+            config.play_without_ticket.iter().any(|c| c.contains(ip))
+        };
+        assert!(local("127.0.0.1") && local("127.9.9.9") && local("::1"));
+        assert!(local("::ffff:127.0.0.1"));
+        assert!(!local("192.168.1.5") && !local("::2"));
+        let lan: Cidr = "192.168.1.0/24".parse().unwrap();
+        assert!(lan.contains("192.168.1.200".parse().unwrap()));
+        assert!(!lan.contains("192.168.2.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        for bad in ["192.168.1.0/33", "lan", "10.0.0.0/x"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        assert!(matches!(
+            load("play_without_ticket = [\"10.0.0.0/99\"]"),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 
     #[test]

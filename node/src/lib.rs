@@ -10,8 +10,10 @@
 //! hub locks are never held across an `.await`.
 
 pub mod api;
+pub mod auth;
+pub mod cli;
 pub mod config;
-pub mod demo;
+pub mod control;
 pub mod hub;
 pub mod metrics;
 pub mod rtmp;
@@ -23,6 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
+use control::Control;
+use proto::overlay::{NodeCard, NodeId, Peer, StreamId};
 use proto::{StreamInfo, StreamRole};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -40,6 +44,12 @@ pub struct Node {
     hubs: Mutex<BTreeMap<String, Arc<Hub>>>,
     pulls: Mutex<BTreeMap<String, PullHandle>>,
     started: Instant,
+    control: Control,
+    admin_token: String,
+    /// Publish keys by stream: the config's, and those made through the API.
+    stream_keys: Mutex<BTreeMap<String, String>>,
+    /// Asked to leave and stop (`POST /leave`).
+    stop: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -47,13 +57,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Node {
-    pub fn new(config: Config) -> Arc<Node> {
+    /// A node reached by other boxes as `me`, whose admin calls need `admin_token`.
+    pub fn new(config: Config, me: Peer, admin_token: String) -> Arc<Node> {
+        let started = Instant::now();
+        let card = NodeCard {
+            peer: me,
+            max_forwards: config.max_forwards.min(u32::from(u8::MAX)) as u8,
+            upload_kbps: config.upload_kbps.unwrap_or(u32::MAX),
+        };
+        let control = Control::new(
+            config.overlay.clone(),
+            card,
+            config.portal.clone(),
+            config.api.ip(),
+            started,
+        );
         let node = Arc::new(Node {
+            stream_keys: Mutex::new(config.stream_keys.clone()),
             config,
             metrics: Metrics::default(),
             hubs: Mutex::default(),
             pulls: Mutex::default(),
-            started: Instant::now(),
+            started,
+            control,
+            admin_token,
+            stop: tokio::sync::Notify::new(),
         });
         // Streams this node knows it may carry exist from the start, so players may
         // connect before the publisher does.
@@ -69,6 +97,44 @@ impl Node {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    /// Whether `token` is this node's admin token.
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        auth::constant_time_eq(token, &self.admin_token)
+    }
+
+    /// The key that publishes `stream`, if it may be published here.
+    pub fn stream_key(&self, stream: &str) -> Option<String> {
+        lock(&self.stream_keys).get(stream).cloned()
+    }
+
+    /// Makes a publish key for `stream` and keeps its directory listing; `None` if the
+    /// stream has a key already.
+    pub fn add_stream_key(
+        &self,
+        stream: &StreamId,
+        listing: proto::portal::StreamUpdate,
+    ) -> Option<String> {
+        let mut keys = lock(&self.stream_keys);
+        if keys.contains_key(stream.as_str()) {
+            return None;
+        }
+        let key = auth::new_secret(16);
+        keys.insert(stream.to_string(), key.clone());
+        drop(keys);
+        self.draft(stream.clone(), listing);
+        self.hub_or_create(stream.as_str());
+        Some(key)
+    }
+
+    /// Asks the node to leave the overlay and stop, as SIGTERM does.
+    pub fn request_stop(&self) {
+        self.stop.notify_one();
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -164,15 +230,32 @@ impl Listeners {
     }
 }
 
-/// Runs a node on `listeners` until `shutdown` completes.
+/// Runs a node on `listeners` until `shutdown` completes or the API asks it to stop;
+/// then it leaves the overlay gracefully and returns.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let node = Node::new(config);
     let rtmp_addr = listeners.rtmp.local_addr()?;
     let api_addr = listeners.api.local_addr()?;
+    let in_overlay = config.portal.is_some() || !config.supernodes.is_empty();
+    let me = if in_overlay {
+        let portal = config.portal.as_deref();
+        Peer {
+            id: NodeId::new(config.name.clone()).map_err(anyhow::Error::msg)?,
+            api: control::advertised(api_addr, config.advertise, portal)?,
+            rtmp: control::advertised(rtmp_addr, config.advertise, portal)?,
+        }
+    } else {
+        Peer {
+            id: NodeId::new(config.name.clone()).map_err(anyhow::Error::msg)?,
+            api: api_addr,
+            rtmp: rtmp_addr,
+        }
+    };
+    let admin_token = auth::load_or_create(&config.data_dir)?;
+    let node = Node::new(config, me, admin_token);
 
     let _source = match node.config.source.clone() {
         Some(source) => {
@@ -187,17 +270,44 @@ pub async fn run(
     }
 
     let rtmp = tokio::spawn(rtmp::server::serve(listeners.rtmp, Arc::clone(&node)));
+    let mut tasks = vec![rtmp];
+    if in_overlay {
+        node.control.enable();
+        tasks.push(tokio::spawn(control::drive(Arc::clone(&node))));
+        tasks.push(tokio::spawn(control::list_streams(Arc::clone(&node))));
+        let joining = Arc::clone(&node);
+        tasks.push(tokio::spawn(async move {
+            joining.join_overlay().await;
+            if let Some(source) = joining.config.source.clone() {
+                joining.publish_source(&source);
+            }
+        }));
+    }
     tracing::info!(name = %node.config.name, %rtmp_addr, %api_addr, "node running");
     let api_listener = listeners.api.tap_io(|socket| {
         if let Err(e) = tune_player_socket(socket) {
             tracing::debug!("cannot set socket options: {e}");
         }
     });
-    let served = axum::serve(api_listener, api::router(Arc::clone(&node)))
-        .with_graceful_shutdown(shutdown)
+    let stopping = Arc::clone(&node);
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = stopping.stop.notified() => {}
+        }
+        // Peers still reach the API while the node hands its children on.
+        stopping.leave_overlay().await;
+    };
+    let app = api::router(Arc::clone(&node))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = axum::serve(api_listener, app)
+        .with_graceful_shutdown(stop)
         .await;
-    rtmp.abort();
+    for task in tasks {
+        task.abort();
+    }
     lock(&node.pulls).clear();
+    node.control.stop_pulls();
     tracing::info!("node stopped");
     served.context("API server failed")
 }

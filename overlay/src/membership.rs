@@ -265,7 +265,11 @@ impl Node {
     fn promote_request(&self) -> Request {
         Request::PromoteSupernode {
             peer: self.me.peer.clone(),
-            viewers: self.supernode.as_ref().map(|sn| sn.viewers()).unwrap_or_default(),
+            viewers: self
+                .supernode
+                .as_ref()
+                .map(|sn| sn.viewers())
+                .unwrap_or_default(),
         }
     }
 

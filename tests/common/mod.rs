@@ -34,11 +34,17 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts a node with `config` as its TOML file plus `args`, and waits for its API.
     pub fn start(name: &str, config: &str, args: &[&str]) -> NodeProc {
+        NodeProc::start_at(name, [127, 0, 0, 1], config, args)
+    }
+
+    /// Starts a node on a loopback address of its own, as if on a box of its own: the
+    /// boxes it connects to see it come from `ip`.
+    pub fn start_at(name: &str, ip: [u8; 4], config: &str, args: &[&str]) -> NodeProc {
         let dir = tempfile::tempdir().expect("a temp dir");
         let config_path = dir.path().join("node.toml");
         std::fs::write(&config_path, config).expect("writing the config");
-        let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let rtmp = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let api = SocketAddr::from((ip, free_port()));
+        let rtmp = SocketAddr::from((ip, free_port()));
         let log = std::fs::File::create(dir.path().join("node.log")).expect("a log file");
         let child = Command::new(env!("CARGO_BIN_EXE_astral"))
             .arg("node")
@@ -82,7 +88,10 @@ impl NodeProc {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if TcpStream::connect(self.api).is_ok() && TcpStream::connect(self.rtmp).is_ok() {
+            if TcpStream::connect(self.api).is_ok()
+                && TcpStream::connect(self.rtmp).is_ok()
+                && self.dir.path().join("admin-token").exists()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -102,8 +111,31 @@ impl NodeProc {
         http(&format!("http://{}{path}", self.api), "GET", None)
     }
 
+    /// An admin call: with the token the node wrote into its data directory.
     pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let token = self.admin_token();
+        http_as(
+            &format!("http://{}{path}", self.api),
+            method,
+            body,
+            Some(&token),
+        )
+    }
+
+    /// A call without the admin token, as another box or a stranger makes it.
+    pub fn http_anon(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         http(&format!("http://{}{path}", self.api), method, body)
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("admin-token"))
+            .expect("the node writes its admin token on start")
+            .trim()
+            .to_owned()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn stream_info(&self, stream: &str) -> serde_json::Value {
@@ -133,6 +165,79 @@ impl NodeProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Waits for the process to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = self.http_get("/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+}
+
+/// An `astral portal` process on a fresh database, killed when dropped.
+pub struct PortalProc {
+    pub addr: SocketAddr,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl PortalProc {
+    pub fn start() -> PortalProc {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = std::fs::File::create(dir.path().join("portal.log")).expect("a log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_astral"))
+            .arg("portal")
+            .args(["--listen", &addr.to_string()])
+            .arg("--db")
+            .arg(dir.path().join("portal.db"))
+            .env("ASTRAL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting astral portal");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "the portal did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PortalProc { addr, child, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let (code, body) = http(&format!("{}{path}", self.url()), "GET", None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("portal.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PortalProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- log of the portal ---\n{}", self.log());
+        }
+    }
 }
 
 impl Drop for NodeProc {
@@ -145,7 +250,14 @@ impl Drop for NodeProc {
 }
 
 pub fn http(url: &str, method: &str, body: Option<&str>) -> (u16, String) {
-    let request = ureq::request(method, url).timeout(Duration::from_secs(5));
+    http_as(url, method, body, None)
+}
+
+pub fn http_as(url: &str, method: &str, body: Option<&str>, token: Option<&str>) -> (u16, String) {
+    let mut request = ureq::request(method, url).timeout(Duration::from_secs(10));
+    if let Some(token) = token {
+        request = request.set("authorization", &format!("Bearer {token}"));
+    }
     let result = match body {
         Some(body) => request
             .set("content-type", "application/json")

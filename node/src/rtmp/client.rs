@@ -137,6 +137,15 @@ impl Player {
                     self.received
                         .push_back(Received::Media(Tag::audio(timestamp.value, data)));
                 }
+                // A refused `play` comes back as an `_error` that rml_rtmp cannot match
+                // to a transaction: its description says why.
+                ClientSessionEvent::UnknownTransactionResultReceived {
+                    additional_values, ..
+                } => {
+                    if let Some(why) = refusal(&additional_values) {
+                        return Err(RtmpError::Refused(why));
+                    }
+                }
                 ClientSessionEvent::UnhandleableOnStatusCode { code } => match code.as_str() {
                     "NetStream.Play.UnpublishNotify" | "NetStream.Play.Stop" => {
                         return Err(RtmpError::Unpublished)
@@ -154,4 +163,26 @@ impl Player {
         }
         Ok(())
     }
+}
+
+/// The `code: description` of an error status object, if that is what `values` holds.
+fn refusal(values: &[rml_amf0::Amf0Value]) -> Option<String> {
+    values.iter().find_map(|value| {
+        let rml_amf0::Amf0Value::Object(props) = value else {
+            return None;
+        };
+        let text = |key: &str| match props.get(key) {
+            Some(rml_amf0::Amf0Value::Utf8String(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        let error = text("level") == Some("error")
+            || text("code").is_some_and(|c| c.contains("Failed") || c.contains("NotFound"));
+        error.then(|| {
+            format!(
+                "{}: {}",
+                text("code").unwrap_or("error"),
+                text("description").unwrap_or("")
+            )
+        })
+    })
 }

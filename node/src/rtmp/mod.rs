@@ -39,6 +39,8 @@ pub enum RtmpError {
     Stalled(u128),
     #[error("upstream ended the stream")]
     Unpublished,
+    #[error("the ticket ended")]
+    TicketEnded,
 }
 
 /// How `RtmpError::Closed` reads when the peer closed without sending a byte: health

@@ -5,11 +5,13 @@
 //! from the socket and packets from its subscription. rml_rtmp decides the protocol;
 //! this module decides policy: which app, which keys, which streams.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use proto::overlay::StreamId;
 use proto::Tag;
 use rml_rtmp::handshake::PeerType;
 use rml_rtmp::sessions::{
@@ -17,6 +19,7 @@ use rml_rtmp::sessions::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tracing::Instrument;
 
@@ -24,6 +27,8 @@ use super::chunk;
 use super::meta::{self, MetaSender};
 use super::outbox::Outbox;
 use super::{handshake, RtmpError, APP, BEFORE_HANDSHAKE};
+use crate::auth::constant_time_eq;
+use crate::control::{ChildGuard, PublishGuard};
 use crate::hub::{Feed, Packet, Publisher, Subscription};
 use crate::Node;
 
@@ -70,15 +75,22 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
 
 enum Role {
     Idle,
-    Publishing(Publisher),
+    Publishing {
+        publisher: Publisher,
+        /// Keeps the stream published in the overlay while it lives.
+        _overlay: Option<PublishGuard>,
+    },
     Playing {
         stream_id: u32,
         subscription: Subscription,
+        /// A child box playing with a ticket: ended when the ticket ends.
+        child: Option<(oneshot::Receiver<()>, ChildGuard)>,
     },
 }
 
 struct Connection {
     node: Arc<Node>,
+    peer: SocketAddr,
     session: ServerSession,
     meta_sender: MetaSender,
     out: Outbox,
@@ -88,6 +100,7 @@ struct Connection {
 impl Connection {
     async fn run(socket: TcpStream, node: Arc<Node>) -> Result<(), RtmpError> {
         crate::tune_player_socket(&socket)?;
+        let peer = socket.peer_addr()?;
         let (mut reader, mut writer) = socket.into_split();
         let mut buf = vec![0u8; 64 * 1024];
 
@@ -104,6 +117,7 @@ impl Connection {
         let (session, initial) = ServerSession::new(session_config)?;
         let mut conn = Connection {
             node,
+            peer,
             session,
             meta_sender,
             out: Outbox::default(),
@@ -125,13 +139,14 @@ impl Connection {
                     if n == 0 {
                         return Ok(());
                     }
-                    conn.handle_input(&buf[..n])?;
+                    if let Err(e) = conn.handle_input(&buf[..n]) {
+                        // A refusal's status message goes out before the close.
+                        let _ = writer.write_all_buf(&mut conn.out).await;
+                        return Err(e);
+                    }
                 }
                 packet = next_packet(&mut conn.role) => {
-                    let Some(packet) = packet else {
-                        return Err(RtmpError::Lagging);
-                    };
-                    conn.send(packet)?;
+                    conn.send(packet?)?;
                     // Everything else already queued goes out in the same write.
                     for _ in 1..WRITE_BATCH {
                         match try_next_packet(&mut conn.role) {
@@ -209,7 +224,7 @@ impl Connection {
                 data, timestamp, ..
             } => self.on_media(Tag::audio(timestamp.value, data)),
             ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
-                if let Role::Publishing(publisher) = &self.role {
+                if let Role::Publishing { publisher, .. } = &self.role {
                     publisher.set_meta(meta::from_rtmp(metadata));
                 }
             }
@@ -235,14 +250,14 @@ impl Connection {
         let given = url::form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == "key")
             .map(|(_, v)| v.into_owned());
-        let refusal = match (self.node.config().stream_keys.get(stream), given) {
+        let refusal = match (self.node.stream_key(stream), given) {
             (None, _) => Some(format!(
                 "publishing {stream:?} is not configured: add [streams.{stream}] key = \"…\" to the node's config"
             )),
             (Some(_), None) => Some(format!(
                 "publishing {stream:?} needs its key: rtmp://HOST:PORT/{APP}/{stream}?key=KEY"
             )),
-            (Some(expected), Some(given)) if !constant_time_eq(expected, &given) => {
+            (Some(expected), Some(given)) if !constant_time_eq(&expected, &given) => {
                 Some(format!("wrong key for {stream:?}"))
             }
             _ => None,
@@ -260,7 +275,11 @@ impl Connection {
         let results = self.session.accept_request(request_id)?;
         self.handle_results(results)?;
         tracing::info!(stream, "publishing");
-        self.role = Role::Publishing(publisher);
+        let overlay = self.node.local_publish(stream);
+        self.role = Role::Publishing {
+            publisher,
+            _overlay: overlay,
+        };
         Ok(())
     }
 
@@ -270,7 +289,37 @@ impl Connection {
         stream_id: u32,
         stream_key: &str,
     ) -> Result<(), RtmpError> {
-        let stream = stream_key.split('?').next().unwrap_or_default();
+        let (stream, query) = stream_key.split_once('?').unwrap_or((stream_key, ""));
+        let token = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "ticket")
+            .map(|(_, v)| v.into_owned());
+        let child = match token {
+            Some(token) => {
+                let ticket = StreamId::new(stream).ok().and_then(|id| {
+                    let ticket = self.node.control().ticket_for_token(&id, &token)?;
+                    Some((id, ticket))
+                });
+                let Some((id, ticket)) = ticket else {
+                    return self.refuse(
+                        request_id,
+                        "NetStream.Play.Failed",
+                        format!("no live ticket for {stream:?} with that token; ask for a new one"),
+                    );
+                };
+                Some(self.node.child_connected(id, ticket))
+            }
+            None if self.node.plays_without_ticket(self.peer.ip()) => None,
+            None => {
+                return self.refuse(
+                    request_id,
+                    "NetStream.Play.Failed",
+                    format!(
+                        "{stream:?} is forwarded only to boxes with a ticket; play from this box, \
+                         or list your network in play_without_ticket"
+                    ),
+                )
+            }
+        };
         let Some(hub) = self.node.hub(stream) else {
             return self.refuse(
                 request_id,
@@ -281,10 +330,11 @@ impl Connection {
         let subscription = hub.subscribe();
         let results = self.session.accept_request(request_id)?;
         self.handle_results(results)?;
-        tracing::info!(stream, "playing");
+        tracing::info!(stream, child = child.is_some(), "playing");
         self.role = Role::Playing {
             stream_id,
             subscription,
+            child,
         };
         Ok(())
     }
@@ -296,7 +346,7 @@ impl Connection {
     }
 
     fn on_media(&mut self, tag: Tag) {
-        if let Role::Publishing(publisher) = &self.role {
+        if let Role::Publishing { publisher, .. } = &self.role {
             publisher.push(tag);
         }
     }
@@ -305,6 +355,7 @@ impl Connection {
         let Role::Playing {
             stream_id,
             subscription,
+            ..
         } = &self.role
         else {
             return Ok(());
@@ -324,9 +375,20 @@ impl Connection {
     }
 }
 
-async fn next_packet(role: &mut Role) -> Option<Packet> {
+/// The next packet for a player; an error ends the connection: the player fell too
+/// far behind, or it is a child box whose ticket ended.
+async fn next_packet(role: &mut Role) -> Result<Packet, RtmpError> {
     match role {
-        Role::Playing { subscription, .. } => subscription.recv().await,
+        Role::Playing {
+            subscription,
+            child: Some((ended, _)),
+            ..
+        } => tokio::select! {
+            biased;
+            _ = ended => Err(RtmpError::TicketEnded),
+            packet = subscription.recv() => packet.ok_or(RtmpError::Lagging),
+        },
+        Role::Playing { subscription, .. } => subscription.recv().await.ok_or(RtmpError::Lagging),
         _ => std::future::pending().await,
     }
 }
@@ -336,13 +398,4 @@ fn try_next_packet(role: &mut Role) -> Option<Packet> {
         Role::Playing { subscription, .. } => subscription.try_recv(),
         _ => None,
     }
-}
-
-/// Compares secrets in time independent of where they differ.
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }

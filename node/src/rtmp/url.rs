@@ -56,6 +56,16 @@ impl RtmpUrl {
         })
     }
 
+    /// The URL a child plays its parent's stream with: `rtmp://PARENT/live/STREAM?ticket=TOKEN`.
+    pub fn for_ticket(parent: std::net::SocketAddr, stream: &str, token: &str) -> RtmpUrl {
+        RtmpUrl {
+            host: parent.ip().to_string(),
+            port: parent.port(),
+            app: super::APP.to_owned(),
+            play_path: format!("{stream}?ticket={token}"),
+        }
+    }
+
     /// The stream name without its query.
     pub fn stream_name(&self) -> &str {
         self.play_path.split('?').next().unwrap_or_default()

@@ -1,0 +1,201 @@
+//! Admin routes: what the box's owner asks of it (watch, seed, stop, leave, publish
+//! keys, listings, static relays). Each needs `Authorization: Bearer TOKEN`, the token
+//! the node wrote into its data directory on first start.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::Json;
+use proto::overlay::StreamId;
+use proto::portal::StreamUpdate;
+use serde::{Deserialize, Serialize};
+
+use super::ApiError;
+use crate::control::{PortalError, Role, WatchError};
+use crate::Node;
+
+/// Proof that the caller holds the admin token.
+pub struct Admin;
+
+impl FromRequestParts<Arc<Node>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Admin, ApiError> {
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(token) if node.is_admin_token(token.trim()) => Ok(Admin),
+            Some(_) => Err(ApiError::Unauthorized("wrong admin token".into())),
+            None => Err(ApiError::Unauthorized(format!(
+                "admin calls need the node's token: Authorization: Bearer $(cat {})",
+                crate::auth::token_path(&node.config().data_dir).display()
+            ))),
+        }
+    }
+}
+
+pub(super) fn stream_id(id: String) -> Result<StreamId, ApiError> {
+    StreamId::new(id).map_err(ApiError::BadRequest)
+}
+
+/// `POST /streams`: a new stream to publish here.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewStream {
+    pub id: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StreamCreated {
+    pub id: StreamId,
+    /// Where a publisher (ffmpeg, OBS) sends the stream, key included.
+    pub publish_url: String,
+}
+
+/// Creates a publish key for a stream, kept until the node restarts (keys in the
+/// config file last).
+pub async fn create_stream(
+    _: Admin,
+    State(node): State<Arc<Node>>,
+    body: Result<Json<NewStream>, JsonRejection>,
+) -> Result<(StatusCode, Json<StreamCreated>), ApiError> {
+    let Json(new) = body?;
+    let id = stream_id(new.id)?;
+    let listing = StreamUpdate {
+        title: new.title.unwrap_or_else(|| id.to_string()),
+        description: new.description,
+        source: node.control().me().clone(),
+        bitrate_kbps: 0,
+        width: 0,
+        height: 0,
+    };
+    listing.check().map_err(ApiError::BadRequest)?;
+    let key = node
+        .add_stream_key(&id, listing)
+        .ok_or_else(|| ApiError::Conflict(format!("stream {id:?} already has a publish key")))?;
+    let publish_url = format!(
+        "rtmp://{}/{}/{id}?key={key}",
+        node.control().me().rtmp,
+        crate::rtmp::APP
+    );
+    Ok((StatusCode::CREATED, Json(StreamCreated { id, publish_url })))
+}
+
+/// `PUT /streams/{id}`: new directory metadata for a stream published here.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamMetadata {
+    pub title: Option<String>,
+    pub description: Option<String>,
+}
+
+pub async fn update_stream(
+    _: Admin,
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    body: Result<Json<StreamMetadata>, JsonRejection>,
+) -> Result<Json<StreamUpdate>, ApiError> {
+    let Json(meta) = body?;
+    let id = stream_id(id)?;
+    node.relist(&id, meta.title, meta.description)
+        .map_err(|e| match e {
+            crate::control::RelistError::Unknown => {
+                ApiError::NotFound(format!("stream {id:?} is not published here"))
+            }
+            crate::control::RelistError::Invalid(e) => ApiError::BadRequest(e),
+        })
+        .map(Json)
+}
+
+/// The answer to a watch or seed: where local players find the stream.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Watching {
+    pub stream: StreamId,
+    pub role: Role,
+    pub http_flv: String,
+    pub rtmp: String,
+}
+
+pub async fn watch(
+    admin: Admin,
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Watching>), ApiError> {
+    start(admin, node, id, Role::Watch).await
+}
+
+pub async fn seed(
+    admin: Admin,
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Watching>), ApiError> {
+    start(admin, node, id, Role::Seed).await
+}
+
+async fn start(
+    _: Admin,
+    node: Arc<Node>,
+    id: String,
+    role: Role,
+) -> Result<(StatusCode, Json<Watching>), ApiError> {
+    let stream = stream_id(id)?;
+    node.watch(stream.clone(), role)
+        .await
+        .map_err(|e| match e {
+            WatchError::NoOverlay => ApiError::Conflict(e.to_string()),
+            WatchError::OwnStream => ApiError::Conflict(e.to_string()),
+            WatchError::Portal(PortalError::NoSuchStream(_)) => ApiError::NotFound(e.to_string()),
+            WatchError::Portal(_) => ApiError::Unavailable(e.to_string()),
+        })?;
+    let config = node.config();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Watching {
+            http_flv: format!("http://{}/live/{stream}.flv", config.api),
+            rtmp: format!(
+                "rtmp://{}/{}/{stream}",
+                node.control().me().rtmp,
+                crate::rtmp::APP
+            ),
+            stream,
+            role,
+        }),
+    ))
+}
+
+/// `DELETE /streams/{id}/watch`: stop relaying a watched or seeded stream.
+pub async fn unwatch(
+    _: Admin,
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let stream = stream_id(id)?;
+    if node.unwatch(&stream) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "this node neither watches nor seeds {stream:?}"
+        )))
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Leaving {
+    pub leaving: bool,
+}
+
+/// `POST /leave`: leave the overlay gracefully, then stop.
+pub async fn leave(_: Admin, State(node): State<Arc<Node>>) -> (StatusCode, Json<Leaving>) {
+    node.request_stop();
+    (StatusCode::ACCEPTED, Json(Leaving { leaving: true }))
+}

@@ -1,0 +1,116 @@
+//! The admin token: a secret the node creates on first start in its data directory,
+//! readable only by the user it runs as (mode 0600). The local CLI reads it and sends
+//! it as `Authorization: Bearer TOKEN`; admin calls without it get 401.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rand::RngCore;
+
+/// The token's file name in the data directory.
+pub const TOKEN_FILE: &str = "admin-token";
+
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(TOKEN_FILE)
+}
+
+/// Reads the admin token, creating it first if there is none. The file is written
+/// whole before it appears under its name (write, fsync, rename), so a crash never
+/// leaves a half-written token behind.
+pub fn load_or_create(data_dir: &Path) -> anyhow::Result<String> {
+    let path = token_path(data_dir);
+    match read(&path) {
+        Ok(token) => return Ok(token),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the admin token {}", path.display()))
+        }
+    }
+    fs::create_dir_all(data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {} (choose one with --data-dir)",
+            data_dir.display()
+        )
+    })?;
+    let token = new_secret(32);
+    let temp = data_dir.join(format!(".{TOKEN_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        // The mode applies only to a file created now: make sure of it.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.write_all(token.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        fs::rename(&temp, &path)?;
+        File::open(data_dir)?.sync_all()
+    };
+    write().with_context(|| format!("cannot write the admin token {}", path.display()))?;
+    tracing::info!(path = %path.display(), "created the admin token");
+    Ok(token)
+}
+
+/// `bytes` random bytes from the OS, in hex.
+pub fn new_secret(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads the token written by [`load_or_create`].
+pub fn read(path: &Path) -> std::io::Result<String> {
+    let text = fs::read_to_string(path)?;
+    let token = text.trim();
+    if token.len() < 32 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the admin token file is damaged; delete it and restart the node to make a new one",
+        ));
+    }
+    Ok(token.to_owned())
+}
+
+/// Compares secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_created_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("state");
+        let token = load_or_create(&data).unwrap();
+        assert_eq!(token.len(), 64);
+        let mode = fs::metadata(token_path(&data))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_or_create(&data).unwrap(), token);
+        assert!(constant_time_eq(&token, &read(&token_path(&data)).unwrap()));
+    }
+
+    #[test]
+    fn a_damaged_token_is_an_error_not_a_new_token() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(token_path(dir.path()), "x").unwrap();
+        let err = load_or_create(dir.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("damaged"), "{err:#}");
+    }
+}

@@ -1,0 +1,158 @@
+//! The portal: where boxes find supernodes, and viewers find live streams. It never
+//! carries video.
+//!
+//! - `GET /api/supernodes`: a random handful of live supernodes, for a box to join
+//!   through (the overlay's `Bootstrap`).
+//! - `POST /api/supernodes`: a supernode announces itself, or renews its entry, with
+//!   the number of its boxes holding each stream; the answer is its neighbours
+//!   (`PromoteSupernode`). `DELETE /api/supernodes/{id}`: it retires.
+//! - `GET /api/streams`, `GET /api/streams/{id}`: the live streams; `PUT` and `DELETE
+//!   /api/streams/{id}`: a source box lists its stream, renews it, takes it off.
+//!
+//! Supernode and source calls must come from the address they name, so that no box
+//! lists or retires another. State is in SQLite (`store.rs`) and survives restarts;
+//! entries not renewed in time stop being listed.
+
+mod routes;
+mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+pub use store::{Store, Ttl};
+
+/// Flags of `astral portal`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PortalArgs {
+    /// Address to serve the API on
+    #[arg(long, env = "ASTRAL_PORTAL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// SQLite database file, created if missing
+    #[arg(
+        long,
+        env = "ASTRAL_PORTAL_DB",
+        default_value = "/var/lib/astral/portal.db"
+    )]
+    pub db: PathBuf,
+    /// A supernode not renewed for this long is no longer listed (they renew every 60 s)
+    #[arg(long, default_value_t = 180)]
+    pub supernode_ttl_secs: u64,
+    /// A stream not renewed by its source for this long is no longer listed
+    #[arg(long, default_value_t = proto::portal::DIRECTORY_TTL_SECS)]
+    pub stream_ttl_secs: u64,
+    /// Most supernodes handed out at once
+    #[arg(long, default_value_t = 16)]
+    pub bootstrap_list: usize,
+}
+
+/// The clock, in seconds since the Unix epoch; tests bring their own.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct State {
+    pub store: Store,
+    pub clock: Clock,
+    pub bootstrap_list: usize,
+}
+
+impl State {
+    fn now(&self) -> u64 {
+        (self.clock)()
+    }
+}
+
+/// A portal with its database open and its port bound, not yet serving.
+pub struct Portal {
+    listener: TcpListener,
+    state: State,
+}
+
+impl Portal {
+    pub async fn open(args: &PortalArgs) -> anyhow::Result<Portal> {
+        Portal::open_with_clock(args, system_clock()).await
+    }
+
+    pub async fn open_with_clock(args: &PortalArgs, clock: Clock) -> anyhow::Result<Portal> {
+        if args.bootstrap_list == 0 {
+            anyhow::bail!("--bootstrap-list must be at least 1");
+        }
+        if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "cannot create {} (pick another place with --db)",
+                    dir.display()
+                )
+            })?;
+        }
+        let ttl = Ttl {
+            supernode: args.supernode_ttl_secs,
+            stream: args.stream_ttl_secs,
+        };
+        let store = Store::open(&args.db, ttl).await.with_context(|| {
+            format!(
+                "cannot open the portal database at {} (pick another with --db)",
+                args.db.display()
+            )
+        })?;
+        let listener = TcpListener::bind(args.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} (pick another with --listen)",
+                args.listen
+            )
+        })?;
+        tracing::info!(listen = %args.listen, db = %args.db.display(), "portal open");
+        Ok(Portal {
+            listener,
+            state: State {
+                store,
+                clock,
+                bootstrap_list: args.bootstrap_list,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, pruning expired entries now and then.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let pruner = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                if let Err(e) = state.store.prune(state.now()).await {
+                    tracing::warn!("cannot prune expired entries: {e}");
+                }
+            }
+        });
+        let app =
+            routes::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        pruner.abort();
+        self.state.store.close().await;
+        tracing::info!("portal stopped");
+        served.context("the portal's server failed")
+    }
+}

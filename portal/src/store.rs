@@ -1,0 +1,321 @@
+//! The portal's state in SQL: supernodes with their viewer counts, and live streams.
+//!
+//! Queries are built at run time and written in the SQL that SQLite and PostgreSQL
+//! share, so that an operator may move the portal to PostgreSQL later. Every change
+//! is one transaction: a failed request changes nothing. Rows past their time-to-live
+//! are never returned, and are pruned from time to time.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use proto::overlay::{NodeId, Peer, StreamId};
+use proto::portal::{StreamEntry, StreamUpdate};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+
+/// How long each kind of row lives without renewal, in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Ttl {
+    pub supernode: u64,
+    pub stream: u64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    ttl: Ttl,
+}
+
+/// Why a stream could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    #[error("stream {stream} is already published by node {owner}")]
+    Taken { stream: StreamId, owner: NodeId },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl Store {
+    /// Opens (creating if need be) the database at `path` and brings its schema up to
+    /// date.
+    pub async fn open(path: &Path, ttl: Ttl) -> anyhow::Result<Store> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!().run(&pool).await?;
+        Ok(Store { pool, ttl })
+    }
+
+    pub fn ttl(&self) -> Ttl {
+        self.ttl
+    }
+
+    /// Up to `limit` live supernodes, chosen at random so that load spreads, leaving
+    /// out `except`.
+    pub async fn supernodes(
+        &self,
+        now: u64,
+        limit: usize,
+        except: Option<&NodeId>,
+    ) -> sqlx::Result<Vec<Peer>> {
+        let rows = sqlx::query(
+            "SELECT id, api, rtmp FROM supernodes
+             WHERE last_seen >= ? AND id <> ?
+             ORDER BY RANDOM() LIMIT ?",
+        )
+        .bind(since(now, self.ttl.supernode))
+        .bind(except.map_or("", NodeId::as_str))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().filter_map(peer_of).collect())
+    }
+
+    pub async fn supernode(&self, id: &NodeId) -> sqlx::Result<Option<Peer>> {
+        let row = sqlx::query("SELECT id, api, rtmp FROM supernodes WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().and_then(peer_of))
+    }
+
+    /// Records a supernode, or renews it, with its viewer counts.
+    pub async fn renew_supernode(
+        &self,
+        peer: &Peer,
+        viewers: &[(StreamId, u32)],
+        now: u64,
+    ) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO supernodes (id, api, rtmp, last_seen) VALUES (?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE
+             SET api = excluded.api, rtmp = excluded.rtmp, last_seen = excluded.last_seen",
+        )
+        .bind(peer.id.as_str())
+        .bind(peer.api.to_string())
+        .bind(peer.rtmp.to_string())
+        .bind(now as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM viewers WHERE supernode = ?")
+            .bind(peer.id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        for (stream, count) in viewers {
+            sqlx::query("INSERT INTO viewers (supernode, stream, count) VALUES (?, ?, ?)")
+                .bind(peer.id.as_str())
+                .bind(stream.as_str())
+                .bind(i64::from(*count))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    pub async fn remove_supernode(&self, id: &NodeId) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for table in [
+            "DELETE FROM viewers WHERE supernode = ?",
+            "DELETE FROM supernodes WHERE id = ?",
+        ] {
+            sqlx::query(table)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Live streams, the most watched first.
+    pub async fn streams(&self, now: u64) -> sqlx::Result<Vec<StreamEntry>> {
+        let rows = sqlx::query(&format!(
+            "{SELECT_STREAMS} WHERE s.updated >= ? ORDER BY viewers DESC, s.id"
+        ))
+        .bind(since(now, self.ttl.supernode))
+        .bind(since(now, self.ttl.stream))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().filter_map(entry_of).collect())
+    }
+
+    /// A live stream.
+    pub async fn stream(&self, id: &StreamId, now: u64) -> sqlx::Result<Option<StreamEntry>> {
+        let row = sqlx::query(&format!(
+            "{SELECT_STREAMS} WHERE s.updated >= ? AND s.id = ?"
+        ))
+        .bind(since(now, self.ttl.supernode))
+        .bind(since(now, self.ttl.stream))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().and_then(entry_of))
+    }
+
+    /// Lists a stream or renews its listing; true if it is new. A live stream of
+    /// another source is not taken over; an expired one is.
+    pub async fn list_stream(
+        &self,
+        id: &StreamId,
+        update: &StreamUpdate,
+        now: u64,
+    ) -> Result<bool, ListError> {
+        let mut tx = self.pool.begin().await?;
+        let current = sqlx::query("SELECT source_id, started, updated FROM streams WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let live = current
+            .as_ref()
+            .filter(|row| row.get::<i64, _>("updated") >= since(now, self.ttl.stream));
+        let started = match live {
+            Some(row) => {
+                let source: String = row.get("source_id");
+                if source != update.source.id.as_str() {
+                    return Err(ListError::Taken {
+                        stream: id.clone(),
+                        owner: NodeId::new(source).map_err(|e| sqlx::Error::Decode(e.into()))?,
+                    });
+                }
+                Some(row.get::<i64, _>("started"))
+            }
+            None => None,
+        };
+        sqlx::query("DELETE FROM streams WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO streams (id, title, description, source_id, source_api, source_rtmp,
+                                  started, updated, bitrate_kbps, width, height)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id.as_str())
+        .bind(&update.title)
+        .bind(&update.description)
+        .bind(update.source.id.as_str())
+        .bind(update.source.api.to_string())
+        .bind(update.source.rtmp.to_string())
+        .bind(started.unwrap_or(now as i64))
+        .bind(now as i64)
+        .bind(i64::from(update.bitrate_kbps))
+        .bind(i64::from(update.width))
+        .bind(i64::from(update.height))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(started.is_none())
+    }
+
+    /// The source of a stream's listing, live or not.
+    pub async fn stream_source(&self, id: &StreamId) -> sqlx::Result<Option<Peer>> {
+        let row = sqlx::query(
+            "SELECT source_id AS id, source_api AS api, source_rtmp AS rtmp
+             FROM streams WHERE id = ?",
+        )
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().and_then(peer_of))
+    }
+
+    pub async fn unlist_stream(&self, id: &StreamId) -> sqlx::Result<()> {
+        sqlx::query("DELETE FROM streams WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map(drop)
+    }
+
+    /// Counts of live supernodes and live streams.
+    pub async fn counts(&self, now: u64) -> sqlx::Result<(i64, i64)> {
+        let supernodes = sqlx::query("SELECT COUNT(*) AS n FROM supernodes WHERE last_seen >= ?")
+            .bind(since(now, self.ttl.supernode))
+            .fetch_one(&self.pool)
+            .await?
+            .get("n");
+        let streams = sqlx::query("SELECT COUNT(*) AS n FROM streams WHERE updated >= ?")
+            .bind(since(now, self.ttl.stream))
+            .fetch_one(&self.pool)
+            .await?
+            .get("n");
+        Ok((supernodes, streams))
+    }
+
+    /// Deletes what expired; reads skip expired rows anyway.
+    pub async fn prune(&self, now: u64) -> sqlx::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let supernodes = since(now, self.ttl.supernode);
+        sqlx::query(
+            "DELETE FROM viewers WHERE supernode IN
+             (SELECT id FROM supernodes WHERE last_seen < ?)",
+        )
+        .bind(supernodes)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM supernodes WHERE last_seen < ?")
+            .bind(supernodes)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM streams WHERE updated < ?")
+            .bind(since(now, self.ttl.stream))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// A stream with the viewers counted by live supernodes (the first parameter).
+const SELECT_STREAMS: &str = "SELECT s.id, s.title, s.description, s.source_id, s.source_api,
+        s.source_rtmp, s.started, s.updated, s.bitrate_kbps, s.width, s.height,
+        COALESCE((SELECT SUM(v.count) FROM viewers v
+                  JOIN supernodes n ON n.id = v.supernode
+                  WHERE v.stream = s.id AND n.last_seen >= ?), 0) AS viewers
+ FROM streams s";
+
+/// The oldest time still alive for a time-to-live.
+fn since(now: u64, ttl: u64) -> i64 {
+    now.saturating_sub(ttl) as i64
+}
+
+fn peer_of(row: &sqlx::sqlite::SqliteRow) -> Option<Peer> {
+    let addr = |column: &str| row.get::<String, _>(column).parse::<SocketAddr>().ok();
+    Some(Peer {
+        id: NodeId::new(row.get::<String, _>("id")).ok()?,
+        api: addr("api")?,
+        rtmp: addr("rtmp")?,
+    })
+}
+
+fn entry_of(row: &sqlx::sqlite::SqliteRow) -> Option<StreamEntry> {
+    let addr = |column: &str| row.get::<String, _>(column).parse::<SocketAddr>().ok();
+    let number = |column: &str| u32::try_from(row.get::<i64, _>(column)).unwrap_or(u32::MAX);
+    let time = |column: &str| u64::try_from(row.get::<i64, _>(column)).unwrap_or(0);
+    Some(StreamEntry {
+        id: StreamId::new(row.get::<String, _>("id")).ok()?,
+        title: row.get("title"),
+        description: row.get("description"),
+        source: Peer {
+            id: NodeId::new(row.get::<String, _>("source_id")).ok()?,
+            api: addr("source_api")?,
+            rtmp: addr("source_rtmp")?,
+        },
+        viewers: number("viewers"),
+        started: time("started"),
+        updated: time("updated"),
+        bitrate_kbps: number("bitrate_kbps"),
+        width: number("width"),
+        height: number("height"),
+    })
+}

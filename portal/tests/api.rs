@@ -1,0 +1,428 @@
+//! The portal's API over real HTTP, with a clock the tests move: bootstrap, supernode
+//! renewal and retirement, the stream directory, expiry, bad input, and a restart on
+//! the same database.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use clap::Parser;
+use portal::{Portal, PortalArgs};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: PortalArgs,
+}
+
+/// A running portal on a port of its own; stopped when dropped.
+struct Running {
+    url: String,
+    clock: Arc<AtomicU64>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    async fn start(db: &Path, clock: Arc<AtomicU64>) -> Running {
+        let cli = Cli::parse_from([
+            "portal",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            db.to_str().unwrap(),
+            "--supernode-ttl-secs",
+            "180",
+            "--stream-ttl-secs",
+            "90",
+        ]);
+        let now = Arc::clone(&clock);
+        let portal =
+            Portal::open_with_clock(&cli.args, Arc::new(move || now.load(Ordering::SeqCst)))
+                .await
+                .expect("the portal opens");
+        let url = format!("http://{}", portal.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(portal.serve(async {
+            let _ = stopped.await;
+        }));
+        Running {
+            url,
+            clock,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+
+    fn advance(&self, secs: u64) {
+        self.clock.fetch_add(secs, Ordering::SeqCst);
+    }
+
+    /// A request from `from` (a loopback address); the status and the JSON body.
+    async fn call(
+        &self,
+        from: [u8; 4],
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> (u16, Value) {
+        let client = reqwest::Client::builder()
+            .local_address(IpAddr::from(from))
+            .no_proxy()
+            .build()
+            .unwrap();
+        let mut request = client.request(method.parse().unwrap(), format!("{}{path}", self.url));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.expect("the portal answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"))
+        };
+        (status, json)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call(LOCAL, "GET", path, None).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+}
+
+const LOCAL: [u8; 4] = [127, 0, 0, 1];
+
+fn peer(id: &str, ip: [u8; 4]) -> Value {
+    let api = SocketAddr::from((ip, 8000));
+    let rtmp = SocketAddr::from((ip, 1935));
+    json!({"id": id, "api": api, "rtmp": rtmp})
+}
+
+fn promote(id: &str, ip: [u8; 4], viewers: Value) -> String {
+    json!({"type": "promote_supernode", "peer": peer(id, ip), "viewers": viewers}).to_string()
+}
+
+fn listing(source: &str, ip: [u8; 4], title: &str) -> String {
+    json!({"title": title, "description": "", "source": peer(source, ip),
+           "bitrate_kbps": 2500, "width": 1280, "height": 720})
+    .to_string()
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn fresh() -> (tempfile::TempDir, Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let running = Running::start(
+        &dir.path().join("portal.db"),
+        Arc::new(AtomicU64::new(1_000_000)),
+    )
+    .await;
+    (dir, running)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn supernodes_bootstrap_renew_expire_and_retire() {
+    let (_dir, portal) = fresh().await;
+    let empty = portal.get("/api/supernodes").await;
+    assert_eq!(empty, json!({"type": "supernodes", "supernodes": []}));
+
+    let (status, answer) = portal
+        .call(
+            [127, 0, 0, 2],
+            "POST",
+            "/api/supernodes",
+            Some(promote("a", [127, 0, 0, 2], json!({}))),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["supernodes"], json!([]), "no neighbours yet");
+    let (_, answer) = portal
+        .call(
+            [127, 0, 0, 3],
+            "POST",
+            "/api/supernodes",
+            Some(promote("b", [127, 0, 0, 3], json!({}))),
+        )
+        .await;
+    assert_eq!(
+        ids(&answer["supernodes"]),
+        ["a"],
+        "its neighbours, not itself"
+    );
+    assert_eq!(
+        ids(&portal.get("/api/supernodes").await["supernodes"]),
+        ["a", "b"]
+    );
+
+    // A box speaks only for itself.
+    let (status, body) = portal
+        .call(
+            LOCAL,
+            "POST",
+            "/api/supernodes",
+            Some(promote("c", [127, 0, 0, 4], json!({}))),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("127.0.0.1"),
+        "{body}"
+    );
+    let (status, _) = portal
+        .call(LOCAL, "DELETE", "/api/supernodes/a", None)
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        ids(&portal.get("/api/supernodes").await["supernodes"]),
+        ["a", "b"],
+        "nothing changed"
+    );
+
+    // b renews, a does not: after the TTL only b is listed.
+    portal.advance(120);
+    portal
+        .call(
+            [127, 0, 0, 3],
+            "POST",
+            "/api/supernodes",
+            Some(promote("b", [127, 0, 0, 3], json!({}))),
+        )
+        .await;
+    portal.advance(100);
+    assert_eq!(
+        ids(&portal.get("/api/supernodes").await["supernodes"]),
+        ["b"]
+    );
+
+    let (status, body) = portal
+        .call([127, 0, 0, 3], "DELETE", "/api/supernodes/b", None)
+        .await;
+    assert_eq!((status, &body), (200, &json!({"type": "done"})));
+    let (status, _) = portal
+        .call([127, 0, 0, 3], "DELETE", "/api/supernodes/b", None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(portal.get("/api/status").await["supernodes"], 0);
+    portal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_directory_lists_renews_counts_and_expires_streams() {
+    let (_dir, portal) = fresh().await;
+    let src = [127, 0, 0, 5];
+    let (status, entry) = portal
+        .call(
+            src,
+            "PUT",
+            "/api/streams/cam",
+            Some(listing("garden", src, "The garden")),
+        )
+        .await;
+    assert_eq!(status, 201, "{entry}");
+    assert_eq!(entry["title"], "The garden");
+    let started = entry["started"].clone();
+
+    portal.advance(30);
+    let (status, entry) = portal
+        .call(
+            src,
+            "PUT",
+            "/api/streams/cam",
+            Some(listing("garden", src, "The garden at dusk")),
+        )
+        .await;
+    assert_eq!(status, 200, "a renewal: {entry}");
+    assert_eq!(entry["started"], started, "started is kept");
+    assert_eq!(entry["title"], "The garden at dusk");
+
+    // Another box cannot take a live stream over.
+    let other = [127, 0, 0, 6];
+    let (status, body) = portal
+        .call(
+            other,
+            "PUT",
+            "/api/streams/cam",
+            Some(listing("shed", other, "Mine")),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("garden"), "{body}");
+
+    // Viewers: the sum over live supernodes.
+    portal
+        .call(
+            [127, 0, 0, 2],
+            "POST",
+            "/api/supernodes",
+            Some(promote("a", [127, 0, 0, 2], json!({"cam": 3}))),
+        )
+        .await;
+    portal
+        .call(
+            [127, 0, 0, 3],
+            "POST",
+            "/api/supernodes",
+            Some(promote("b", [127, 0, 0, 3], json!({"cam": 4, "other": 1}))),
+        )
+        .await;
+    let streams = portal.get("/api/streams").await;
+    assert_eq!(streams.as_array().unwrap().len(), 1);
+    assert_eq!(streams[0]["viewers"], 7);
+    assert_eq!(portal.get("/api/streams/cam").await["viewers"], 7);
+
+    // Unrenewed, the stream goes; then another box may list the name.
+    portal.advance(91);
+    assert_eq!(portal.get("/api/streams").await, json!([]));
+    let (status, _) = portal.call(LOCAL, "GET", "/api/streams/cam", None).await;
+    assert_eq!(status, 404);
+    let (status, entry) = portal
+        .call(
+            other,
+            "PUT",
+            "/api/streams/cam",
+            Some(listing("shed", other, "Mine")),
+        )
+        .await;
+    assert_eq!(status, 201, "{entry}");
+    assert_ne!(entry["started"], started);
+
+    // Only its source takes it off.
+    let (status, _) = portal.call(src, "DELETE", "/api/streams/cam", None).await;
+    assert_eq!(status, 403);
+    let (status, _) = portal.call(other, "DELETE", "/api/streams/cam", None).await;
+    assert_eq!(status, 204);
+    assert_eq!(portal.get("/api/streams").await, json!([]));
+    portal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_json_error_and_changes_nothing() {
+    let (_dir, portal) = fresh().await;
+    let src = [127, 0, 0, 5];
+    portal
+        .call(
+            src,
+            "PUT",
+            "/api/streams/cam",
+            Some(listing("garden", src, "ok")),
+        )
+        .await;
+    let long_title = listing("garden", src, &"x".repeat(500));
+    let mut unknown_field: Value = serde_json::from_str(&listing("garden", src, "x")).unwrap();
+    unknown_field["extra"] = json!(1);
+    let huge = format!(r#"{{"title": "{}"}}"#, "x".repeat(100 * 1024));
+    let many: serde_json::Map<String, Value> =
+        (0..300).map(|i| (format!("s{i}"), json!(1))).collect();
+    let cases: Vec<(&str, &str, Option<String>, u16)> = vec![
+        ("PUT", "/api/streams/cam", Some("{not json".into()), 400),
+        ("PUT", "/api/streams/cam", Some(long_title), 400),
+        (
+            "PUT",
+            "/api/streams/cam",
+            Some(listing("garden", src, "bell\u{7}")),
+            400,
+        ),
+        (
+            "PUT",
+            "/api/streams/cam",
+            Some(unknown_field.to_string()),
+            422,
+        ),
+        ("PUT", "/api/streams/cam", Some(huge), 413),
+        (
+            "PUT",
+            "/api/streams/bad%20id",
+            Some(listing("garden", src, "x")),
+            400,
+        ),
+        ("GET", "/api/streams/..%2Fetc", None, 400),
+        (
+            "POST",
+            "/api/supernodes",
+            Some(r#"{"type":"bootstrap"}"#.into()),
+            400,
+        ),
+        (
+            "POST",
+            "/api/supernodes",
+            Some(promote("a", src, Value::Object(many))),
+            400,
+        ),
+        ("DELETE", "/api/supernodes/nosuch", None, 404),
+        ("GET", "/api/nowhere", None, 404),
+        ("PATCH", "/api/streams/cam", None, 405),
+    ];
+    for (method, path, body, expected) in cases {
+        let (status, answer) = portal.call(src, method, path, body).await;
+        assert_eq!(status, expected, "{method} {path}: {answer}");
+        assert!(
+            answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{method} {path}: {answer}"
+        );
+    }
+    let entry = portal.get("/api/streams/cam").await;
+    assert_eq!(entry["title"], "ok", "the listing is unchanged");
+    assert_eq!(portal.get("/api/status").await["supernodes"], 0);
+    portal.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state").join("portal.db");
+    let clock = Arc::new(AtomicU64::new(2_000_000));
+    let portal = Running::start(&db, Arc::clone(&clock)).await;
+    let src = [127, 0, 0, 5];
+    portal
+        .call(
+            src,
+            "PUT",
+            "/api/streams/cam",
+            Some(listing("garden", src, "kept")),
+        )
+        .await;
+    portal
+        .call(
+            src,
+            "POST",
+            "/api/supernodes",
+            Some(promote("garden", src, json!({"cam": 2}))),
+        )
+        .await;
+    portal.stop().await;
+
+    let portal = Running::start(&db, clock).await;
+    let entry = portal.get("/api/streams/cam").await;
+    assert_eq!(
+        (entry["title"].as_str(), entry["viewers"].as_u64()),
+        (Some("kept"), Some(2))
+    );
+    assert_eq!(
+        ids(&portal.get("/api/supernodes").await["supernodes"]),
+        ["garden"]
+    );
+    portal.stop().await;
+}

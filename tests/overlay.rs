@@ -1,0 +1,380 @@
+//! The overlay with real processes: a portal, a source and twelve boxes, each on a
+//! loopback address of its own, build a relay tree through the portal and supernodes,
+//! and keep it whole when a box dies or leaves.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use proto::TagKind;
+use serde_json::Value;
+
+const STREAM: &str = "live";
+const BOXES: usize = 12;
+const FPS: u32 = 25;
+
+/// One box as its `GET /status` describes it.
+#[derive(Debug, Clone)]
+struct Place {
+    name: String,
+    parent: Option<String>,
+    path: Vec<String>,
+    flowing: bool,
+    slots: usize,
+    children: Vec<String>,
+    is_supernode: bool,
+    registered: Option<u64>,
+}
+
+fn place(status: &Value) -> Place {
+    let overlay = &status["overlay"];
+    let held = overlay["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|h| h["stream"] == STREAM))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Place {
+        name: status["name"].as_str().unwrap().to_owned(),
+        parent: held["parent"].as_str().map(String::from),
+        path: strings(&held["path"]),
+        flowing: held["flowing"].as_bool().unwrap_or(false),
+        slots: held["slots"].as_u64().unwrap_or(0) as usize,
+        children: held["tickets"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|t| t["child"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        is_supernode: overlay["is_supernode"].as_bool().unwrap_or(false),
+        registered: overlay["registered"].as_u64(),
+    }
+}
+
+struct Network {
+    portal: PortalProc,
+    source: NodeProc,
+    boxes: Vec<NodeProc>,
+}
+
+impl Network {
+    /// A portal, a source and twelve boxes with one or two slots each, every box
+    /// watching the source's stream. Supernodes take at most three boxes each.
+    fn start() -> Network {
+        let portal = PortalProc::start();
+        let url = portal.url();
+        let common = |slots: &'static str| {
+            vec![
+                "--portal".to_owned(),
+                url.clone(),
+                "--max-forwards".into(),
+                slots.into(),
+                "--supernode-max-children".into(),
+                "3".into(),
+                "--play-without-ticket".into(),
+                "127.0.0.1/32".into(),
+            ]
+        };
+        let mut args = common("2");
+        args.extend(
+            [
+                "--source",
+                "test-pattern",
+                "--source-stream",
+                STREAM,
+                "--size",
+                "320x240",
+                "--bitrate-kbps",
+                "300",
+            ]
+            .map(String::from),
+        );
+        args.extend(["--fps".into(), FPS.to_string()]);
+        let source = start_box("source", 10, &args);
+        eventually(Duration::from_secs(10), || {
+            let listed = portal.get("/api/streams");
+            (listed[0]["id"] == STREAM).then_some(())
+        });
+        let mut boxes = Vec::new();
+        for i in 0..BOXES {
+            // Half the boxes have two slots, half one.
+            let slots = if i % 2 == 0 { "2" } else { "1" };
+            let node = start_box(&format!("box{i:02}"), 11 + i as u8, &common(slots));
+            let (code, body) = node.http("POST", &format!("/streams/{STREAM}/watch"), None);
+            assert_eq!(code, 202, "{}: {body}", node.name);
+            boxes.push(node);
+        }
+        Network {
+            portal,
+            source,
+            boxes,
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &NodeProc> {
+        std::iter::once(&self.source).chain(&self.boxes)
+    }
+
+    fn get(&self, name: &str) -> &NodeProc {
+        self.all().find(|n| n.name == name).expect("a known box")
+    }
+
+    fn places(&self) -> BTreeMap<String, Place> {
+        self.all()
+            .filter_map(|n| {
+                let (code, body) = n.http_get("/status");
+                (code == 200).then(|| {
+                    let p = place(&serde_json::from_str(&body).unwrap());
+                    (p.name.clone(), p)
+                })
+            })
+            .collect()
+    }
+
+    /// Waits until every box in `names` receives the stream.
+    fn wait_flowing(&self, limit: Duration) -> BTreeMap<String, Place> {
+        eventually(limit, || {
+            let places = self.places();
+            places
+                .values()
+                .all(|p| p.name == "source" || (p.flowing && p.parent.is_some()))
+                .then_some(places)
+        })
+    }
+}
+
+fn start_box(name: &str, last_octet: u8, args: &[String]) -> NodeProc {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    NodeProc::start_at(name, [127, 0, 0, last_octet], "", &args)
+}
+
+/// The tree's invariants: no box forwards more than its slots, parent and child agree,
+/// no loops, depth within ⌈log2(N+1)⌉+1.
+fn check_tree(places: &BTreeMap<String, Place>) -> usize {
+    let n = places.len();
+    let bound = (n as f64 + 1.0).log2().ceil() as usize + 1;
+    let mut deepest = 0;
+    for p in places.values() {
+        assert!(
+            p.children.len() <= p.slots,
+            "{} forwards to {:?} with {} slots",
+            p.name,
+            p.children,
+            p.slots
+        );
+        assert!(
+            !p.path.contains(&p.name),
+            "{} is its own ancestor: {:?}",
+            p.name,
+            p.path
+        );
+        if let Some(parent) = &p.parent {
+            assert_eq!(
+                p.path.last(),
+                Some(parent),
+                "{}'s path ends at its parent",
+                p.name
+            );
+            assert!(
+                places[parent].children.contains(&p.name),
+                "{parent} does not list {} as a child",
+                p.name
+            );
+        }
+        deepest = deepest.max(p.path.len());
+    }
+    assert!(
+        deepest <= bound,
+        "depth {deepest} over the bound {bound} for {n} boxes"
+    );
+    deepest
+}
+
+/// Every box below `name`.
+fn descendants(places: &BTreeMap<String, Place>, name: &str) -> Vec<String> {
+    places
+        .values()
+        .filter(|p| p.path.iter().any(|a| a == name))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+impl Network {
+    /// Each box's RTMP URL of the stream.
+    fn urls(&self, boxes: &[String]) -> Vec<(String, String)> {
+        boxes
+            .iter()
+            .map(|name| (name.clone(), self.get(name).rtmp_url(STREAM)))
+            .collect()
+    }
+}
+
+/// Plays the stream from each box for `duration`, in parallel; each player's video
+/// tags with their arrival times.
+async fn watch_all(urls: Vec<(String, String)>, duration: Duration) -> Vec<(String, Vec<Seen>)> {
+    let players: Vec<_> = urls
+        .into_iter()
+        .map(|(name, url)| {
+            tokio::spawn(async move {
+                let seen = play(&url, duration).await;
+                let video = seen
+                    .into_iter()
+                    .filter(|s| s.tag.kind == TagKind::Video)
+                    .collect();
+                (name, video)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for p in players {
+        all.push(p.await.expect("a player task"));
+    }
+    all
+}
+
+/// The longest wait between two video tags arriving after `from`.
+fn longest_gap_after(seen: &[Seen], from: Instant) -> Duration {
+    let mut last = from;
+    let mut gap = Duration::ZERO;
+    for s in seen.iter().filter(|s| s.at >= from) {
+        gap = gap.max(s.at - last);
+        last = s.at;
+    }
+    gap
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tree_builds_itself_and_survives_a_crash_and_a_leave() {
+    let mut net = Network::start();
+    let places = net.wait_flowing(Duration::from_secs(40));
+    let depth = check_tree(&places);
+    eprintln!("tree of {} boxes, depth {depth}", places.len());
+
+    // Supernodes take three boxes each, so others were promoted, and the portal lists
+    // them.
+    let supernodes: Vec<&Place> = places.values().filter(|p| p.is_supernode).collect();
+    assert!(supernodes.len() >= 2, "promotions happened: {supernodes:?}");
+    for sn in &supernodes {
+        assert!(
+            sn.registered.unwrap_or(0) <= 3,
+            "{} took over 3 boxes",
+            sn.name
+        );
+    }
+    let listed = net.portal.get("/api/supernodes");
+    assert!(
+        listed["supernodes"].as_array().unwrap().len() >= 2,
+        "{listed}"
+    );
+    let streams = net.portal.get("/api/streams");
+    assert_eq!(streams[0]["id"], STREAM, "{streams}");
+    assert_eq!(streams[0]["source"]["id"], "source");
+
+    // Every box hands out frames.
+    let names: Vec<String> = net.boxes.iter().map(|b| b.name.clone()).collect();
+    for (name, video) in watch_all(net.urls(&names), Duration::from_secs(2)).await {
+        assert!(
+            video.len() > FPS as usize,
+            "{name} played only {} frames",
+            video.len()
+        );
+    }
+
+    // kill -9 the interior box with the most descendants: each of them plays on.
+    let victim = places
+        .values()
+        .filter(|p| p.name != "source")
+        .max_by_key(|p| descendants(&places, &p.name).len())
+        .unwrap()
+        .name
+        .clone();
+    let below = descendants(&places, &victim);
+    assert!(!below.is_empty(), "{victim} is interior");
+    let players = tokio::spawn(watch_all(net.urls(&below), Duration::from_secs(8)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed_at = Instant::now();
+    net.boxes
+        .iter_mut()
+        .find(|b| b.name == victim)
+        .unwrap()
+        .kill();
+    for (name, video) in players.await.unwrap() {
+        let gap = longest_gap_after(&video, killed_at);
+        eprintln!("{name}: after {victim} was killed, the longest wait for a frame was {gap:?}");
+        assert!(
+            gap <= Duration::from_secs(2),
+            "{name} waited {gap:?} for frames"
+        );
+    }
+    net.boxes.retain(|b| b.name != victim);
+    let places = net.wait_flowing(Duration::from_secs(10));
+    check_tree(&places);
+
+    // An interior box leaves gracefully: its children lose no frame.
+    let leaver = places
+        .values()
+        .filter(|p| p.name != "source" && !p.children.is_empty())
+        .max_by_key(|p| p.children.len())
+        .expect("an interior box is left")
+        .clone();
+    let players = tokio::spawn(watch_all(
+        net.urls(&leaver.children),
+        Duration::from_secs(8),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let node = net
+        .boxes
+        .iter_mut()
+        .find(|b| b.name == leaver.name)
+        .unwrap();
+    let (code, body) = node.http("POST", "/leave", None);
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(
+        node.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "a leaving node exits 0"
+    );
+    let frame_ms = 1000 / FPS;
+    for (name, video) in players.await.unwrap() {
+        let stamps: Vec<u32> = video
+            .iter()
+            .filter(|s| !s.tag.is_sequence_header())
+            .map(|s| s.tag.timestamp)
+            .collect();
+        assert!(
+            stamps.len() > 6 * FPS as usize,
+            "{name} played {} frames",
+            stamps.len()
+        );
+        assert!(
+            stamps.windows(2).all(|w| w[0] < w[1]),
+            "{name}: timestamps go forward"
+        );
+        let worst = stamps.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+
+        eprintln!(
+            "{name}: while {} left, the widest timestamp step was {worst} ms",
+            leaver.name
+        );
+        assert!(
+            worst <= 2 * frame_ms,
+            "{name} lost frames while {} left: a {worst} ms step",
+            leaver.name
+        );
+    }
+    net.boxes.retain(|b| b.name != leaver.name);
+    let places = net.wait_flowing(Duration::from_secs(10));
+    check_tree(&places);
+}

@@ -1,0 +1,238 @@
+//! Bad input on the overlay's routes and on ticketed RTMP play: each gets a 4xx with a
+//! JSON error (or a refused play) and changes nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use node::rtmp::client::{Player, Received};
+use node::rtmp::url::RtmpUrl;
+use serde_json::{json, Value};
+
+const STREAM: &str = "live";
+
+/// A source with one slot, in an overlay of its own. Players from the test (on
+/// 127.0.0.1) count as strangers: only 127.0.0.9 plays without a ticket.
+fn source() -> NodeProc {
+    NodeProc::start_at(
+        "src",
+        [127, 0, 0, 20],
+        "",
+        &[
+            // No portal answers there: the node becomes a supernode of its own.
+            "--portal",
+            "http://127.0.0.1:1",
+            "--source",
+            "test-pattern",
+            "--source-stream",
+            STREAM,
+            "--size",
+            "160x120",
+            "--max-forwards",
+            "1",
+            "--play-without-ticket",
+            "127.0.0.9/32",
+        ],
+    )
+}
+
+fn ticket_request(child: &str, stream: &str) -> Value {
+    json!({
+        "type": "ticket",
+        "stream": stream,
+        "child": {
+            "peer": {"id": child, "api": "127.0.0.1:1", "rtmp": "127.0.0.1:2"},
+            "max_forwards": 2,
+            "upload_kbps": 10000
+        },
+        "path": null,
+        "replaces": null
+    })
+}
+
+fn tickets(node: &NodeProc) -> Value {
+    let (code, body) = node.http_get("/tickets");
+    assert_eq!(code, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn try_play(url: &str) -> Result<usize, String> {
+    let url = RtmpUrl::parse(url).unwrap();
+    let mut player = tokio::time::timeout(Duration::from_secs(5), Player::connect(&url))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let mut media = 0;
+    let end = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(next) = tokio::time::timeout_at(end, player.next()).await {
+        match next {
+            Ok(Received::Media(_)) => media += 1,
+            Ok(Received::Meta(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(media)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_overlay_requests_get_json_errors_and_change_nothing() {
+    let node = source();
+    eventually(Duration::from_secs(10), || {
+        (node.status()["overlay"]["is_supernode"] == true).then_some(())
+    });
+    let big = format!(r#"{{"type":"search","pad":"{}"}}"#, "x".repeat(300 * 1024));
+    let ghost_end = json!({"type": "end_ticket", "ticket": 1, "token": "x", "handover": null});
+    let cases: Vec<(&str, String, String, u16, &str)> = vec![
+        ("POST", "/tickets".into(), "{not json".into(), 400, "parse"),
+        (
+            "POST",
+            "/tickets".into(),
+            r#"{"type":"ping"}"#.into(),
+            400,
+            "takes a request of type",
+        ),
+        (
+            "POST",
+            "/tickets".into(),
+            ticket_request("x", "nosuch").to_string(),
+            404,
+            "",
+        ),
+        (
+            "POST",
+            "/tickets".into(),
+            ticket_request("bad id!", STREAM).to_string(),
+            422,
+            "node id",
+        ),
+        (
+            "POST",
+            "/search".into(),
+            json!({"type": "search", "query": 7, "stream": STREAM, "ttl": 200,
+                   "requester": "x", "requester_slots": 1})
+            .to_string(),
+            400,
+            "",
+        ),
+        ("POST", "/search".into(), big, 413, ""),
+        (
+            "DELETE",
+            "/tickets/0000000000000001".into(),
+            ghost_end.to_string(),
+            404,
+            "",
+        ),
+        (
+            "DELETE",
+            "/tickets/xyz".into(),
+            ghost_end.to_string(),
+            400,
+            "ticket id",
+        ),
+        (
+            "PUT",
+            "/nodes/ghost".into(),
+            json!({"type": "announce", "node": "other", "holdings": []}).to_string(),
+            400,
+            "differ",
+        ),
+        (
+            "PUT",
+            "/nodes/ghost".into(),
+            json!({"type": "announce", "node": "ghost", "holdings": []}).to_string(),
+            404,
+            "",
+        ),
+        ("GET", "/ping?stream=a/b".into(), String::new(), 400, ""),
+    ];
+    for (method, path, body, status, needle) in cases {
+        let body = (!body.is_empty()).then_some(body);
+        let (got, text) = node.http_anon(method, &path, body.as_deref());
+        assert_eq!(got, status, "{method} {path}: {text}");
+        let json: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+        let error = json["error"].as_str().unwrap_or_default();
+        assert!(!error.is_empty(), "{method} {path}: no error message");
+        assert!(
+            error.to_lowercase().contains(&needle.to_lowercase()),
+            "{method} {path}: {error:?} lacks {needle:?}"
+        );
+    }
+    assert_eq!(tickets(&node), json!([]), "no ticket came of bad requests");
+    assert_eq!(
+        node.status()["overlay"]["registered"],
+        0,
+        "no box registered"
+    );
+
+    // One slot: a first child gets a ticket, a second is refused.
+    let (code, body) = node.http_anon(
+        "POST",
+        "/tickets",
+        Some(&ticket_request("kid", STREAM).to_string()),
+    );
+    assert_eq!(code, 200, "{body}");
+    let ticket: Value = serde_json::from_str(&body).unwrap();
+    let ticket = &ticket["ticket"];
+    let token = ticket["token"].as_str().unwrap().to_owned();
+    let id = format!("{:016x}", ticket["id"].as_u64().unwrap());
+    let (code, body) = node.http_anon(
+        "POST",
+        "/tickets",
+        Some(&ticket_request("kid2", STREAM).to_string()),
+    );
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(tickets(&node).as_array().unwrap().len(), 1);
+
+    // Ending a ticket needs its token.
+    let end = |token: &str| {
+        json!({"type": "end_ticket", "ticket": ticket["id"], "token": token, "handover": null})
+            .to_string()
+    };
+    let (code, body) = node.http_anon("DELETE", &format!("/tickets/{id}"), Some(&end("forged")));
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        tickets(&node).as_array().unwrap().len(),
+        1,
+        "the ticket lives on"
+    );
+
+    // RTMP play: a stranger needs a ticket, a forged one is refused, the real one plays.
+    let plain = format!("rtmp://{}/live/{STREAM}", node.rtmp);
+    let err = try_play(&plain).await.expect_err("no ticket, no play");
+    assert!(err.contains("ticket"), "{err}");
+    let err = try_play(&format!("{plain}?ticket=0123456789abcdef"))
+        .await
+        .expect_err("forged");
+    assert!(err.contains("ticket"), "{err}");
+    let frames = try_play(&format!("{plain}?ticket={token}"))
+        .await
+        .expect("the ticket plays");
+    assert!(frames > 5, "{frames} frames with a ticket");
+
+    // Once ended, the ticket's token is worth nothing.
+    let (code, body) = node.http_anon("DELETE", &format!("/tickets/{id}"), Some(&end(&token)));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(tickets(&node), json!([]));
+    let err = try_play(&format!("{plain}?ticket={token}"))
+        .await
+        .expect_err("replayed");
+    assert!(err.contains("ticket"), "{err}");
+
+    // A publish key made through the API, once per stream, by the owner only.
+    let new = r#"{"id": "cam2", "title": "The garden"}"#;
+    let (code, _) = node.http_anon("POST", "/streams", Some(new));
+    assert_eq!(code, 401);
+    let (code, body) = node.http("POST", "/streams", Some(new));
+    assert_eq!(code, 201, "{body}");
+    let created: Value = serde_json::from_str(&body).unwrap();
+    let url = created["publish_url"].as_str().unwrap();
+    assert!(url.contains("/live/cam2?key="), "{url}");
+    let (code, _) = node.http("POST", "/streams", Some(new));
+    assert_eq!(code, 409, "one key per stream");
+    let (code, body) = node.http("PUT", "/streams/cam2", Some(r#"{"title": "x\u0007"}"#));
+    assert_eq!(code, 400, "control characters in a title: {body}");
+    let (code, body) = node.http("PUT", "/streams/nosuch", Some(r#"{"title": "x"}"#));
+    assert_eq!(code, 404, "{body}");
+}
