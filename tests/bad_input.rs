@@ -242,6 +242,21 @@ fn bad_api_requests_get_json_errors_and_change_nothing() {
     let (status, _) = node.http_anon("POST", "/leave", None);
     assert_eq!(status, 401);
 
+    // Browsers may call from this machine's pages only.
+    let preflight = |origin: &str| {
+        ureq::request("OPTIONS", &format!("http://{}/streams", node.api))
+            .set("origin", origin)
+            .set("access-control-request-method", "POST")
+            .call()
+            .ok()
+            .and_then(|r| r.header("access-control-allow-origin").map(String::from))
+    };
+    assert_eq!(
+        preflight("http://localhost:3000").as_deref(),
+        Some("http://localhost:3000")
+    );
+    assert_eq!(preflight("https://evil.example"), None);
+
     let (_, streams) = node.http_get("/streams");
     let streams: serde_json::Value = serde_json::from_str(&streams).unwrap();
     let names: Vec<&str> = streams

@@ -24,6 +24,8 @@ struct Place {
     flowing: bool,
     slots: usize,
     children: Vec<String>,
+    /// Children asked to move (displaced, or this box is leaving).
+    moving: usize,
     is_supernode: bool,
     registered: Option<u64>,
 }
@@ -58,6 +60,9 @@ fn place(status: &Value) -> Place {
                     .collect()
             })
             .unwrap_or_default(),
+        moving: held["tickets"]
+            .as_array()
+            .map_or(0, |t| t.iter().filter(|t| t["moving"] == true).count()),
         is_supernode: overlay["is_supernode"].as_bool().unwrap_or(false),
         registered: overlay["registered"].as_u64(),
     }
@@ -143,15 +148,41 @@ impl Network {
             .collect()
     }
 
-    /// Waits until every box in `names` receives the stream.
+    /// Waits until every box receives the stream and the tree has settled: each
+    /// box's parent lists it as a child, and no move is under way. (Statuses are read
+    /// one box after the other, so a snapshot taken during a move disagrees; and a
+    /// displaced child keeps its old parent until it plays from the new one, so
+    /// during a move a parent forwards to one box more than its slots.)
     fn wait_flowing(&self, limit: Duration) -> BTreeMap<String, Place> {
-        eventually(limit, || {
+        let deadline = Instant::now() + limit;
+        loop {
             let places = self.places();
-            places
-                .values()
-                .all(|p| p.name == "source" || (p.flowing && p.parent.is_some()))
-                .then_some(places)
-        })
+            let settled = places.values().all(|p| {
+                let attached = p.name == "source"
+                    || (p.flowing
+                        && p.parent.as_ref().is_some_and(|parent| {
+                            places
+                                .get(parent)
+                                .is_some_and(|q| q.children.contains(&p.name))
+                        }));
+                let children_here = p.children.iter().all(|c| {
+                    places
+                        .get(c)
+                        .is_some_and(|c| c.parent.as_ref() == Some(&p.name))
+                });
+                attached && children_here && p.moving == 0
+            });
+            if settled {
+                return places;
+            }
+            if Instant::now() > deadline {
+                for p in places.values() {
+                    eprintln!("{p:?}");
+                }
+                panic!("the tree did not settle within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

@@ -26,6 +26,10 @@ pub(crate) struct Child {
     pub moving_since: Option<Time>,
     /// The child is leaving and named this node to take its slot.
     pub successor: Option<NodeId>,
+    /// This child displaced that one (capacity-first placement), which is sent to it
+    /// once this child's player is here: before, the adopter may not hold the stream
+    /// yet, and the displaced child would find no one to move to.
+    pub evicts: Option<TicketId>,
 }
 
 /// A graceful leave in progress.
@@ -173,10 +177,7 @@ impl Node {
             // Capacity-first: a joiner stronger than our weakest child takes its place
             // and adopts it.
             let strength = self.child_slots(&child, kbps);
-            let weakest = path
-                .is_none()
-                .then(|| self.weakest_child(&stream))
-                .flatten();
+            let weakest = self.weakest_child(&stream);
             match weakest {
                 Some((id, slots)) if slots < strength && strength > 0 => {
                     return Ok(self.displace(&stream, id, child));
@@ -204,24 +205,26 @@ impl Node {
     /// The child with the fewest slots that is not already moving, newest first.
     fn weakest_child(&self, stream: &StreamId) -> Option<(TicketId, u8)> {
         let held = self.streams.get(stream)?;
+        let evicted: Vec<TicketId> = held.children.values().filter_map(|c| c.evicts).collect();
         held.children
             .iter()
-            .filter(|(_, c)| c.moving_since.is_none())
+            .filter(|(id, c)| c.moving_since.is_none() && !evicted.contains(id))
             .map(|(id, c)| (*id, self.child_slots(&c.card, held.kbps), c.idle_since))
             .min_by_key(|(_, slots, since)| (*slots, Reverse(*since)))
             .map(|(id, slots, _)| (id, slots))
     }
 
-    /// Grant `child` a ticket and send the displaced child to it.
+    /// Grant `child` a ticket; the displaced child is sent to it once it plays here.
     fn displace(&mut self, stream: &StreamId, displaced: TicketId, child: NodeCard) -> Response {
-        let handover = child.peer.clone();
         let adopt = self.streams[stream].children[&displaced]
             .card
             .peer
             .id
             .clone();
         let ticket = self.add_child(stream, child, Some(adopt));
-        self.send_child_away(stream, displaced, Some(handover));
+        if let Some(adopter) = self.child_mut(stream, ticket.id) {
+            adopter.evicts = Some(displaced);
+        }
         Response::Ticket {
             ticket: Box::new(ticket),
         }
@@ -252,6 +255,7 @@ impl Node {
                 idle_since: now,
                 moving_since: None,
                 successor: None,
+                evicts: None,
             },
         );
         self.event(Event::Granted {
@@ -412,9 +416,18 @@ impl Node {
 
     pub(crate) fn player(&mut self, stream: &StreamId, ticket: TicketId, connected: bool) {
         let now = self.now;
-        if let Some(child) = self.child_mut(stream, ticket) {
-            child.connected = connected;
-            child.idle_since = now;
+        let Some(child) = self.child_mut(stream, ticket) else {
+            return;
+        };
+        child.connected = connected;
+        child.idle_since = now;
+        // An adopter that now plays from us holds the stream: the child it displaced
+        // moves to it, keeping ours until it plays from there (make-before-break).
+        if connected {
+            if let Some(displaced) = child.evicts.take() {
+                let adopter = child.card.peer.clone();
+                self.send_child_away(stream, displaced, Some(adopter));
+            }
         }
     }
 
@@ -516,8 +529,13 @@ impl Node {
         children.chain(leaving).min()
     }
 
-    /// Keep a slot for the child this node displaced at its new parent.
+    /// Keep a slot for the child this node displaced at its new parent, if it has one
+    /// free: a node that moved with its own children may have none, and then the
+    /// displaced child finds another parent.
     pub(crate) fn reserve(&mut self, stream: &StreamId, node: NodeId) {
+        if self.free_slots(stream) == 0 {
+            return;
+        }
         let until = self.now + self.cfg.ticket_idle;
         if let Some(held) = self.streams.get_mut(stream) {
             held.reserved = Some(Reservation { node, until });

@@ -208,8 +208,8 @@ pub struct TicketView {
     pub id: TicketId,
     pub child: NodeId,
     pub connected: bool,
-    /// Asked to move (displaced, or this node is leaving); it keeps the stream until
-    /// it has a new parent.
+    /// Asked to move, or about to be (displaced, or this node is leaving); it keeps
+    /// the stream until it has a new parent.
     pub moving: bool,
 }
 
@@ -367,7 +367,8 @@ impl Node {
                         id: *id,
                         child: c.card.peer.id.clone(),
                         connected: c.connected,
-                        moving: c.moving_since.is_some(),
+                        moving: c.moving_since.is_some()
+                            || held.children.values().any(|o| o.evicts == Some(*id)),
                     })
                     .collect(),
             })

@@ -20,6 +20,10 @@ pub(crate) const MAX_HOLDINGS: usize = 64;
 pub(crate) const MAX_PATH: usize = 64;
 /// Most neighbour supernodes kept.
 const MAX_NEIGHBOURS: usize = 32;
+/// Leases and remembered query ids are swept this often, not each at its own time:
+/// a lease of 90 s may run a second over, and a supernode's next deadline costs
+/// nothing to find.
+const SWEEP: Duration = Duration::from_secs(1);
 
 pub(crate) struct Supernode {
     children: BTreeMap<NodeId, Registered>,
@@ -29,6 +33,7 @@ pub(crate) struct Supernode {
     floods: HashMap<u64, Flood>,
     seen: HashMap<u64, Time>,
     pub next_refresh: Time,
+    next_sweep: Time,
 }
 
 struct Registered {
@@ -60,6 +65,7 @@ impl Supernode {
             floods: HashMap::new(),
             seen: HashMap::new(),
             next_refresh: now + Duration::from_secs(10),
+            next_sweep: now + SWEEP,
         }
     }
 
@@ -187,7 +193,9 @@ impl Node {
     pub(crate) fn sn_local_search(&mut self, stream: &StreamId, ttl: u8) {
         let query = rand::Rng::gen(&mut self.rng);
         let me = self.me.peer.id.clone();
-        let slots = self.me.max_forwards;
+        // The slots this box has for the stream, as a child's search says (not its
+        // `max_forwards`, which the budget may cut).
+        let slots = self.my_slots(stream);
         if let Some(found) = self.start_flood(
             query,
             Origin::Local(stream.clone()),
@@ -220,7 +228,7 @@ impl Node {
         if sn.seen.insert(query, now + SEEN_FOR).is_some() {
             return Some(Vec::new());
         }
-        let found = sn.candidates(&me, stream, requester, requester_slots);
+        let found = sn.candidates(&me, stream, requester, requester_slots, max);
         if ttl == 0 || sn.neighbours.is_empty() {
             return Some(rank(found, max));
         }
@@ -286,8 +294,11 @@ impl Node {
         let Some(sn) = self.supernode.as_mut() else {
             return;
         };
-        sn.children.retain(|_, c| c.lease_until > now);
-        sn.seen.retain(|_, until| *until > now);
+        if sn.next_sweep <= now {
+            sn.children.retain(|_, c| c.lease_until > now);
+            sn.seen.retain(|_, until| *until > now);
+            sn.next_sweep = now + SWEEP;
+        }
         let due: Vec<u64> = sn
             .floods
             .iter()
@@ -308,10 +319,10 @@ impl Node {
 
     pub(crate) fn supernode_deadline(&self) -> Option<Time> {
         let sn = self.supernode.as_ref()?;
+        let sweep = (!sn.children.is_empty() || !sn.seen.is_empty()).then_some(sn.next_sweep);
         [
-            sn.children.values().map(|c| c.lease_until).min(),
+            sweep,
             sn.floods.values().map(|f| f.deadline).min(),
-            sn.seen.values().min().copied(),
             Some(sn.next_refresh),
         ]
         .into_iter()
@@ -405,25 +416,36 @@ impl Node {
 }
 
 impl Supernode {
+    /// The best `max` holders of `stream` here for `requester`, ranked as [`rank`]
+    /// does. Only those are cloned: a registry holds a hundred paths.
     fn candidates(
         &self,
         me: &Peer,
         stream: &StreamId,
         requester: &NodeId,
         slots: u8,
+        max: usize,
     ) -> Vec<Candidate> {
         let own = self.own.iter().map(|h| (me, h));
         let children = self
             .children
             .values()
             .flat_map(|c| c.holdings.iter().map(move |h| (&c.card.peer, h)));
-        own.chain(children)
+        let mut found: Vec<(&Peer, &Holding)> = own
+            .chain(children)
             .filter(|(peer, h)| {
-                &h.stream == stream
+                (h.free > 0 || h.weakest_child.is_some_and(|w| w < slots))
+                    && &h.stream == stream
                     && &peer.id != requester
-                    && !h.path.contains(requester)
-                    && (h.free > 0 || h.weakest_child.is_some_and(|w| w < slots))
             })
+            .collect();
+        // A stable sort: equals keep the registry's order, which is by node id.
+        found.sort_by_key(|(_, h)| (h.depth(), Reverse(h.free)));
+        found.dedup_by(|a, b| a.0.id == b.0.id);
+        found
+            .into_iter()
+            .filter(|(_, h)| !h.path.contains(requester))
+            .take(max)
             .map(|(peer, h)| Candidate {
                 peer: peer.clone(),
                 holding: h.clone(),

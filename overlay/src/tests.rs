@@ -207,11 +207,25 @@ fn a_stronger_joiner_takes_a_weak_childs_place_and_adopts_it() {
     let strong = h.ticket(&card("strong", 12, 7000), None).unwrap();
     let adopted = strong.adopt.expect("adopts the displaced child");
     assert!(adopted.as_str().starts_with("weak"));
-    // The displaced child is told where to go, and keeps the stream until it moves.
-    let told = h.outputs.iter().any(|o| {
-        matches!(o, Output::Call { request: Request::EndTicket { handover: Some(p), .. }, .. } if p.id.as_str() == "strong")
+    // The displaced child is told where to go once the adopter plays from us (before,
+    // the adopter may not hold the stream), and keeps the stream until it moves.
+    let told = |h: &Harness| {
+        h.outputs.iter().any(|o| {
+            matches!(o, Output::Call { request: Request::EndTicket { handover: Some(p), .. }, .. } if p.id.as_str() == "strong")
+        })
+    };
+    assert!(!told(&h));
+    let displaced = h.node.held()[0]
+        .children
+        .iter()
+        .filter(|c| c.moving)
+        .count();
+    assert_eq!(displaced, 1, "the displaced child counts as moving already");
+    h.input(Input::PlayerConnected {
+        stream: stream(),
+        ticket: strong.id,
     });
-    assert!(told);
+    assert!(told(&h));
     // A mover (it has a path) displaces nobody.
     let path = Some(vec![NodeId::new("x").unwrap()]);
     assert_eq!(

@@ -181,7 +181,7 @@ impl Node {
         self.streams.get_mut(stream)?.watch.as_mut()
     }
 
-    fn my_slots(&self, stream: &StreamId) -> u8 {
+    pub(crate) fn my_slots(&self, stream: &StreamId) -> u8 {
         self.streams.get(stream).map_or(0, |h| self.slots_for(h))
     }
 
@@ -687,7 +687,10 @@ impl Node {
             self.emit(Output::StopPull {
                 stream: stream.clone(),
             });
-            self.paths_changed(stream);
+            // The children keep the path they have until we are attached again: ours
+            // is unknown meanwhile, and theirs still names us, which keeps them from
+            // being taken as our parent.
+            self.announce_soon();
             self.search(stream, Purpose::Repair);
             return;
         }

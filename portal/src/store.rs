@@ -53,6 +53,14 @@ impl Store {
         Ok(Store { pool, ttl })
     }
 
+    /// A write transaction. It takes SQLite's write lock up front (`BEGIN IMMEDIATE`),
+    /// so that one that reads before it writes waits for other writers (the busy
+    /// timeout) instead of failing with "database is locked". On PostgreSQL this
+    /// would be a plain `BEGIN`.
+    async fn write(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     pub fn ttl(&self) -> Ttl {
         self.ttl
     }
@@ -93,7 +101,7 @@ impl Store {
         viewers: &[(StreamId, u32)],
         now: u64,
     ) -> sqlx::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO supernodes (id, api, rtmp, last_seen) VALUES (?, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE
@@ -121,7 +129,7 @@ impl Store {
     }
 
     pub async fn remove_supernode(&self, id: &NodeId) -> sqlx::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         for table in [
             "DELETE FROM viewers WHERE supernode = ?",
             "DELETE FROM supernodes WHERE id = ?",
@@ -167,7 +175,7 @@ impl Store {
         update: &StreamUpdate,
         now: u64,
     ) -> Result<bool, ListError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let current = sqlx::query("SELECT source_id, started, updated FROM streams WHERE id = ?")
             .bind(id.as_str())
             .fetch_optional(&mut *tx)
@@ -251,7 +259,7 @@ impl Store {
 
     /// Deletes what expired; reads skip expired rows anyway.
     pub async fn prune(&self, now: u64) -> sqlx::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let supernodes = since(now, self.ttl.supernode);
         sqlx::query(
             "DELETE FROM viewers WHERE supernode IN

@@ -96,7 +96,8 @@ enum Ev {
 struct Queued {
     at: Time,
     seq: u64,
-    ev: Ev,
+    /// Boxed: the heap moves entries around, and an event carries a whole request.
+    ev: Box<Ev>,
 }
 
 impl PartialEq for Queued {
@@ -179,7 +180,7 @@ impl Sim {
         self.queue.push(Queued {
             at,
             seq: self.seq,
-            ev,
+            ev: Box::new(ev),
         });
     }
 
@@ -214,7 +215,7 @@ impl Sim {
                 break;
             }
             self.now = at;
-            self.handle(ev);
+            self.handle(*ev);
         }
         self.now = end;
         let mut stats = std::mem::take(&mut self.stats);

@@ -116,6 +116,16 @@ impl Stats {
             .filter(|b| b.alive && !b.has_media)
             .count();
         if std::env::var_os("ASTRAL_SIM_TRACE").is_some() {
+            for (i, b) in sim.boxes.iter().enumerate() {
+                if b.alive && b.media_children.len() > slots(b) {
+                    eprintln!(
+                        "over n{i}: slots {} media children {:?} held {:?}",
+                        slots(b),
+                        b.media_children,
+                        b.engine.held()
+                    );
+                }
+            }
             for (i, b) in sim
                 .boxes
                 .iter()
