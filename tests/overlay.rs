@@ -288,10 +288,16 @@ fn longest_gap_after(seen: &[Seen], from: Instant) -> Duration {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tree_builds_itself_and_survives_a_crash_and_a_leave() {
+    let started = Instant::now();
     let mut net = Network::start();
     let places = net.wait_flowing(Duration::from_secs(40));
     let depth = check_tree(&places);
-    eprintln!("tree of {} boxes, depth {depth}", places.len());
+    eprintln!(
+        "tree of {} boxes, depth {depth}, {} supernodes, settled {:?} after the first box started",
+        places.len(),
+        places.values().filter(|p| p.is_supernode).count(),
+        started.elapsed()
+    );
 
     // Supernodes take three boxes each, so others were promoted, and the portal lists
     // them.

@@ -314,14 +314,34 @@ impl Client {
         if self.json {
             return self.print_json(&membership);
         }
-        match (membership.is_supernode, membership.supernode) {
+        match (membership.is_supernode, &membership.supernode) {
             (true, _) => println!(
-                "this node is a supernode with {} boxes registered",
-                membership.registered.unwrap_or_default()
+                "this node is a supernode: {} boxes registered, {} neighbour supernodes",
+                membership.registered.len(),
+                membership.neighbours.len()
             ),
             (false, Some(sn)) => println!("registered with supernode {sn}"),
             (false, None) => println!("not registered with a supernode"),
         }
+        if membership.registered.is_empty() {
+            return Ok(());
+        }
+        let mut rows = vec![["NODE", "API", "SLOTS", "STREAMS (DEPTH, FREE)"].map(String::from)];
+        for r in &membership.registered {
+            let streams: Vec<String> = r
+                .holdings
+                .iter()
+                .map(|h| format!("{} ({}, {})", h.stream, h.depth(), h.free))
+                .collect();
+            rows.push([
+                r.node.peer.id.to_string(),
+                r.node.peer.api.to_string(),
+                r.node.max_forwards.to_string(),
+                streams.join(" "),
+            ]);
+        }
+        println!();
+        print!("{}", table(&rows));
         Ok(())
     }
 

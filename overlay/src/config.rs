@@ -13,8 +13,10 @@ pub struct Config {
     /// TTL of a node's own searches, and the most a supernode accepts.
     pub search_ttl: u8,
     pub max_search_ttl: u8,
-    /// TTL of the periodic search for a shallower parent: 0 asks the node's own
-    /// supernode only, which keeps the steady state quiet.
+    /// TTL of the periodic search for a shallower parent: 1 asks the node's own
+    /// supernode and its neighbours. With 0 (the own supernode only) the steady state
+    /// is quieter (2.5 against 7–9 messages per box per minute at 10^3–10^4 boxes)
+    /// but the tree ends a level or two deeper than ⌈log2(N+1)⌉+1.
     pub improve_ttl: u8,
     /// Most neighbour supernodes a search is flooded to.
     pub flood_fanout: usize,
@@ -55,7 +57,7 @@ impl Default for Config {
             announce_interval: Duration::from_secs(30),
             search_ttl: 2,
             max_search_ttl: 4,
-            improve_ttl: 0,
+            improve_ttl: 1,
             flood_fanout: 6,
             flood_wait_per_hop: Duration::from_millis(300),
             max_candidates: 8,

@@ -47,4 +47,5 @@ pub use config::Config;
 pub use node::{
     CallError, CallId, Event, HeldStream, Input, Node, Output, RequestId, Target, TicketView,
 };
+pub use supernode::Registry;
 pub use time::Time;

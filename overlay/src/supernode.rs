@@ -25,6 +25,13 @@ const MAX_NEIGHBOURS: usize = 32;
 /// nothing to find.
 const SWEEP: Duration = Duration::from_secs(1);
 
+/// A read-only view of a supernode's registry, for the API.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Registry {
+    pub children: Vec<(NodeCard, Vec<Holding>)>,
+    pub neighbours: Vec<Peer>,
+}
+
 pub(crate) struct Supernode {
     children: BTreeMap<NodeId, Registered>,
     /// The supernode's own holdings: it is a node like its children.
@@ -89,6 +96,20 @@ impl Node {
     /// Children registered here, when this node is a supernode.
     pub fn registered(&self) -> Option<usize> {
         self.supernode.as_ref().map(|sn| sn.children.len())
+    }
+
+    /// The boxes registered here with what they last announced, and the neighbour
+    /// supernodes, when this node is a supernode.
+    pub fn registry(&self) -> Option<Registry> {
+        let sn = self.supernode.as_ref()?;
+        Some(Registry {
+            children: sn
+                .children
+                .values()
+                .map(|c| (c.card.clone(), c.holdings.clone()))
+                .collect(),
+            neighbours: sn.neighbours.clone(),
+        })
     }
 
     fn sn(&mut self) -> Result<&mut Supernode, Refusal> {

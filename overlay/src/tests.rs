@@ -226,10 +226,14 @@ fn a_stronger_joiner_takes_a_weak_childs_place_and_adopts_it() {
         ticket: strong.id,
     });
     assert!(told(&h));
-    // A mover (it has a path) displaces nobody.
+    // A mover (it has a path: a repairing subtree, a move up) displaces the other
+    // weak child too; then only strong children are left, and a third is refused.
     let path = Some(vec![NodeId::new("x").unwrap()]);
+    let strong2 = h.ticket(&card("strong2", 13, 7000), path.clone()).unwrap();
+    let second = strong2.adopt.expect("adopts the other weak child");
+    assert!(second.as_str().starts_with("weak") && second != adopted);
     assert_eq!(
-        h.ticket(&card("strong2", 13, 7000), path),
+        h.ticket(&card("strong3", 14, 7000), path),
         Err(RefusalKind::Full)
     );
 }

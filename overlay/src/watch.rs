@@ -263,6 +263,7 @@ impl Node {
         let now = self.now;
         let ping_count = self.cfg.ping_candidates;
         let timeout = self.cfg.ping_timeout;
+        let my_slots = self.my_slots(stream);
         let Some(watch) = self.watch_mut(stream) else {
             return;
         };
@@ -278,8 +279,12 @@ impl Node {
                     && !c.holding.path.contains(&me)
                     && Some(&c.peer.id) != parent.as_ref()
             })
+            // A move up goes at least two levels up, to a free slot or to the place
+            // of a weaker child there (capacity-first placement, after the join).
             .filter(|c| {
-                purpose != Purpose::Improve || (c.holding.free > 0 && c.holding.depth() + 1 < depth)
+                let h = &c.holding;
+                let room = h.free > 0 || h.weakest_child.is_some_and(|w| w < my_slots);
+                purpose != Purpose::Improve || (room && h.depth() + 1 < depth)
             })
             .collect();
         if candidates.is_empty() {

@@ -201,20 +201,34 @@ async fn list_tickets(State(node): Node_) -> Json<Vec<TicketLine>> {
     )
 }
 
-/// `GET /nodes`: this node's place among the supernodes.
+/// `GET /nodes`: this node's place among the supernodes and, on a supernode, the
+/// boxes registered with it.
 #[derive(Serialize, Deserialize)]
 pub struct Membership {
     pub supernode: Option<String>,
     pub is_supernode: bool,
-    pub registered: Option<usize>,
+    pub registered: Vec<Registered>,
+    pub neighbours: Vec<proto::overlay::Peer>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Registered {
+    pub node: proto::overlay::NodeCard,
+    pub holdings: Vec<proto::overlay::Holding>,
 }
 
 async fn membership(State(node): Node_) -> Json<Membership> {
     let report = node.control().report();
+    let registry = node.control().registry().unwrap_or_default();
     Json(Membership {
         supernode: report.supernode,
         is_supernode: report.is_supernode,
-        registered: report.registered,
+        registered: registry
+            .children
+            .into_iter()
+            .map(|(node, holdings)| Registered { node, holdings })
+            .collect(),
+        neighbours: registry.neighbours,
     })
 }
 

@@ -178,6 +178,12 @@ impl Control {
         }
     }
 
+    /// The boxes registered here and the neighbour supernodes, when this node is a
+    /// supernode.
+    pub fn registry(&self) -> Option<overlay::Registry> {
+        lock(&self.state).engine.registry()
+    }
+
     /// The ticket a child's player presents, if it is a live one for `stream`.
     pub fn ticket_for_token(
         &self,
