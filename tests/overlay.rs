@@ -414,4 +414,34 @@ async fn a_tree_builds_itself_and_survives_a_crash_and_a_leave() {
     net.boxes.retain(|b| b.name != leaver.name);
     let places = net.wait_flowing(Duration::from_secs(10));
     check_tree(&places);
+
+    // SIGTERM to a supernode (not the source): it hands its boxes on and exits 0;
+    // they register elsewhere and keep playing.
+    let supernode = places
+        .values()
+        .find(|p| p.is_supernode && p.name != "source" && p.registered.unwrap_or(0) > 0)
+        .map(|p| p.name.clone());
+    if let Some(name) = supernode {
+        eprintln!("SIGTERM to supernode {name}");
+        let node = net.boxes.iter_mut().find(|b| b.name == name).unwrap();
+        node.terminate();
+        assert_eq!(
+            node.wait_exit(Duration::from_secs(10)),
+            Some(0),
+            "SIGTERM exits 0"
+        );
+        net.boxes.retain(|b| b.name != name);
+        let places = net.wait_flowing(Duration::from_secs(10));
+        check_tree(&places);
+        for p in places.values() {
+            let status = net.get(&p.name).status();
+            let supernode = status["overlay"]["supernode"].as_str().unwrap_or_default();
+            assert_ne!(
+                supernode, name,
+                "{} still counts on the supernode that left",
+                p.name
+            );
+            assert!(!supernode.is_empty(), "{} has a supernode", p.name);
+        }
+    }
 }

@@ -249,7 +249,7 @@ impl Node {
         if sn.seen.insert(query, now + SEEN_FOR).is_some() {
             return Some(Vec::new());
         }
-        let found = sn.candidates(&me, stream, requester, requester_slots, max);
+        let found = sn.candidates(&me, stream, requester, requester_slots, max, &mut self.rng);
         if ttl == 0 || sn.neighbours.is_empty() {
             return Some(rank(found, max));
         }
@@ -437,8 +437,10 @@ impl Node {
 }
 
 impl Supernode {
-    /// The best `max` holders of `stream` here for `requester`, ranked as [`rank`]
-    /// does. Only those are cloned: a registry holds a hundred paths.
+    /// The best `max` holders of `stream` here for `requester`: shallowest first,
+    /// then most free slots, equals in random order, so that boxes joining together
+    /// do not all ask the same parent. Only those are cloned: a registry holds a
+    /// hundred paths.
     fn candidates(
         &self,
         me: &Peer,
@@ -446,6 +448,7 @@ impl Supernode {
         requester: &NodeId,
         slots: u8,
         max: usize,
+        rng: &mut impl rand::Rng,
     ) -> Vec<Candidate> {
         let own = self.own.iter().map(|h| (me, h));
         let children = self
@@ -460,9 +463,8 @@ impl Supernode {
                     && &peer.id != requester
             })
             .collect();
-        // A stable sort: equals keep the registry's order, which is by node id.
+        found.shuffle(rng);
         found.sort_by_key(|(_, h)| (h.depth(), Reverse(h.free)));
-        found.dedup_by(|a, b| a.0.id == b.0.id);
         found
             .into_iter()
             .filter(|(_, h)| !h.path.contains(requester))
@@ -477,14 +479,10 @@ impl Supernode {
 
 /// Shallowest first, then most free slots; one entry per node; at most `max`.
 pub(crate) fn rank(mut found: Vec<Candidate>, max: usize) -> Vec<Candidate> {
-    found.sort_by(|a, b| {
-        (a.holding.depth(), Reverse(a.holding.free), &a.peer.id).cmp(&(
-            b.holding.depth(),
-            Reverse(b.holding.free),
-            &b.peer.id,
-        ))
-    });
-    found.dedup_by(|a, b| a.peer.id == b.peer.id);
+    let mut seen = std::collections::HashSet::new();
+    found.retain(|c| seen.insert(c.peer.id.clone()));
+    // Stable: equals keep their order, which each supernode shuffled.
+    found.sort_by_key(|c| (c.holding.depth(), Reverse(c.holding.free)));
     found.truncate(max);
     found
 }

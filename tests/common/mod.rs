@@ -166,6 +166,15 @@ impl NodeProc {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM, as systemd does to stop a node.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill(1)");
+        assert!(status.success(), "kill -TERM {}", self.name);
+    }
+
     /// Waits for the process to exit by itself; its exit code.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
         let deadline = Instant::now() + limit;
