@@ -91,7 +91,7 @@ impl Node {
             .filter(|(_, held)| held.holds() && self.leaving.is_none())
             .map(|(stream, held)| Holding {
                 stream: stream.clone(),
-                path: held.path().to_vec(),
+                path: held.path().into(),
                 slots: self.slots_for(held),
                 free: self.free_slots(stream),
                 weakest_child: held

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -105,8 +106,9 @@ pub struct NodeCard {
 pub struct Holding {
     pub stream: StreamId,
     /// The node's ancestors in the stream's tree, source first; empty at the source.
-    /// Its length is the node's depth.
-    pub path: Vec<NodeId>,
+    /// Its length is the node's depth. Shared, not copied, as a holding travels
+    /// through supernodes in search answers.
+    pub path: Arc<[NodeId]>,
     /// Forward slots for this stream, used and free.
     pub slots: u8,
     pub free: u8,
