@@ -82,7 +82,7 @@ pub async fn create_stream(
     listing.check().map_err(ApiError::BadRequest)?;
     let key = node
         .add_stream_key(&id, listing)
-        .ok_or_else(|| ApiError::Conflict(format!("stream {id:?} already has a publish key")))?;
+        .ok_or_else(|| ApiError::Conflict(format!("stream \"{id}\" already has a publish key")))?;
     let publish_url = format!(
         "rtmp://{}/{}/{id}?key={key}",
         node.control().me().rtmp,
@@ -110,7 +110,7 @@ pub async fn update_stream(
     node.relist(&id, meta.title, meta.description)
         .map_err(|e| match e {
             crate::control::RelistError::Unknown => {
-                ApiError::NotFound(format!("stream {id:?} is not published here"))
+                ApiError::NotFound(format!("stream \"{id}\" is not published here"))
             }
             crate::control::RelistError::Invalid(e) => ApiError::BadRequest(e),
         })
@@ -184,7 +184,7 @@ pub async fn unwatch(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!(
-            "this node neither watches nor seeds {stream:?}"
+            "this node neither watches nor seeds \"{stream}\""
         )))
     }
 }
