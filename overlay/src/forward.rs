@@ -9,7 +9,7 @@ use proto::overlay::{
 };
 use rand::Rng;
 
-use crate::node::{Event, Held, Node, Output, Pending, Target};
+use crate::node::{CallError, Event, Held, Node, Output, Pending, RequestId, Target};
 use crate::supernode::MAX_PATH;
 use crate::Time;
 
@@ -39,6 +39,16 @@ pub(crate) struct Leaving {
     successors_at: Time,
     successors_sent: bool,
     done: bool,
+}
+
+/// A ticket request held while we ask whether the child whose slot it claims is
+/// alive (see [`Node::grant_or_verify`]).
+pub(crate) struct Claim {
+    request: RequestId,
+    stream: StreamId,
+    child: NodeCard,
+    path: Option<Vec<NodeId>>,
+    claimed: TicketId,
 }
 
 /// A slot kept for a child displaced to make room for this node.
@@ -117,6 +127,71 @@ impl Node {
     }
 
     /// `POST /tickets`: a child asks for a forward.
+    /// `POST /tickets`. A child that claims the slot of its parent, one of our
+    /// children, gets it at once if that parent's player is gone. If the player still
+    /// looks connected (a box that lost power leaves its socket open until TCP gives
+    /// up, which takes many seconds) we ask the parent ourselves: a parent that does
+    /// not answer within the ping timeout is dead, and the claim stands; one that
+    /// answers keeps its slot. So a claim alone never pushes out a live child.
+    pub(crate) fn grant_or_verify(
+        &mut self,
+        request: RequestId,
+        stream: StreamId,
+        child: NodeCard,
+        path: Option<Vec<NodeId>>,
+        replaces: Option<NodeId>,
+    ) -> Option<Result<Response, Refusal>> {
+        let claimed = replaces.as_ref().and_then(|x| {
+            let from_its_child = path.as_ref().and_then(|p| p.last()) == Some(x);
+            let held = self.streams.get(&stream)?;
+            let (&id, c) = held.children.iter().find(|(_, c)| &c.card.peer.id == x)?;
+            let silent_claim = from_its_child
+                && c.connected
+                && c.successor.as_ref() != Some(&child.peer.id)
+                && self.free_slots(&stream) == 0;
+            silent_claim.then(|| (id, c.card.peer.clone()))
+        });
+        let Some((claimed, parent)) = claimed else {
+            return Some(self.grant(stream, child, path, replaces));
+        };
+        let key = self.rng.gen();
+        let ping = Request::Ping {
+            stream: Some(stream.clone()),
+        };
+        self.claims.insert(
+            key,
+            Claim {
+                request,
+                stream,
+                child,
+                path,
+                claimed,
+            },
+        );
+        let timeout = self.cfg.ping_timeout;
+        self.call_within(Target::Node(parent), ping, Pending::Claim(key), timeout);
+        None
+    }
+
+    /// The claimed parent answered, or did not.
+    pub(crate) fn on_claim(&mut self, key: u64, result: Result<Response, CallError>) {
+        let Some(claim) = self.claims.remove(&key) else {
+            return;
+        };
+        let answer = match result {
+            Err(CallError::Unreachable(_)) => {
+                // Dead: its slot is free, and its connection goes.
+                self.remove_child(&claim.stream, claim.claimed);
+                self.grant(claim.stream, claim.child, claim.path, None)
+            }
+            Ok(_) | Err(CallError::Refused(_)) => Err(Refusal::new(
+                RefusalKind::Full,
+                "the parent whose slot is claimed is alive",
+            )),
+        };
+        self.respond(claim.request, answer);
+    }
+
     pub(crate) fn grant(
         &mut self,
         stream: StreamId,

@@ -176,6 +176,9 @@ pub(crate) enum Pending {
     PingCandidate(StreamId, usize),
     Ticket(StreamId),
     Probe(StreamId),
+    /// A child claims the slot of its parent, our child, which still looks connected:
+    /// is that parent alive?
+    Claim(u64),
     Flood(u64),
     /// Fire and forget: the answer changes nothing.
     Quiet,
@@ -225,6 +228,7 @@ pub struct Node {
     pub(crate) supernode: Option<Supernode>,
     pub(crate) streams: BTreeMap<StreamId, Held>,
     pub(crate) leaving: Option<crate::forward::Leaving>,
+    pub(crate) claims: HashMap<u64, crate::forward::Claim>,
     pub(crate) announce_at: Time,
     pub(crate) messages_sent: u64,
 }
@@ -245,6 +249,7 @@ impl Node {
             supernode: None,
             streams: BTreeMap::new(),
             leaving: None,
+            claims: HashMap::new(),
             announce_at: Time::NEVER,
             messages_sent: 0,
         }
@@ -454,7 +459,7 @@ impl Node {
                 child,
                 path,
                 replaces,
-            } => self.grant(stream, child, path, replaces),
+            } => return self.grant_or_verify(id, stream, child, path, replaces),
             Request::EndTicket {
                 ticket,
                 token,
@@ -499,6 +504,7 @@ impl Node {
             Pending::PingCandidate(stream, i) => self.on_candidate_ping(&stream, i, result),
             Pending::Ticket(stream) => self.on_ticket(call, &stream, result),
             Pending::Probe(stream) => self.on_probe(call, &stream, result),
+            Pending::Claim(key) => self.on_claim(key, result),
             Pending::Flood(query) => self.on_flood_reply(query, result),
             Pending::Quiet => {}
         }

@@ -73,16 +73,22 @@ impl Harness {
     }
 
     fn request(&mut self, request: Request) -> Result<Response, proto::overlay::Refusal> {
+        let id = self.send(request);
+        self.answer(id).expect("answered at once")
+    }
+
+    fn send(&mut self, request: Request) -> RequestId {
         self.next += 1;
         let id = RequestId(self.next);
         self.input(Input::Request { id, request });
-        self.outputs
-            .iter()
-            .find_map(|o| match o {
-                Output::Respond { id: i, result } if *i == id => Some(result.clone()),
-                _ => None,
-            })
-            .expect("answered at once")
+        id
+    }
+
+    fn answer(&self, id: RequestId) -> Option<Result<Response, proto::overlay::Refusal>> {
+        self.outputs.iter().find_map(|o| match o {
+            Output::Respond { id: i, result } if *i == id => Some(result.clone()),
+            _ => None,
+        })
     }
 
     fn ticket(
@@ -239,7 +245,7 @@ fn a_stronger_joiner_takes_a_weak_childs_place_and_adopts_it() {
 }
 
 #[test]
-fn a_live_child_cannot_be_replaced_by_a_claim() {
+fn a_claim_on_a_connected_childs_slot_is_checked_with_that_child() {
     let mut h = Harness::source(Config::default());
     let a = card("a", 10, 4000);
     let t = h.ticket(&a, None).unwrap();
@@ -249,21 +255,83 @@ fn a_live_child_cannot_be_replaced_by_a_claim() {
         ticket: t.id,
     });
     let orphan = card("orphan", 12, 4000);
-    let claim = |h: &mut Harness| {
-        h.request(Request::Ticket {
-            stream: stream(),
-            child: orphan.clone(),
-            path: Some(vec![NodeId::new("src").unwrap(), NodeId::new("a").unwrap()]),
-            replaces: Some(NodeId::new("a").unwrap()),
-        })
+    let claim = Request::Ticket {
+        stream: stream(),
+        child: orphan.clone(),
+        path: Some(vec![NodeId::new("src").unwrap(), NodeId::new("a").unwrap()]),
+        replaces: Some(NodeId::new("a").unwrap()),
     };
-    assert_eq!(claim(&mut h).unwrap_err().kind, RefusalKind::Full);
-    // Once a's player is gone, its child may take the slot.
+    // a's player looks connected: the source asks a before it answers the claim.
+    let ask = |h: &mut Harness, a_answers: Result<Response, CallError>| {
+        let id = h.send(claim.clone());
+        assert_eq!(h.answer(id), None, "held until a is asked");
+        let call = h
+            .outputs
+            .iter()
+            .rev()
+            .find_map(|o| match o {
+                Output::Call {
+                    call,
+                    to: Target::Node(p),
+                    request: Request::Ping { .. },
+                } if p.id.as_str() == "a" => Some(*call),
+                _ => None,
+            })
+            .expect("a is pinged");
+        h.input(Input::Reply {
+            call,
+            result: a_answers,
+        });
+        h.answer(id).expect("answered once a answered")
+    };
+    // A live a keeps its slot: a claim alone never pushes out a live child.
+    let alive = ask(
+        &mut h,
+        Ok(Response::Pong {
+            flowing: Some(true),
+        }),
+    );
+    assert_eq!(alive.unwrap_err().kind, RefusalKind::Full);
+    assert_eq!(h.children(), 2);
+    // A silent a (a box that lost power keeps its socket open) loses it.
+    let silent = ask(
+        &mut h,
+        Err(CallError::Unreachable("no answer in time".into())),
+    );
+    assert!(matches!(silent, Ok(Response::Ticket { .. })), "{silent:?}");
+    assert!(h.outputs.contains(&Output::Kick {
+        stream: stream(),
+        ticket: t.id
+    }));
+    let children: Vec<String> = h.node.held()[0]
+        .children
+        .iter()
+        .map(|c| c.child.to_string())
+        .collect();
+    assert_eq!(children.len(), 2);
+    assert!(children.contains(&"orphan".to_string()) && !children.contains(&"a".to_string()));
+}
+
+#[test]
+fn a_gone_childs_slot_goes_to_its_child_at_once() {
+    let mut h = Harness::source(Config::default());
+    let t = h.ticket(&card("a", 10, 4000), None).unwrap();
+    h.ticket(&card("b", 11, 4000), None).unwrap();
+    h.input(Input::PlayerConnected {
+        stream: stream(),
+        ticket: t.id,
+    });
     h.input(Input::PlayerGone {
         stream: stream(),
         ticket: t.id,
     });
-    assert!(matches!(claim(&mut h), Ok(Response::Ticket { .. })));
+    let claim = h.request(Request::Ticket {
+        stream: stream(),
+        child: card("orphan", 12, 4000),
+        path: Some(vec![NodeId::new("src").unwrap(), NodeId::new("a").unwrap()]),
+        replaces: Some(NodeId::new("a").unwrap()),
+    });
+    assert!(matches!(claim, Ok(Response::Ticket { .. })));
     assert!(h.outputs.contains(&Output::Kick {
         stream: stream(),
         ticket: t.id

@@ -168,11 +168,17 @@ impl NodeProc {
 
     /// Sends SIGTERM, as systemd does to stop a node.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends a signal by name: STOP freezes the box as a power cut would, leaving
+    /// its sockets open and silent.
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("kill(1)");
-        assert!(status.success(), "kill -TERM {}", self.name);
+        assert!(status.success(), "kill -{name} {}", self.name);
     }
 
     /// Waits for the process to exit by itself; its exit code.
