@@ -390,8 +390,9 @@ async fn a_tree_builds_itself_and_survives_a_crash_and_a_leave() {
             .filter(|s| !s.tag.is_sequence_header())
             .map(|s| s.tag.timestamp)
             .collect();
+        // 8 s of play: the frames since the last keyframe, then live ones.
         assert!(
-            stamps.len() > 6 * FPS as usize,
+            stamps.len() > 4 * FPS as usize,
             "{name} played {} frames",
             stamps.len()
         );
@@ -400,10 +401,13 @@ async fn a_tree_builds_itself_and_survives_a_crash_and_a_leave() {
             "{name}: timestamps go forward"
         );
         let worst = stamps.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-
+        let first = video.first().map_or_else(Instant::now, |s| s.at);
         eprintln!(
-            "{name}: while {} left, the widest timestamp step was {worst} ms",
-            leaver.name
+            "{name}: while {} left, {} frames, the widest timestamp step was {worst} ms, \
+             the longest wait for a frame {:?}",
+            leaver.name,
+            stamps.len(),
+            longest_gap_after(&video, first)
         );
         assert!(
             worst <= 2 * frame_ms,
