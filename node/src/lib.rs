@@ -69,7 +69,7 @@ impl Node {
             config.overlay.clone(),
             card,
             config.portal.clone(),
-            config.api.ip(),
+            client_address(&config),
             started,
         );
         let node = Arc::new(Node {
@@ -196,6 +196,26 @@ impl Node {
     }
 }
 
+/// The address the overlay's HTTP calls leave from: the API's, when it is a specific
+/// one, so that peers and the portal see the address the node advertises. Not a
+/// loopback address when the portal is elsewhere: that could reach nothing.
+fn client_address(config: &Config) -> Option<std::net::IpAddr> {
+    let ip = config.api.ip();
+    let portal_is_local = config
+        .portal
+        .as_deref()
+        .and_then(|p| url::Url::parse(p).ok())
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .is_none_or(|host| {
+            host == "localhost"
+                || host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+    (!ip.is_unspecified() && (!ip.is_loopback() || portal_is_local)).then_some(ip)
+}
+
 /// Kernel send buffer of a socket that carries a stream to a player or child box.
 ///
 /// Linux autotunes send buffers up to megabytes, where a slow player would queue
@@ -240,6 +260,13 @@ pub async fn run(
     let rtmp_addr = listeners.rtmp.local_addr()?;
     let api_addr = listeners.api.local_addr()?;
     let in_overlay = config.portal.is_some() || !config.supernodes.is_empty();
+    if in_overlay && config.api.ip().is_loopback() && client_address(&config).is_none() {
+        tracing::warn!(
+            api = %config.api,
+            "other boxes cannot reach this node's API on a loopback address; \
+             set api = \"0.0.0.0:8000\" to take part in the network"
+        );
+    }
     let me = if in_overlay {
         let portal = config.portal.as_deref();
         Peer {
@@ -310,4 +337,35 @@ pub async fn run(
     node.control.stop_pulls();
     tracing::info!("node stopped");
     served.context("API server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(api: &str, portal: Option<&str>) -> Config {
+        let args = NodeArgs {
+            api: Some(api.parse().unwrap()),
+            portal: portal.map(String::from),
+            ..NodeArgs::default()
+        };
+        Config::from_toml("", &args).unwrap()
+    }
+
+    #[test]
+    fn overlay_calls_leave_from_the_api_address_when_that_can_reach_the_portal() {
+        let ip = |s: &str| Some(s.parse().unwrap());
+        let local = Some("http://127.0.0.1:8080");
+        let remote = Some("http://portal.example:8080");
+        assert_eq!(
+            client_address(&config("10.0.0.5:8000", remote)),
+            ip("10.0.0.5")
+        );
+        assert_eq!(
+            client_address(&config("127.0.0.7:8000", local)),
+            ip("127.0.0.7")
+        );
+        assert_eq!(client_address(&config("127.0.0.1:8000", remote)), None);
+        assert_eq!(client_address(&config("0.0.0.0:8000", remote)), None);
+    }
 }

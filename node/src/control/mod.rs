@@ -93,7 +93,7 @@ impl Control {
         cfg: overlay::Config,
         card: NodeCard,
         portal: Option<String>,
-        bind: IpAddr,
+        client_address: Option<IpAddr>,
         started: Instant,
     ) -> Control {
         let me = card.peer.clone();
@@ -111,7 +111,7 @@ impl Control {
                 running: false,
             }),
             wake: Notify::new(),
-            client: http::client(Some(bind).filter(|ip| !ip.is_unspecified())),
+            client: http::client(client_address),
             portal: portal.map(|p| p.trim_end_matches('/').to_owned()),
             started,
             me,
