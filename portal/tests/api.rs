@@ -97,6 +97,18 @@ impl Running {
         (status, json)
     }
 
+    /// `PUT /api/streams/cam` from the box at `ip`, naming itself `source`.
+    async fn list_cam(&self, ip: [u8; 4], source: &str, title: &str) -> (u16, Value) {
+        let body = listing(source, ip, title);
+        self.call(ip, "PUT", "/api/streams/cam", Some(body)).await
+    }
+
+    /// `POST /api/supernodes` from the supernode `id` at `ip`.
+    async fn promote(&self, ip: [u8; 4], id: &str, viewers: Value) -> (u16, Value) {
+        let body = promote(id, ip, viewers);
+        self.call(ip, "POST", "/api/supernodes", Some(body)).await
+    }
+
     async fn get(&self, path: &str) -> Value {
         let (status, body) = self.call(LOCAL, "GET", path, None).await;
         assert_eq!(status, 200, "GET {path}: {body}");
@@ -149,24 +161,10 @@ async fn supernodes_bootstrap_renew_expire_and_retire() {
     let empty = portal.get("/api/supernodes").await;
     assert_eq!(empty, json!({"type": "supernodes", "supernodes": []}));
 
-    let (status, answer) = portal
-        .call(
-            [127, 0, 0, 2],
-            "POST",
-            "/api/supernodes",
-            Some(promote("a", [127, 0, 0, 2], json!({}))),
-        )
-        .await;
+    let (status, answer) = portal.promote([127, 0, 0, 2], "a", json!({})).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["supernodes"], json!([]), "no neighbours yet");
-    let (_, answer) = portal
-        .call(
-            [127, 0, 0, 3],
-            "POST",
-            "/api/supernodes",
-            Some(promote("b", [127, 0, 0, 3], json!({}))),
-        )
-        .await;
+    let (_, answer) = portal.promote([127, 0, 0, 3], "b", json!({})).await;
     assert_eq!(
         ids(&answer["supernodes"]),
         ["a"],
@@ -203,14 +201,7 @@ async fn supernodes_bootstrap_renew_expire_and_retire() {
 
     // b renews, a does not: after the TTL only b is listed.
     portal.advance(120);
-    portal
-        .call(
-            [127, 0, 0, 3],
-            "POST",
-            "/api/supernodes",
-            Some(promote("b", [127, 0, 0, 3], json!({}))),
-        )
-        .await;
+    portal.promote([127, 0, 0, 3], "b", json!({})).await;
     portal.advance(100);
     assert_eq!(
         ids(&portal.get("/api/supernodes").await["supernodes"]),
@@ -233,60 +224,27 @@ async fn supernodes_bootstrap_renew_expire_and_retire() {
 async fn the_directory_lists_renews_counts_and_expires_streams() {
     let (_dir, portal) = fresh().await;
     let src = [127, 0, 0, 5];
-    let (status, entry) = portal
-        .call(
-            src,
-            "PUT",
-            "/api/streams/cam",
-            Some(listing("garden", src, "The garden")),
-        )
-        .await;
+    let (status, entry) = portal.list_cam(src, "garden", "The garden").await;
     assert_eq!(status, 201, "{entry}");
     assert_eq!(entry["title"], "The garden");
     let started = entry["started"].clone();
 
     portal.advance(30);
-    let (status, entry) = portal
-        .call(
-            src,
-            "PUT",
-            "/api/streams/cam",
-            Some(listing("garden", src, "The garden at dusk")),
-        )
-        .await;
+    let (status, entry) = portal.list_cam(src, "garden", "The garden at dusk").await;
     assert_eq!(status, 200, "a renewal: {entry}");
     assert_eq!(entry["started"], started, "started is kept");
     assert_eq!(entry["title"], "The garden at dusk");
 
     // Another box cannot take a live stream over.
     let other = [127, 0, 0, 6];
-    let (status, body) = portal
-        .call(
-            other,
-            "PUT",
-            "/api/streams/cam",
-            Some(listing("shed", other, "Mine")),
-        )
-        .await;
+    let (status, body) = portal.list_cam(other, "shed", "Mine").await;
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("garden"), "{body}");
 
     // Viewers: the sum over live supernodes.
+    portal.promote([127, 0, 0, 2], "a", json!({"cam": 3})).await;
     portal
-        .call(
-            [127, 0, 0, 2],
-            "POST",
-            "/api/supernodes",
-            Some(promote("a", [127, 0, 0, 2], json!({"cam": 3}))),
-        )
-        .await;
-    portal
-        .call(
-            [127, 0, 0, 3],
-            "POST",
-            "/api/supernodes",
-            Some(promote("b", [127, 0, 0, 3], json!({"cam": 4, "other": 1}))),
-        )
+        .promote([127, 0, 0, 3], "b", json!({"cam": 4, "other": 1}))
         .await;
     let streams = portal.get("/api/streams").await;
     assert_eq!(streams.as_array().unwrap().len(), 1);
@@ -298,14 +256,7 @@ async fn the_directory_lists_renews_counts_and_expires_streams() {
     assert_eq!(portal.get("/api/streams").await, json!([]));
     let (status, _) = portal.call(LOCAL, "GET", "/api/streams/cam", None).await;
     assert_eq!(status, 404);
-    let (status, entry) = portal
-        .call(
-            other,
-            "PUT",
-            "/api/streams/cam",
-            Some(listing("shed", other, "Mine")),
-        )
-        .await;
+    let (status, entry) = portal.list_cam(other, "shed", "Mine").await;
     assert_eq!(status, 201, "{entry}");
     assert_ne!(entry["started"], started);
 
@@ -322,14 +273,7 @@ async fn the_directory_lists_renews_counts_and_expires_streams() {
 async fn bad_input_gets_a_json_error_and_changes_nothing() {
     let (_dir, portal) = fresh().await;
     let src = [127, 0, 0, 5];
-    portal
-        .call(
-            src,
-            "PUT",
-            "/api/streams/cam",
-            Some(listing("garden", src, "ok")),
-        )
-        .await;
+    portal.list_cam(src, "garden", "ok").await;
     let long_title = listing("garden", src, &"x".repeat(500));
     let mut unknown_field: Value = serde_json::from_str(&listing("garden", src, "x")).unwrap();
     unknown_field["extra"] = json!(1);
@@ -396,22 +340,8 @@ async fn state_survives_a_restart() {
     let clock = Arc::new(AtomicU64::new(2_000_000));
     let portal = Running::start(&db, Arc::clone(&clock)).await;
     let src = [127, 0, 0, 5];
-    portal
-        .call(
-            src,
-            "PUT",
-            "/api/streams/cam",
-            Some(listing("garden", src, "kept")),
-        )
-        .await;
-    portal
-        .call(
-            src,
-            "POST",
-            "/api/supernodes",
-            Some(promote("garden", src, json!({"cam": 2}))),
-        )
-        .await;
+    portal.list_cam(src, "garden", "kept").await;
+    portal.promote(src, "garden", json!({"cam": 2})).await;
     portal.stop().await;
 
     let portal = Running::start(&db, clock).await;
