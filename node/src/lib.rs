@@ -21,6 +21,7 @@ pub mod source;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
@@ -196,10 +197,47 @@ impl Node {
     }
 }
 
+/// The address other boxes reach `bound` at: `bound` itself unless it is a wildcard,
+/// then `advertise`, then the address this box reaches the portal from.
+fn advertised(
+    bound: SocketAddr,
+    advertise: Option<IpAddr>,
+    portal: Option<&str>,
+) -> anyhow::Result<SocketAddr> {
+    if let Some(ip) = advertise {
+        return Ok(SocketAddr::new(ip, bound.port()));
+    }
+    if !bound.ip().is_unspecified() {
+        return Ok(bound);
+    }
+    let route = portal.and_then(|p| {
+        let url = url::Url::parse(p).ok()?;
+        let target = url.socket_addrs(|| Some(80)).ok()?.into_iter().next()?;
+        let probe = std::net::UdpSocket::bind(SocketAddr::new(
+            if target.is_ipv4() {
+                IpAddr::from([0, 0, 0, 0])
+            } else {
+                IpAddr::from([0u16; 8])
+            },
+            0,
+        ))
+        .ok()?;
+        // Connecting a UDP socket sends nothing; it only picks the route.
+        probe.connect(target).ok()?;
+        probe.local_addr().ok()
+    });
+    match route {
+        Some(local) => Ok(SocketAddr::new(local.ip(), bound.port())),
+        None => anyhow::bail!(
+            "cannot tell which address other boxes reach this one at: set --advertise IP"
+        ),
+    }
+}
+
 /// The address the overlay's HTTP calls leave from: the API's, when it is a specific
 /// one, so that peers and the portal see the address the node advertises. Not a
 /// loopback address when the portal is elsewhere: that could reach nothing.
-fn client_address(config: &Config) -> Option<std::net::IpAddr> {
+fn client_address(config: &Config) -> Option<IpAddr> {
     let ip = config.api.ip();
     let portal_is_local = config
         .portal
@@ -210,7 +248,7 @@ fn client_address(config: &Config) -> Option<std::net::IpAddr> {
             host == "localhost"
                 || host
                     .trim_matches(['[', ']'])
-                    .parse::<std::net::IpAddr>()
+                    .parse::<IpAddr>()
                     .is_ok_and(|ip| ip.is_loopback())
         });
     (!ip.is_unspecified() && (!ip.is_loopback() || portal_is_local)).then_some(ip)
@@ -271,8 +309,8 @@ pub async fn run(
         let portal = config.portal.as_deref();
         Peer {
             id: NodeId::new(config.name.clone()).map_err(anyhow::Error::msg)?,
-            api: control::advertised(api_addr, config.advertise, portal)?,
-            rtmp: control::advertised(rtmp_addr, config.advertise, portal)?,
+            api: advertised(api_addr, config.advertise, portal)?,
+            rtmp: advertised(rtmp_addr, config.advertise, portal)?,
         }
     } else {
         Peer {
@@ -325,8 +363,7 @@ pub async fn run(
         // Peers still reach the API while the node hands its children on.
         stopping.leave_overlay().await;
     };
-    let app = api::router(Arc::clone(&node))
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = api::router(Arc::clone(&node)).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(api_listener, app)
         .with_graceful_shutdown(stop)
         .await;

@@ -10,22 +10,25 @@
 
 mod http;
 mod pull;
+mod report;
+mod streams;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use overlay::{Event, Input, Output, RequestId, Target, Time};
 use proto::overlay::{NodeCard, Peer, Refusal, RefusalKind, Request, Response, StreamId};
-use proto::portal::{StreamEntry, StreamUpdate};
+use proto::portal::StreamUpdate;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
 pub use http::PortalError;
 use pull::SteeredPull;
+pub use report::{EventLine, HeldReport, Report, TicketReport};
+pub use streams::{list_streams, PublishGuard, RelistError, Role, WatchError};
 
 use crate::{lock, Node};
 
@@ -36,26 +39,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const EVENTS_KEPT: usize = 32;
 /// How often the measured bitrate of held streams is fed to the engine.
 const RATE_INTERVAL: Duration = Duration::from_secs(10);
-
-/// What the box does with a stream, as the admin asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Published here: this box is the root of the stream's tree.
-    Source,
-    /// Relayed for local players.
-    Watch,
-    /// Relayed only to help the network.
-    Seed,
-}
-
-/// One line of the node's recent history, for `astral status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EventLine {
-    /// Seconds since the Unix epoch.
-    pub at: u64,
-    pub event: String,
-}
 
 /// The driver's state: the engine and what waits on it.
 pub struct Control {
@@ -147,37 +130,6 @@ impl Control {
         Time::from_millis(self.started.elapsed().as_millis() as u64)
     }
 
-    /// What the engine knows, for the API.
-    pub fn report(&self) -> Report {
-        let state = lock(&self.state);
-        let engine = &state.engine;
-        Report {
-            me: self.me.clone(),
-            running: state.running,
-            supernode: engine.supernode_id().map(ToString::to_string),
-            is_supernode: engine.is_supernode(),
-            registered: engine.registered(),
-            messages_sent: engine.messages_sent(),
-            streams: engine
-                .held()
-                .into_iter()
-                .map(|h| {
-                    let role = state
-                        .roles
-                        .get(&h.stream)
-                        .copied()
-                        .unwrap_or(if h.is_source {
-                            Role::Source
-                        } else {
-                            Role::Seed
-                        });
-                    HeldReport::new(h, role)
-                })
-                .collect(),
-            events: state.events.iter().cloned().collect(),
-        }
-    }
-
     /// The boxes registered here and the neighbour supernodes, when this node is a
     /// supernode.
     pub fn registry(&self) -> Option<overlay::Registry> {
@@ -197,67 +149,6 @@ impl Control {
     pub async fn left(&self) {
         let mut left = self.left.subscribe();
         let _ = left.wait_for(|left| *left).await;
-    }
-}
-
-/// `GET /status`'s overlay part.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
-    pub me: Peer,
-    pub running: bool,
-    /// The supernode this node registered with (itself when it is one).
-    pub supernode: Option<String>,
-    pub is_supernode: bool,
-    /// Boxes registered here, when this node is a supernode.
-    pub registered: Option<usize>,
-    pub messages_sent: u64,
-    pub streams: Vec<HeldReport>,
-    pub events: Vec<EventLine>,
-}
-
-/// One stream in the tree, as this node sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HeldReport {
-    pub stream: StreamId,
-    pub role: Role,
-    pub parent: Option<String>,
-    /// Ancestors, source first; its length is this node's depth.
-    pub path: Vec<String>,
-    pub depth: usize,
-    pub flowing: bool,
-    pub slots: u8,
-    pub tickets: Vec<TicketReport>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TicketReport {
-    pub id: String,
-    pub child: String,
-    pub connected: bool,
-    pub moving: bool,
-}
-
-impl HeldReport {
-    fn new(h: overlay::HeldStream, role: Role) -> HeldReport {
-        HeldReport {
-            depth: h.path.len(),
-            stream: h.stream,
-            role,
-            parent: h.parent.map(|p| p.to_string()),
-            path: h.path.iter().map(ToString::to_string).collect(),
-            flowing: h.flowing,
-            slots: h.slots,
-            tickets: h
-                .children
-                .into_iter()
-                .map(|t| TicketReport {
-                    id: t.id.to_string(),
-                    child: t.child.to_string(),
-                    connected: t.connected,
-                    moving: t.moving,
-                })
-                .collect(),
-        }
     }
 }
 
@@ -476,133 +367,6 @@ impl Node {
         self.overlay_input(Input::Start { supernodes });
     }
 
-    /// Publishes a stream that originates here into the overlay and the directory.
-    pub fn publish(self: &Arc<Self>, stream: StreamId, listing: StreamUpdate) {
-        let kbps = listing.bitrate_kbps;
-        lock(&self.control.state)
-            .roles
-            .insert(stream.clone(), Role::Source);
-        lock(&self.control.published).insert(stream.clone(), listing);
-        self.control.publish_changed.notify_one();
-        self.overlay_input(Input::Publish { stream, kbps });
-    }
-
-    pub fn unpublish(self: &Arc<Self>, stream: &StreamId) {
-        lock(&self.control.state).roles.remove(stream);
-        if lock(&self.control.published).remove(stream).is_some() {
-            let node = Arc::clone(self);
-            let stream = stream.clone();
-            tokio::spawn(async move {
-                if let Some(portal) = node.control.portal() {
-                    if let Err(e) = http::unlist_stream(&node.control.client, portal, &stream).await
-                    {
-                        tracing::debug!(%stream, "cannot take the stream off the portal: {e}");
-                    }
-                }
-            });
-        }
-        self.overlay_input(Input::Unpublish {
-            stream: stream.clone(),
-        });
-    }
-
-    /// Updates the directory listing of a stream published here, or to be.
-    pub fn relist(
-        &self,
-        stream: &StreamId,
-        title: Option<String>,
-        description: Option<String>,
-    ) -> Result<StreamUpdate, RelistError> {
-        let mut published = lock(&self.control.published);
-        let mut drafts = lock(&self.control.drafts);
-        let listing = published
-            .get_mut(stream)
-            .or_else(|| drafts.get_mut(stream))
-            .ok_or(RelistError::Unknown)?;
-        let mut updated = listing.clone();
-        if let Some(title) = title {
-            updated.title = title;
-        }
-        if let Some(description) = description {
-            updated.description = description;
-        }
-        updated.check().map_err(RelistError::Invalid)?;
-        *listing = updated.clone();
-        drop((published, drafts));
-        self.control.publish_changed.notify_one();
-        Ok(updated)
-    }
-
-    /// Keeps the listing of a stream given a publish key, for when it goes live.
-    pub(crate) fn draft(&self, stream: StreamId, listing: StreamUpdate) {
-        lock(&self.control.drafts).insert(stream, listing);
-    }
-
-    /// The directory listing of a stream published here.
-    pub fn listing(&self, stream: &StreamId) -> Option<StreamUpdate> {
-        lock(&self.control.published).get(stream).cloned()
-    }
-
-    /// Starts relaying `stream` for local players (`Role::Watch`) or for the network
-    /// (`Role::Seed`). The portal's directory names its source and bitrate.
-    pub async fn watch(self: &Arc<Self>, stream: StreamId, role: Role) -> Result<(), WatchError> {
-        if !self.control.is_running() {
-            return Err(WatchError::NoOverlay);
-        }
-        {
-            let mut state = lock(&self.control.state);
-            if state.engine.held().iter().any(|h| h.stream == stream) {
-                if state.roles.get(&stream) != Some(&Role::Source) {
-                    state.roles.insert(stream, role);
-                }
-                return Ok(());
-            }
-        }
-        let entry = match self.control.portal() {
-            Some(portal) => Some(http::stream_entry(&self.control.client, portal, &stream).await?),
-            None => None,
-        };
-        let (source, kbps) = match entry {
-            Some(StreamEntry {
-                source,
-                bitrate_kbps,
-                ..
-            }) => (Some(source), bitrate_kbps),
-            None => (None, 0),
-        };
-        if source.as_ref().is_some_and(|s| s.id == self.control.me.id) {
-            return Err(WatchError::OwnStream);
-        }
-        self.hub_or_create(stream.as_str());
-        lock(&self.control.state).roles.insert(stream.clone(), role);
-        self.overlay_input(Input::Watch {
-            stream,
-            kbps,
-            source,
-        });
-        Ok(())
-    }
-
-    /// Stops relaying a watched or seeded stream; false if it was neither.
-    pub fn unwatch(self: &Arc<Self>, stream: &StreamId) -> bool {
-        let known = {
-            let mut state = lock(&self.control.state);
-            match state.roles.get(stream) {
-                Some(Role::Watch | Role::Seed) => {
-                    state.roles.remove(stream);
-                    true
-                }
-                _ => false,
-            }
-        };
-        if known {
-            self.overlay_input(Input::Unwatch {
-                stream: stream.clone(),
-            });
-        }
-        known
-    }
-
     /// Leaves the overlay gracefully: children are sent elsewhere, the parent and the
     /// supernode told. Returns when done, or after the engine's grace period.
     pub async fn leave_overlay(self: &Arc<Self>) {
@@ -634,26 +398,6 @@ impl Node {
             tracing::warn!("the graceful leave did not finish in time; stopping anyway");
         }
     }
-}
-
-/// Why a listing could not be updated.
-#[derive(Debug, thiserror::Error)]
-pub enum RelistError {
-    #[error("the stream is not published here")]
-    Unknown,
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// Why a watch could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum WatchError {
-    #[error("this node is not in an overlay: give it --portal URL or --supernode ADDR")]
-    NoOverlay,
-    #[error("this node is the stream's source")]
-    OwnStream,
-    #[error(transparent)]
-    Portal(#[from] PortalError),
 }
 
 /// Held while a child's player is connected; dropping it tells the engine.
@@ -734,136 +478,9 @@ impl Node {
     }
 }
 
-/// Keeps this node's published streams listed on the portal: renews each entry every
-/// `DIRECTORY_REFRESH_SECS`, at once when a listing changes.
-pub async fn list_streams(node: Arc<Node>) {
-    let Some(portal) = node.control.portal.clone() else {
-        return;
-    };
-    let refresh = Duration::from_secs(proto::portal::DIRECTORY_REFRESH_SECS);
-    loop {
-        let listings: Vec<(StreamId, StreamUpdate)> = lock(&node.control.published)
-            .iter()
-            .map(|(s, l)| (s.clone(), l.clone()))
-            .collect();
-        for (stream, mut listing) in listings {
-            if let Some(hub) = node.hub(stream.as_str()) {
-                let snap = hub.snapshot();
-                if snap.bitrate_kbps > 0 {
-                    listing.bitrate_kbps = snap.bitrate_kbps;
-                }
-                if let Some(meta) = snap.meta.as_deref() {
-                    listing.width = meta.width.unwrap_or(listing.width);
-                    listing.height = meta.height.unwrap_or(listing.height);
-                }
-            }
-            listing.source = node.control.me.clone();
-            match http::list_stream(&node.control.client, &portal, &stream, &listing).await {
-                Ok(()) => tracing::debug!(%stream, "listed on the portal"),
-                Err(e) => tracing::warn!(%stream, "cannot list the stream on the portal: {e}"),
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(refresh) => {}
-            () = node.control.publish_changed.notified() => {}
-        }
-    }
-}
-
-/// The address other boxes reach `bound` at: `bound` itself unless it is a wildcard,
-/// then `advertise`, then the address this box reaches the portal from.
-pub fn advertised(
-    bound: SocketAddr,
-    advertise: Option<IpAddr>,
-    portal: Option<&str>,
-) -> anyhow::Result<SocketAddr> {
-    if let Some(ip) = advertise {
-        return Ok(SocketAddr::new(ip, bound.port()));
-    }
-    if !bound.ip().is_unspecified() {
-        return Ok(bound);
-    }
-    let route = portal.and_then(|p| {
-        let url = url::Url::parse(p).ok()?;
-        let target = url.socket_addrs(|| Some(80)).ok()?.into_iter().next()?;
-        let probe = std::net::UdpSocket::bind(SocketAddr::new(
-            if target.is_ipv4() {
-                IpAddr::from([0, 0, 0, 0])
-            } else {
-                IpAddr::from([0u16; 8])
-            },
-            0,
-        ))
-        .ok()?;
-        // Connecting a UDP socket sends nothing; it only picks the route.
-        probe.connect(target).ok()?;
-        probe.local_addr().ok()
-    });
-    match route {
-        Some(local) => Ok(SocketAddr::new(local.ip(), bound.port())),
-        None => anyhow::bail!(
-            "cannot tell which address other boxes reach this one at: set --advertise IP"
-        ),
-    }
-}
-
 impl Control {
     /// Stops every overlay pull (the node is stopping).
     pub fn stop_pulls(&self) {
         lock(&self.state).pulls.clear();
-    }
-}
-
-impl Node {
-    /// Publishes the box's own source into the overlay and the directory.
-    pub fn publish_source(self: &Arc<Self>, source: &crate::config::SourceConfig) {
-        let Ok(stream) = StreamId::new(source.stream.clone()) else {
-            return;
-        };
-        let crate::config::SourceKind::TestPattern(pattern) = &source.kind;
-        let listing = StreamUpdate {
-            title: source.title.clone(),
-            description: source.description.clone(),
-            source: self.control.me.clone(),
-            bitrate_kbps: pattern.bitrate_kbps,
-            width: pattern.width,
-            height: pattern.height,
-        };
-        self.publish(stream, listing);
-    }
-
-    /// An RTMP publisher (ffmpeg, OBS) started a stream here: publish it into the
-    /// overlay while the returned guard lives.
-    pub fn local_publish(self: &Arc<Self>, stream: &str) -> Option<PublishGuard> {
-        if !self.control.is_running() {
-            return None;
-        }
-        let stream = StreamId::new(stream).ok()?;
-        let draft = lock(&self.control.drafts).get(&stream).cloned();
-        let listing = draft.unwrap_or_else(|| StreamUpdate {
-            title: stream.to_string(),
-            description: String::new(),
-            source: self.control.me.clone(),
-            bitrate_kbps: 0,
-            width: 0,
-            height: 0,
-        });
-        self.publish(stream.clone(), listing);
-        Some(PublishGuard {
-            node: Arc::clone(self),
-            stream,
-        })
-    }
-}
-
-/// Held while an RTMP publisher feeds a stream; dropping it unpublishes.
-pub struct PublishGuard {
-    node: Arc<Node>,
-    stream: StreamId,
-}
-
-impl Drop for PublishGuard {
-    fn drop(&mut self) {
-        self.node.unpublish(&self.stream);
     }
 }
