@@ -115,11 +115,13 @@ impl Node {
     }
 
     pub(crate) fn publish(&mut self, stream: StreamId, kbps: u32) {
-        let held = self.streams.entry(stream).or_insert_with(|| Held {
-            kbps,
-            watch: None,
-            children: Default::default(),
-            reserved: None,
+        let held = self.streams.entry(stream).or_insert_with(|| {
+            Box::new(Held {
+                kbps,
+                watch: None,
+                children: Default::default(),
+                reserved: None,
+            })
         });
         held.kbps = kbps;
         held.watch = None;

@@ -34,6 +34,7 @@
 
 mod config;
 mod forward;
+mod holdings;
 mod membership;
 mod node;
 mod supernode;

@@ -226,7 +226,9 @@ pub struct Node {
     outputs: VecDeque<Output>,
     pub(crate) member: Membership,
     pub(crate) supernode: Option<Supernode>,
-    pub(crate) streams: BTreeMap<StreamId, Held>,
+    /// Boxed: a map's node has room for eleven entries, and a box holds one or two
+    /// streams.
+    pub(crate) streams: BTreeMap<StreamId, Box<Held>>,
     pub(crate) leaving: Option<crate::forward::Leaving>,
     pub(crate) claims: HashMap<u64, crate::forward::Claim>,
     pub(crate) announce_at: Time,
@@ -472,7 +474,7 @@ impl Node {
                 backup,
             } => self.path_changed(ticket, &token, path, backup),
             Request::Ping { stream } => Ok(Response::Pong {
-                flowing: stream.map(|s| self.streams.get(&s).is_some_and(Held::is_flowing)),
+                flowing: stream.map(|s| self.streams.get(&s).is_some_and(|h| h.is_flowing())),
             }),
             Request::Adopt {
                 children,

@@ -167,12 +167,12 @@ impl Node {
             return;
         }
         let watch = Watch::new(source);
-        let held = Held {
+        let held = Box::new(Held {
             kbps,
             watch: Some(watch),
             children: Default::default(),
             reserved: None,
-        };
+        });
         self.streams.insert(stream.clone(), held);
         self.search(&stream, Purpose::Join);
     }

@@ -37,13 +37,14 @@ macro_rules! id_type {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        /// Shared, not copied: ids travel in every message and every path.
+        pub struct $name(Arc<str>);
 
         impl $name {
             pub fn new(id: impl Into<String>) -> Result<Self, String> {
                 let id = id.into();
                 check_id($kind, &id)?;
-                Ok(Self(id))
+                Ok(Self(id.into()))
             }
 
             pub fn as_str(&self) -> &str {
@@ -60,7 +61,7 @@ macro_rules! id_type {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.to_string()
             }
         }
 

@@ -8,13 +8,14 @@
 //! make-before-break. One seed, one run: every random choice comes from it, and
 //! events at the same millisecond run in the order they were made.
 //!
-//! Must not: read a clock, touch a socket, or check anything the real node would
-//! not see. The figures it prints are measurements of the overlay code.
+//! Must not: read a clock (but to time its own progress lines), touch a socket, or
+//! check anything the real node would not see. The figures it prints are measurements of the overlay code.
 
 mod model;
+mod queue;
 mod report;
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use overlay::{CallError, Input, Node, Output, RequestId, Target, Time};
@@ -26,6 +27,7 @@ pub use model::Params;
 pub use report::Report;
 
 use model::{Portal, STALL};
+use queue::Queue;
 use report::Stats;
 
 /// The one stream of a simulation, and its bitrate.
@@ -93,35 +95,11 @@ enum Ev {
     Sample,
 }
 
-struct Queued {
-    at: Time,
-    seq: u64,
-    /// Boxed: the heap moves entries around, and an event carries a whole request.
-    ev: Box<Ev>,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
-}
-
 pub(crate) struct Sim {
     params: Params,
     now: Time,
-    seq: u64,
-    queue: BinaryHeap<Queued>,
+    /// Boxed: an event carries a whole request.
+    queue: Queue<Box<Ev>>,
     rng: StdRng,
     boxes: Vec<Box_>,
     by_addr: HashMap<std::net::SocketAddr, usize>,
@@ -139,6 +117,8 @@ pub(crate) struct Sim {
 #[derive(Default)]
 struct Trace {
     progress: bool,
+    /// Wall time since the run began, for the progress lines only.
+    started: Option<std::time::Instant>,
     events: bool,
     node: Option<usize>,
 }
@@ -147,6 +127,7 @@ impl Trace {
     fn from_env() -> Trace {
         Trace {
             progress: std::env::var_os("ASTRAL_SIM_TRACE").is_some(),
+            started: Some(std::time::Instant::now()),
             events: std::env::var_os("ASTRAL_SIM_TRACE_EVENTS").is_some(),
             node: std::env::var("ASTRAL_SIM_TRACE_NODE")
                 .ok()
@@ -161,8 +142,7 @@ impl Sim {
         Sim {
             params,
             now: Time::ZERO,
-            seq: 0,
-            queue: BinaryHeap::new(),
+            queue: Queue::new(),
             rng,
             boxes: Vec::new(),
             by_addr: HashMap::new(),
@@ -176,12 +156,7 @@ impl Sim {
     }
 
     fn at(&mut self, at: Time, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Queued {
-            at,
-            seq: self.seq,
-            ev: Box::new(ev),
-        });
+        self.queue.push(at.as_millis(), Box::new(ev));
     }
 
     fn after(&mut self, d: Duration, ev: Ev) {
@@ -210,7 +185,8 @@ impl Sim {
         }
         self.at(Time(10_000), Ev::Sample);
         let end = self.params.end();
-        while let Some(Queued { at, ev, .. }) = self.queue.pop() {
+        while let Some((at, ev)) = self.queue.pop() {
+            let at = Time(at);
             if at > end {
                 break;
             }
@@ -302,9 +278,11 @@ impl Sim {
                 if self.trace.progress {
                     let alive = self.boxes.iter().filter(|b| b.alive).count();
                     let playing = self.boxes.iter().filter(|b| b.alive && b.has_media).count();
+                    let wall = self.trace.started.map(|s| s.elapsed()).unwrap_or_default();
                     eprintln!(
-                        "t={:>6}s queue={} messages={} alive={alive} playing={playing}",
+                        "t={:>6}s wall={:.1}s queue={} messages={} alive={alive} playing={playing}",
                         self.now.as_millis() / 1000,
+                        wall.as_secs_f64(),
                         self.queue.len(),
                         self.stats.messages
                     );
