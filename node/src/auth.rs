@@ -2,9 +2,7 @@
 //! readable only by the user it runs as (mode 0600). The local CLI reads it and sends
 //! it as `Authorization: Bearer TOKEN`; admin calls without it get 401.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -37,22 +35,7 @@ pub fn load_or_create(data_dir: &Path) -> anyhow::Result<String> {
         )
     })?;
     let token = new_secret(32);
-    let temp = data_dir.join(format!(".{TOKEN_FILE}.tmp"));
-    let write = || -> std::io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)?;
-        // The mode applies only to a file created now: make sure of it.
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(token.as_bytes())?;
-        file.write_all(b"\n")?;
-        file.sync_all()?;
-        fs::rename(&temp, &path)?;
-        File::open(data_dir)?.sync_all()
-    };
+    let write = || crate::files::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600);
     write().with_context(|| format!("cannot write the admin token {}", path.display()))?;
     tracing::info!(path = %path.display(), "created the admin token");
     Ok(token)
@@ -90,6 +73,7 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn the_token_is_created_once_and_private() {

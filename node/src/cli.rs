@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use crate::api::{Membership, Status, TicketLine, Watching};
 use crate::config::{Config, NodeArgs};
 use crate::control::Role;
+use crate::settings::Effective;
 
 /// Where the local node is, and how to prove we are its admin.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,6 +53,24 @@ pub enum Command {
     Nodes(Target),
     /// List the forwards the local node grants to other boxes
     Tickets(Target),
+    /// Show or change the local node's settings, saved and applied at once
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Show the settings in force, and which were set with `config set`
+    Get(Target),
+    /// Change settings: KEY=VALUE, or KEY= to go back to node.toml's value. Keys:
+    /// source, size, fps, bitrate_kbps, encoder, title, description, upload_kbps,
+    /// max_forwards
+    Set {
+        #[arg(value_name = "KEY=VALUE", required = true)]
+        settings: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -71,6 +90,8 @@ impl Command {
             | Command::Nodes(t)
             | Command::Tickets(t) => t,
             Command::Watch(s) | Command::Seed(s) | Command::Stop(s) => &s.target,
+            Command::Config(ConfigCommand::Get(t)) => t,
+            Command::Config(ConfigCommand::Set { target, .. }) => target,
         }
     }
 }
@@ -110,7 +131,27 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Leave(_) => client.leave().await,
         Command::Nodes(_) => client.nodes().await,
         Command::Tickets(_) => client.tickets().await,
+        Command::Config(ConfigCommand::Get(_)) => client.config(None).await,
+        Command::Config(ConfigCommand::Set { settings, .. }) => {
+            client.config(Some(settings_patch(&settings)?)).await
+        }
     }
+}
+
+/// `KEY=VALUE` arguments as a JSON patch: `KEY=` clears a setting.
+fn settings_patch(settings: &[String]) -> anyhow::Result<serde_json::Value> {
+    let mut patch = serde_json::Map::new();
+    for setting in settings {
+        let Some((key, value)) = setting.split_once('=') else {
+            bail!("{setting:?}: write KEY=VALUE, for example fps=25 (KEY= clears a setting)");
+        };
+        let value = match value {
+            "" => serde_json::Value::Null,
+            v => serde_json::Value::String(v.to_owned()),
+        };
+        patch.insert(key.trim().to_owned(), value);
+    }
+    Ok(serde_json::Value::Object(patch))
 }
 
 /// A node listening on every address is reached on loopback.
@@ -129,7 +170,20 @@ impl Client {
         path: &str,
         admin: bool,
     ) -> anyhow::Result<(StatusCode, Option<T>)> {
+        self.call_with(method, path, admin, None).await
+    }
+
+    async fn call_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        admin: bool,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<(StatusCode, Option<T>)> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
         if admin {
             let token_path = crate::auth::token_path(&self.data_dir);
             let token = crate::auth::read(&token_path).with_context(|| {
@@ -171,6 +225,37 @@ impl Client {
 
     fn print_json(&self, value: &impl serde::Serialize) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    }
+
+    /// Shows the settings, after applying `patch` if there is one.
+    async fn config(&self, patch: Option<serde_json::Value>) -> anyhow::Result<()> {
+        let (method, admin_body) = match &patch {
+            Some(p) => (Method::PATCH, Some(p)),
+            None => (Method::GET, None),
+        };
+        let (_, effective): (_, Option<Effective>) =
+            self.call_with(method, "/config", true, admin_body).await?;
+        let effective = effective.context("the node sent an empty answer")?;
+        if self.json {
+            return self.print_json(&effective);
+        }
+        let value = serde_json::to_value(&effective)?;
+        let mut rows = vec![["SETTING", "VALUE", "FROM"].map(String::from)];
+        for key in crate::settings::KEYS {
+            let shown = match &value[key] {
+                serde_json::Value::Null => "-".to_owned(),
+                serde_json::Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            let from = if effective.set_remotely.iter().any(|k| k == key) {
+                "config set"
+            } else {
+                "node.toml, flags or default"
+            };
+            rows.push([key.to_owned(), shown, from.to_owned()]);
+        }
+        print!("{}", table(&rows));
         Ok(())
     }
 

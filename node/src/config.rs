@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use capture::TestPatternConfig;
@@ -13,6 +14,7 @@ use serde::Deserialize;
 
 use crate::hub::HubConfig;
 use crate::rtmp::url::RtmpUrl;
+use crate::settings::Settings;
 
 /// Flags of `astral node`. Each may also come from the environment (`ASTRAL_…`) and
 /// overrides the config file.
@@ -48,15 +50,19 @@ pub struct NodeArgs {
     /// Stream name the local source publishes as [default: the node's name]
     #[arg(long)]
     pub source_stream: Option<String>,
-    /// Test-pattern size, WIDTHxHEIGHT [default: 1280x720]
+    /// Video size of the local source, WIDTHxHEIGHT [default: 1280x720]
     #[arg(long)]
     pub size: Option<String>,
-    /// Test-pattern frame rate [default: 30]
+    /// Frame rate of the local source [default: 30]
     #[arg(long)]
     pub fps: Option<u32>,
-    /// Test-pattern video bitrate [default: 2500]
+    /// Video bitrate of the local source in kbit/s [default: 2500]
     #[arg(long)]
     pub bitrate_kbps: Option<u32>,
+    /// H.264 encoder: auto (hardware first), h264_v4l2m2m, h264_vaapi or libx264
+    /// [default: auto]
+    #[arg(long)]
+    pub encoder: Option<String>,
     /// Relay a stream: rtmp://HOST[:PORT]/APP/STREAM. Repeat for fallbacks of the same
     /// stream, tried in order when the current upstream fails.
     #[arg(long = "pull", value_name = "URL")]
@@ -85,7 +91,7 @@ pub struct NodeArgs {
 }
 
 /// The config file as written, before validation.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     name: Option<String>,
@@ -98,7 +104,7 @@ struct RawConfig {
     source: Option<String>,
     source_stream: Option<String>,
     #[serde(default)]
-    test_pattern: RawTestPattern,
+    video: RawVideo,
     #[serde(default)]
     streams: BTreeMap<String, RawStream>,
     #[serde(default)]
@@ -117,36 +123,38 @@ struct RawConfig {
     description: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOverlay {
     supernode_max_children: Option<usize>,
     search_ttl: Option<u8>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The local source's video, whatever the source.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTestPattern {
+struct RawVideo {
     size: Option<String>,
     fps: Option<u32>,
     bitrate_kbps: Option<u32>,
     keyframe_interval_frames: Option<u32>,
+    encoder: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStream {
     key: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPull {
     stream: Option<String>,
     upstreams: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHub {
     queue_len: Option<usize>,
@@ -154,7 +162,7 @@ struct RawHub {
     max_gop_tags: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRelay {
     stall_timeout_ms: Option<u64>,
@@ -202,18 +210,33 @@ pub struct Config {
     /// Networks whose players need no ticket.
     pub play_without_ticket: Vec<Cidr>,
     pub overlay: overlay::Config,
+    /// The remote settings this config includes.
+    pub settings: Settings,
+    written: Arc<Written>,
 }
 
-#[derive(Debug, Clone)]
+/// What the operator wrote (node.toml, environment, flags), kept so that a settings
+/// change is validated exactly as a start would be.
+#[derive(Debug)]
+struct Written {
+    raw: RawConfig,
+    args: NodeArgs,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub stream: String,
+    /// As configured: `test-pattern` or `v4l2:/dev/videoN`.
+    pub spec: String,
     pub kind: SourceKind,
+    /// `auto` or an FFmpeg encoder's name.
+    pub encoder: String,
     /// How the portal's directory shows the stream.
     pub title: String,
     pub description: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SourceKind {
     TestPattern(TestPatternConfig),
 }
@@ -228,26 +251,42 @@ const DEFAULT_CONFIG: &str = "/etc/astral/node.toml";
 
 impl Config {
     /// Loads the file named by `args.config` (or the default file if it exists), then
-    /// applies the flags, then validates.
+    /// applies the flags, then the remote settings saved in the data directory, then
+    /// validates.
     pub fn load(args: &NodeArgs) -> Result<Config, ConfigError> {
         let raw = match &args.config {
             Some(path) => read_file(path)?,
             None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
             None => RawConfig::default(),
         };
-        Config::from_raw(raw, args)
+        let written = Arc::new(Written {
+            raw,
+            args: args.clone(),
+        });
+        let settings = Settings::load(&data_dir(&written.raw, &written.args))?;
+        Config::from_parts(written, settings)
     }
 
-    /// Validates a config given as TOML text (for tests and the API).
+    /// Validates a config given as TOML text, without remote settings (for tests).
     pub fn from_toml(text: &str, args: &NodeArgs) -> Result<Config, ConfigError> {
         let raw = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<inline>"),
             message: e.to_string(),
         })?;
-        Config::from_raw(raw, args)
+        let written = Arc::new(Written {
+            raw,
+            args: args.clone(),
+        });
+        Config::from_parts(written, Settings::default())
     }
 
-    fn from_raw(raw: RawConfig, args: &NodeArgs) -> Result<Config, ConfigError> {
+    /// This config with other remote settings, validated as at a start.
+    pub fn with_settings(&self, settings: Settings) -> Result<Config, ConfigError> {
+        Config::from_parts(Arc::clone(&self.written), settings)
+    }
+
+    fn from_parts(written: Arc<Written>, settings: Settings) -> Result<Config, ConfigError> {
+        let (raw, args, set) = (written.raw.clone(), &written.args, &settings);
         let name = args
             .name
             .clone()
@@ -255,11 +294,15 @@ impl Config {
             .unwrap_or_else(|| "astral".into());
         validate_name("name", &name)?;
 
-        let max_forwards = args.max_forwards.or(raw.max_forwards).unwrap_or(2);
+        let max_forwards = set
+            .max_forwards
+            .or(args.max_forwards)
+            .or(raw.max_forwards)
+            .unwrap_or(2);
         if !(0..=16).contains(&max_forwards) {
             return Err(invalid("max_forwards", "must be between 0 and 16"));
         }
-        let upload_kbps = args.upload_kbps.or(raw.upload_kbps);
+        let upload_kbps = set.upload_kbps.or(args.upload_kbps).or(raw.upload_kbps);
         if upload_kbps == Some(0) {
             return Err(invalid(
                 "upload_kbps",
@@ -279,7 +322,8 @@ impl Config {
             stream_keys.insert(stream, s.key);
         }
 
-        let source = match args.source.clone().or(raw.source) {
+        let spec = set.source.clone().or(args.source.clone()).or(raw.source);
+        let source = match spec.filter(|s| s != "none") {
             None => None,
             Some(spec) => {
                 let stream = args
@@ -288,21 +332,49 @@ impl Config {
                     .or(raw.source_stream)
                     .unwrap_or_else(|| name.clone());
                 validate_name("source_stream", &stream)?;
+                let video = &raw.video;
+                let size = set
+                    .size
+                    .as_ref()
+                    .or(args.size.as_ref())
+                    .or(video.size.as_ref());
+                let fps = set.fps.or(args.fps).or(video.fps);
+                let bitrate_kbps = set
+                    .bitrate_kbps
+                    .or(args.bitrate_kbps)
+                    .or(video.bitrate_kbps);
+                let encoder = set
+                    .encoder
+                    .clone()
+                    .or(args.encoder.clone())
+                    .or(video.encoder.clone())
+                    .unwrap_or_else(|| "auto".into());
+                if !ENCODERS.contains(&encoder.as_str()) {
+                    return Err(invalid(
+                        "encoder",
+                        format!("{encoder:?} is not one of {}", ENCODERS.join(", ")),
+                    ));
+                }
                 let kind = if spec == "test-pattern" {
-                    let tp = &raw.test_pattern;
                     let mut cfg = TestPatternConfig::default();
-                    if let Some(size) = args.size.as_ref().or(tp.size.as_ref()) {
+                    if let Some(size) = size {
                         (cfg.width, cfg.height) = parse_size(size)?;
                     }
-                    cfg.fps = args.fps.or(tp.fps).unwrap_or(cfg.fps);
-                    cfg.bitrate_kbps = args
-                        .bitrate_kbps
-                        .or(tp.bitrate_kbps)
-                        .unwrap_or(cfg.bitrate_kbps);
+                    cfg.fps = fps.unwrap_or(cfg.fps);
+                    cfg.bitrate_kbps = bitrate_kbps.unwrap_or(cfg.bitrate_kbps);
                     cfg.keyframe_interval_frames =
-                        tp.keyframe_interval_frames.unwrap_or(cfg.fps * 2);
-                    cfg.validate()
-                        .map_err(|e| invalid("test_pattern", e.to_string()))?;
+                        video.keyframe_interval_frames.unwrap_or(cfg.fps * 2);
+                    cfg.validate().map_err(|e| match e {
+                        capture::CaptureError::InvalidConfig { field, message } => {
+                            let field = match field {
+                                "width" | "height" => "size",
+                                "keyframe_interval_frames" => "video.keyframe_interval_frames",
+                                other => other,
+                            };
+                            invalid(field, message)
+                        }
+                        e => invalid("video", e.to_string()),
+                    })?;
                     SourceKind::TestPattern(cfg)
                 } else if spec.starts_with("v4l2:") {
                     return Err(invalid(
@@ -315,12 +387,17 @@ impl Config {
                         format!("{spec:?} is not a source; use test-pattern or v4l2:/dev/videoN"),
                     ));
                 };
-                let title = args
+                let title = set
                     .title
                     .clone()
+                    .or(args.title.clone())
                     .or(raw.title)
                     .unwrap_or_else(|| stream.clone());
-                let description = raw.description.unwrap_or_default();
+                let description = set
+                    .description
+                    .clone()
+                    .or(raw.description)
+                    .unwrap_or_default();
                 let listing = proto::portal::StreamUpdate {
                     title,
                     description,
@@ -332,7 +409,9 @@ impl Config {
                 listing.check().map_err(|e| invalid("title", e))?;
                 Some(SourceConfig {
                     stream,
+                    spec,
                     kind,
+                    encoder,
                     title: listing.title,
                     description: listing.description,
                 })
@@ -433,11 +512,7 @@ impl Config {
             portal: args.portal.clone().or(raw.portal),
             upload_kbps,
             max_forwards,
-            data_dir: args
-                .data_dir
-                .clone()
-                .or(raw.data_dir)
-                .unwrap_or_else(|| PathBuf::from("/var/lib/astral")),
+            data_dir: data_dir(&written.raw, args),
             source,
             stream_keys,
             pulls,
@@ -447,8 +522,20 @@ impl Config {
             advertise: args.advertise.or(raw.advertise),
             play_without_ticket,
             overlay,
+            settings,
+            written,
         })
     }
+}
+
+/// H.264 encoders a source may use; `auto` tries the hardware ones first.
+pub const ENCODERS: [&str; 4] = ["auto", "h264_v4l2m2m", "h264_vaapi", "libx264"];
+
+fn data_dir(raw: &RawConfig, args: &NodeArgs) -> PathBuf {
+    args.data_dir
+        .clone()
+        .or(raw.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("/var/lib/astral"))
 }
 
 /// A network, `ADDR/BITS`: who may play without a ticket.

@@ -14,9 +14,12 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod control;
+mod files;
 pub mod hub;
 pub mod metrics;
+mod reconfigure;
 pub mod rtmp;
+pub mod settings;
 pub mod source;
 
 use std::collections::BTreeMap;
@@ -40,7 +43,12 @@ use rtmp::url::RtmpUrl;
 
 /// The shared state of a running node; every task holds an `Arc` of it.
 pub struct Node {
-    config: Config,
+    /// Replaced whole when the owner changes a setting (`PATCH /config`).
+    config: Mutex<Arc<Config>>,
+    /// The box's own source, when it has one.
+    source: Mutex<Option<source::SourceHandle>>,
+    /// Held while a settings change is applied, so that two apply one after the other.
+    reconfiguring: Mutex<()>,
     metrics: Metrics,
     hubs: Mutex<BTreeMap<String, Arc<Hub>>>,
     pulls: Mutex<BTreeMap<String, PullHandle>>,
@@ -75,7 +83,9 @@ impl Node {
         );
         let node = Arc::new(Node {
             stream_keys: Mutex::new(config.stream_keys.clone()),
-            config,
+            config: Mutex::new(Arc::new(config)),
+            source: Mutex::default(),
+            reconfiguring: Mutex::default(),
             metrics: Metrics::default(),
             hubs: Mutex::default(),
             pulls: Mutex::default(),
@@ -86,14 +96,15 @@ impl Node {
         });
         // Streams this node knows it may carry exist from the start, so players may
         // connect before the publisher does.
-        for stream in node.config.stream_keys.keys() {
+        for stream in node.config().stream_keys.keys() {
             node.hub_or_create(stream);
         }
         node
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&lock(&self.config))
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -150,7 +161,7 @@ impl Node {
         let mut hubs = lock(&self.hubs);
         let hub = hubs
             .entry(stream.to_owned())
-            .or_insert_with(|| Hub::new(stream, self.config.hub, self.metrics.stream(stream)));
+            .or_insert_with(|| Hub::new(stream, self.config().hub, self.metrics.stream(stream)));
         Arc::clone(hub)
     }
 
@@ -161,7 +172,7 @@ impl Node {
     /// Makes this node a relay of `stream`, pulled from `upstreams` in order.
     pub fn start_pull(&self, stream: &str, upstreams: Vec<RtmpUrl>) -> Result<(), HubError> {
         let hub = self.hub_or_create(stream);
-        let handle = rtmp::pull::spawn(&hub, upstreams, self.config.stall_timeout)?;
+        let handle = rtmp::pull::spawn(&hub, upstreams, self.config().stall_timeout)?;
         lock(&self.pulls).insert(stream.to_owned(), handle);
         Ok(())
     }
@@ -322,14 +333,11 @@ pub async fn run(
     let admin_token = auth::load_or_create(&config.data_dir)?;
     let node = Node::new(config, me, admin_token);
 
-    let _source = match node.config.source.clone() {
-        Some(source) => {
-            let hub = node.hub_or_create(&source.stream);
-            Some(source::start(&hub, &source.kind).context("cannot start the local source")?)
-        }
-        None => None,
-    };
-    for pull in node.config.pulls.clone() {
+    if let Some(source) = &node.config().source {
+        node.start_source(source, 0)
+            .context("cannot start the local source")?;
+    }
+    for pull in node.config().pulls.clone() {
         node.start_pull(&pull.stream, pull.upstreams)
             .with_context(|| format!("cannot relay {}", pull.stream))?;
     }
@@ -343,12 +351,12 @@ pub async fn run(
         let joining = Arc::clone(&node);
         tasks.push(tokio::spawn(async move {
             joining.join_overlay().await;
-            if let Some(source) = joining.config.source.clone() {
-                joining.publish_source(&source);
+            if let Some(source) = &joining.config().source {
+                joining.publish_source(source);
             }
         }));
     }
-    tracing::info!(name = %node.config.name, %rtmp_addr, %api_addr, "node running");
+    tracing::info!(name = %node.config().name, %rtmp_addr, %api_addr, "node running");
     let api_listener = listeners.api.tap_io(|socket| {
         if let Err(e) = tune_player_socket(socket) {
             tracing::debug!("cannot set socket options: {e}");

@@ -70,6 +70,12 @@ pub enum Input {
         stream: StreamId,
         kbps: u32,
     },
+    /// The owner changed what this box may forward. Children beyond the new slots
+    /// keep their tickets until they end; no new child is taken until there is room.
+    Capacity {
+        max_forwards: u8,
+        upload_kbps: u32,
+    },
     /// Leave gracefully; [`Output::Left`] says when done.
     Leave,
     Request {
@@ -292,6 +298,16 @@ impl Node {
                         held.kbps = kbps;
                         self.announce_soon();
                     }
+                }
+            }
+            Input::Capacity {
+                max_forwards,
+                upload_kbps,
+            } => {
+                if (self.me.max_forwards, self.me.upload_kbps) != (max_forwards, upload_kbps) {
+                    self.me.max_forwards = max_forwards;
+                    self.me.upload_kbps = upload_kbps;
+                    self.announce_soon();
                 }
             }
             Input::Leave => self.leave(),

@@ -124,6 +124,33 @@ fn slots_follow_the_upload_budget() {
 }
 
 #[test]
+fn lowering_capacity_keeps_children_and_takes_no_new_one() {
+    let mut h = Harness::source(Config::default());
+    let kids: Vec<NodeCard> = (0..2)
+        .map(|i| card(&format!("k{i}"), 10 + i, 4000))
+        .collect();
+    for kid in &kids {
+        h.ticket(kid, None).expect("a free slot");
+    }
+    assert_eq!(h.node.held()[0].slots, 2);
+    h.input(Input::Capacity {
+        max_forwards: 1,
+        upload_kbps: 10_000,
+    });
+    assert_eq!(h.node.held()[0].slots, 1);
+    assert_eq!(h.children(), 2, "children keep their tickets");
+    let late = card("late", 30, 4000);
+    assert_eq!(h.ticket(&late, None).unwrap_err(), RefusalKind::Full);
+    h.input(Input::Capacity {
+        max_forwards: 4,
+        upload_kbps: 10_000,
+    });
+    h.ticket(&late, None)
+        .expect("room again, within the upload budget");
+    assert_eq!(h.children(), 3);
+}
+
+#[test]
 fn a_supernode_takes_children_up_to_its_cap() {
     let mut h = Harness::source(Config {
         max_children: 3,

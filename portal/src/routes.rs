@@ -52,6 +52,7 @@ impl IntoResponse for ApiError {
         };
         let body = proto::ApiError {
             error: self.to_string(),
+            field: None,
         };
         (status, Json(body)).into_response()
     }

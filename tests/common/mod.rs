@@ -29,6 +29,27 @@ pub struct NodeProc {
     pub rtmp: SocketAddr,
     child: Child,
     dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+fn spawn_node(name: &str, dir: &Path, api: SocketAddr, rtmp: SocketAddr, args: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .expect("a log file");
+    Command::new(env!("CARGO_BIN_EXE_astral"))
+        .arg("node")
+        .args(["--config", dir.join("node.toml").to_str().unwrap()])
+        .args(["--name", name])
+        .args(["--api", &api.to_string(), "--rtmp", &rtmp.to_string()])
+        .args(["--data-dir", dir.to_str().unwrap()])
+        .args(args)
+        .env("ASTRAL_LOG", "info,node=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting astral")
 }
 
 impl NodeProc {
@@ -41,32 +62,34 @@ impl NodeProc {
     /// boxes it connects to see it come from `ip`.
     pub fn start_at(name: &str, ip: [u8; 4], config: &str, args: &[&str]) -> NodeProc {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let config_path = dir.path().join("node.toml");
-        std::fs::write(&config_path, config).expect("writing the config");
+        std::fs::write(dir.path().join("node.toml"), config).expect("writing the config");
         let api = SocketAddr::from((ip, free_port()));
         let rtmp = SocketAddr::from((ip, free_port()));
-        let log = std::fs::File::create(dir.path().join("node.log")).expect("a log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_astral"))
-            .arg("node")
-            .args(["--config", config_path.to_str().unwrap()])
-            .args(["--name", name])
-            .args(["--api", &api.to_string(), "--rtmp", &rtmp.to_string()])
-            .args(["--data-dir", dir.path().to_str().unwrap()])
-            .args(args)
-            .env("ASTRAL_LOG", "info,node=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting astral");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let child = spawn_node(name, dir.path(), api, rtmp, &args);
         let node = NodeProc {
             name: name.into(),
             api,
             rtmp,
             child,
             dir,
+            args,
         };
         node.wait_ready();
         node
+    }
+
+    /// Stops the node with SIGTERM and starts it again on the same ports, config and
+    /// data directory.
+    pub fn restart(&mut self) {
+        self.terminate();
+        assert!(
+            self.wait_exit(Duration::from_secs(10)).is_some(),
+            "{} did not stop",
+            self.name
+        );
+        self.child = spawn_node(&self.name, self.dir.path(), self.api, self.rtmp, &self.args);
+        self.wait_ready();
     }
 
     /// A node that accepts publishing `stream` with [`KEY`].

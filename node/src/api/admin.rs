@@ -14,7 +14,10 @@ use proto::portal::StreamUpdate;
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
+use crate::config::ConfigError;
 use crate::control::{PortalError, Role, WatchError};
+use crate::reconfigure::ReconfigureError;
+use crate::settings::Effective;
 use crate::Node;
 
 /// Proof that the caller holds the admin token.
@@ -198,4 +201,31 @@ pub struct Leaving {
 pub async fn leave(_: Admin, State(node): State<Arc<Node>>) -> (StatusCode, Json<Leaving>) {
     node.request_stop();
     (StatusCode::ACCEPTED, Json(Leaving { leaving: true }))
+}
+
+/// `GET /config`: the settings in force, and which of them were set remotely.
+pub async fn get_config(_: Admin, State(node): State<Arc<Node>>) -> Json<Effective> {
+    Json(Effective::of(&node.config()))
+}
+
+/// `PATCH /config`: changes settings (a JSON object; `null` clears one), saves them
+/// in the data directory and applies them without a restart. A bad value is a 400
+/// naming its field, and nothing changes.
+pub async fn patch_config(
+    _: Admin,
+    State(node): State<Arc<Node>>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Json<Effective>, ApiError> {
+    let Json(patch) = body?;
+    let config = tokio::task::spawn_blocking(move || node.reconfigure(&patch))
+        .await
+        .map_err(|e| ApiError::Internal(format!("the settings change failed: {e}")))?
+        .map_err(|e| match e {
+            ReconfigureError::Invalid(ConfigError::Invalid { field, message }) => {
+                ApiError::Invalid { field, message }
+            }
+            ReconfigureError::Invalid(e) => ApiError::BadRequest(e.to_string()),
+            e => ApiError::Internal(e.to_string()),
+        })?;
+    Ok(Json(Effective::of(&config)))
 }

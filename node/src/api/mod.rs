@@ -56,6 +56,12 @@ pub enum ApiError {
     /// The overlay engine said no; its body keeps the refusal's kind.
     #[error("{0}")]
     Refused(proto::overlay::Refusal),
+    /// A bad setting, named in the body's `field`.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The node could not do what was asked, for a reason of its own.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl IntoResponse for ApiError {
@@ -68,6 +74,14 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Rejected(status, _) => *status,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Invalid { field, .. } => {
+                let body = proto::ApiError {
+                    error: self.to_string(),
+                    field: Some(field.clone()),
+                };
+                return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+            }
             ApiError::Refused(refusal) => {
                 let status = StatusCode::from_u16(refusal.status())
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -76,6 +90,7 @@ impl IntoResponse for ApiError {
         };
         let body = proto::ApiError {
             error: self.to_string(),
+            field: None,
         };
         (status, Json(body)).into_response()
     }
@@ -107,6 +122,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/tickets", get(list_tickets))
         .route("/nodes", get(membership))
         .route("/leave", post(admin::leave))
+        .route("/config", get(admin::get_config).patch(admin::patch_config))
         .route("/metrics", get(metrics))
         .route("/live/{file}", get(http_flv))
         .merge(peer::routes())

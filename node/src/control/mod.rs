@@ -298,7 +298,7 @@ impl Node {
             return;
         }
         let hub = self.hub_or_create(stream.as_str());
-        match SteeredPull::spawn(self, &hub, stream.clone(), url, self.config.stall_timeout) {
+        match SteeredPull::spawn(self, &hub, stream.clone(), url, self.config().stall_timeout) {
             Ok(pull) => {
                 state.pulls.insert(stream, pull);
             }
@@ -342,7 +342,7 @@ impl Node {
 
     /// Whether a player at `ip` may play without a ticket.
     pub fn plays_without_ticket(&self, ip: IpAddr) -> bool {
-        self.config
+        self.config()
             .play_without_ticket
             .iter()
             .any(|net| net.contains(ip))
@@ -352,7 +352,7 @@ impl Node {
     /// Streams published before this call are announced once it runs.
     pub async fn join_overlay(self: &Arc<Self>) {
         let mut supernodes = Vec::new();
-        for addr in &self.config.supernodes {
+        for addr in &self.config().supernodes {
             match http::status_peer(&self.control.client, *addr).await {
                 Ok(peer) if peer.id != self.control.me.id => supernodes.push(peer),
                 Ok(_) => {}

@@ -1,0 +1,181 @@
+//! Remote configuration on a real node: `GET`/`PATCH /config` and `astral config`.
+//! A change is validated, saved in the data directory, applied without a restart
+//! (the source restarts, the node and its players do not), and kept across one.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{eventually, NodeProc};
+use serde_json::{json, Value};
+
+const STREAM: &str = "cam";
+
+fn start() -> NodeProc {
+    NodeProc::start(
+        "cambox",
+        "",
+        &[
+            "--source",
+            "test-pattern",
+            "--source-stream",
+            STREAM,
+            "--size",
+            "320x240",
+            "--fps",
+            "25",
+            "--bitrate-kbps",
+            "800",
+        ],
+    )
+}
+
+fn json_body(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Width, height and frame rate of the stream as ffprobe decodes it from HTTP-FLV.
+fn probe(node: &NodeProc) -> (u64, u64, String) {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=width,height,r_frame_rate"])
+        .args(["-of", "json", "-read_intervals", "%+2"])
+        .arg(node.flv_url(STREAM))
+        .output()
+        .expect("ffprobe must be installed (see README)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v = json_body(&String::from_utf8_lossy(&output.stdout));
+    let s = &v["streams"][0];
+    (
+        s["width"].as_u64().unwrap(),
+        s["height"].as_u64().unwrap(),
+        s["r_frame_rate"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn last_timestamp(node: &NodeProc) -> u64 {
+    node.stream_info(STREAM)["last_timestamp_ms"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn settings_change_live_are_saved_and_survive_a_restart() {
+    let mut node = start();
+    eventually(Duration::from_secs(5), || {
+        (last_timestamp(&node) > 500).then_some(())
+    });
+
+    // Admin only.
+    let (status, _) = node.http_anon("GET", "/config", None);
+    assert_eq!(status, 401);
+    let (status, _) = node.http_anon("PATCH", "/config", Some(r#"{"fps": 10}"#));
+    assert_eq!(status, 401);
+
+    let (status, body) = node.http("GET", "/config", None);
+    assert_eq!(status, 200, "{body}");
+    let before = json_body(&body);
+    assert_eq!(before["source"], "test-pattern");
+    assert_eq!(before["size"], "320x240");
+    assert_eq!(before["fps"], 25);
+    assert_eq!(before["bitrate_kbps"], 800);
+    assert_eq!(before["set_remotely"], json!([]));
+
+    // Bad values: a 400 naming the field, and nothing changes.
+    for (patch, field) in [
+        (r#"{"fps": "fast"}"#, "fps"),
+        (r#"{"fps": 500}"#, "fps"),
+        (r#"{"size": "321x240"}"#, "size"),
+        (r#"{"encoder": "h265_magic"}"#, "encoder"),
+        (r#"{"max_forwards": 99}"#, "max_forwards"),
+        (r#"{"camera_angle": 3}"#, "camera_angle"),
+    ] {
+        let (status, body) = node.http("PATCH", "/config", Some(patch));
+        assert_eq!(status, 400, "{patch}: {body}");
+        assert_eq!(json_body(&body)["field"], field, "{patch}: {body}");
+    }
+    let (status, body) = node.http("PATCH", "/config", Some("{not json"));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json_body(&node.http("GET", "/config", None).1), before);
+    assert!(!node.data_dir().join("settings.toml").exists());
+
+    // A good change: applied at once, the stream's clock going on.
+    let ts_before = last_timestamp(&node);
+    let (status, body) = node.http(
+        "PATCH",
+        "/config",
+        Some(r#"{"size": "160x120", "fps": "10", "bitrate_kbps": 300, "title": "Garden"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let after = json_body(&body);
+    assert_eq!(
+        (
+            &after["size"],
+            &after["fps"],
+            &after["bitrate_kbps"],
+            &after["title"]
+        ),
+        (&json!("160x120"), &json!(10), &json!(300), &json!("Garden"))
+    );
+    let mut set: Vec<String> = serde_json::from_value(after["set_remotely"].clone()).unwrap();
+    set.sort();
+    assert_eq!(set, ["bitrate_kbps", "fps", "size", "title"]);
+    assert_eq!(probe(&node), (160, 120, "10/1".to_owned()));
+    let ts_after = last_timestamp(&node);
+    assert!(
+        ts_after > ts_before,
+        "the stream's timestamps go on ({ts_before} ms, then {ts_after} ms)"
+    );
+    let saved = std::fs::read_to_string(node.data_dir().join("settings.toml")).unwrap();
+    assert!(saved.contains("fps = 10"), "{saved}");
+
+    // Kept over the flags after a restart; null goes back to them.
+    node.restart();
+    let (_, body) = node.http("GET", "/config", None);
+    assert_eq!(json_body(&body)["fps"], 10);
+    assert_eq!(probe(&node).0, 160);
+    let (status, body) = node.http("PATCH", "/config", Some(r#"{"fps": null, "size": null}"#));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_body(&body)["fps"], 25);
+    assert_eq!(probe(&node), (320, 240, "25/1".to_owned()));
+}
+
+#[test]
+fn the_cli_gets_and_sets_settings() {
+    let node = start();
+    let astral = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_astral"))
+            .args(args)
+            .args(["--api", &node.api.to_string()])
+            .args(["--data-dir", node.data_dir().to_str().unwrap()])
+            .output()
+            .expect("running astral");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = astral(&["config", "set", "max_forwards=1", "description=On the roof"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("max_forwards"), "{out}");
+    let (code, out, err) = astral(&["config", "get", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let got = json_body(&out);
+    assert_eq!(
+        (&got["max_forwards"], &got["description"]),
+        (&json!(1), &json!("On the roof"))
+    );
+
+    let (code, _, err) = astral(&["config", "set", "fps=fast"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("fps"), "{err}");
+    let (code, _, err) = astral(&["config", "set", "fps"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("KEY=VALUE"), "{err}");
+}
