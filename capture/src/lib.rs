@@ -7,10 +7,14 @@
 //! this crate does no networking, no async and no fan-out: the node's hub does that.
 
 pub mod avc;
+mod camera;
+pub mod encode;
 mod pattern;
 
 use std::fmt;
 
+pub use camera::{Camera, CameraConfig};
+pub use encode::{VideoConfig, H264};
 pub use pattern::{TestPattern, TestPatternConfig};
 
 /// A live video source.
@@ -35,8 +39,12 @@ pub enum CaptureError {
         source: ffmpeg_next::Error,
         hint: Hint,
     },
+    #[error("camera: {0}")]
+    Device(std::io::Error),
     #[error("the encoder produced a keyframe without SPS and PPS")]
     NoParameterSets,
+    #[error("no H.264 encoder opens ({tried}); set encoder = \"libx264\" and install FFmpeg's libavcodec with libx264")]
+    NoEncoder { tried: String },
 }
 
 /// What a user can do about an encoder error.

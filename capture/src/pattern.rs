@@ -1,22 +1,17 @@
 //! The test pattern: a moving synthetic picture with a burned-in frame counter, encoded
-//! by libx264 for low latency. It stands in for a camera in demos, tests and benchmarks.
+//! like a camera's pictures. It stands in for a camera in demos, tests and benchmarks.
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ffmpeg_next as ff;
 use proto::{StreamMeta, Tag};
 
-use crate::avc::{self, NAL_AUD, NAL_PPS, NAL_SPS};
-use crate::{CaptureError, Hint, Source};
+use crate::encode::{VideoConfig, H264};
+use crate::{CaptureError, Source};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestPatternConfig {
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-    pub bitrate_kbps: u32,
-    pub keyframe_interval_frames: u32,
+    pub video: VideoConfig,
     /// Pace frames in real time; off, frames come as fast as they encode (tests).
     pub realtime: bool,
 }
@@ -24,134 +19,79 @@ pub struct TestPatternConfig {
 impl Default for TestPatternConfig {
     fn default() -> Self {
         TestPatternConfig {
-            width: 1280,
-            height: 720,
-            fps: 30,
-            bitrate_kbps: 2500,
-            keyframe_interval_frames: 60,
+            video: VideoConfig::default(),
             realtime: true,
         }
-    }
-}
-
-impl TestPatternConfig {
-    pub fn validate(&self) -> Result<(), CaptureError> {
-        let invalid = |field, message: &str| {
-            Err(CaptureError::InvalidConfig {
-                field,
-                message: message.into(),
-            })
-        };
-        if !(16..=3840).contains(&self.width) || self.width % 2 != 0 {
-            return invalid("width", "must be even, 16 to 3840");
-        }
-        if !(16..=2160).contains(&self.height) || self.height % 2 != 0 {
-            return invalid("height", "must be even, 16 to 2160");
-        }
-        if !(1..=120).contains(&self.fps) {
-            return invalid("fps", "must be 1 to 120");
-        }
-        if !(50..=50_000).contains(&self.bitrate_kbps) {
-            return invalid("bitrate_kbps", "must be 50 to 50000");
-        }
-        if self.keyframe_interval_frames == 0 {
-            return invalid("keyframe_interval_frames", "must be at least 1");
-        }
-        Ok(())
     }
 }
 
 pub struct TestPattern {
     config: TestPatternConfig,
     meta: StreamMeta,
-    encoder: ff::encoder::video::Encoder,
+    encoder: H264,
     background: ff::frame::Video,
     frame: ff::frame::Video,
-    packet: ff::Packet,
+    /// For encoders that take NV12 (VAAPI).
+    convert: Option<(ff::software::scaling::Context, ff::frame::Video)>,
     frame_index: u64,
-    header_sent: bool,
     started: Option<Instant>,
 }
 
-// SAFETY: the FFmpeg encoder, frames and packet are owned by this value alone and used
-// from one thread at a time; nothing in them refers to thread-local state.
+// SAFETY: the FFmpeg frames and scaler are owned by this value alone and used from one
+// thread at a time; nothing in them refers to thread-local state.
 unsafe impl Send for TestPattern {}
-
-fn encoder_error(what: &str, hint: Hint) -> impl FnOnce(ff::Error) -> CaptureError + '_ {
-    move |source| CaptureError::Encoder {
-        what: what.into(),
-        source,
-        hint,
-    }
-}
 
 impl TestPattern {
     pub fn open(config: TestPatternConfig) -> Result<TestPattern, CaptureError> {
-        config.validate()?;
-        ff::init().map_err(encoder_error("initialising FFmpeg", Hint::Report))?;
-        // libx264 prints its banner and statistics at FFmpeg's default level.
-        ff::util::log::set_level(ff::util::log::Level::Error);
-
-        let codec = ff::encoder::find_by_name("libx264").ok_or(CaptureError::Encoder {
-            what: "finding libx264".into(),
-            source: ff::Error::EncoderNotFound,
-            hint: Hint::InstallLibx264,
-        })?;
-        let mut video = ff::codec::context::Context::new_with_codec(codec)
-            .encoder()
-            .video()
-            .map_err(encoder_error("creating the encoder", Hint::Report))?;
-        video.set_width(config.width);
-        video.set_height(config.height);
-        video.set_format(ff::format::Pixel::YUV420P);
-        video.set_time_base((1, config.fps as i32));
-        video.set_frame_rate(Some((config.fps as i32, 1)));
-        video.set_gop(config.keyframe_interval_frames);
-        video.set_max_b_frames(0);
-        video.set_bit_rate(config.bitrate_kbps as usize * 1000);
-        let mut options = ff::Dictionary::new();
-        options.set("preset", "veryfast");
-        options.set("tune", "zerolatency");
-        // A keyframe exactly every interval, SPS and PPS with each one.
-        let keyint = config.keyframe_interval_frames;
-        options.set(
-            "x264-params",
-            &format!("keyint={keyint}:min-keyint={keyint}:scenecut=0:repeat-headers=1"),
-        );
-        let encoder = video
-            .open_with(options)
-            .map_err(encoder_error("opening libx264", Hint::InstallLibx264))?;
-
-        let background = draw_background(config.width, config.height);
-        let frame = ff::frame::Video::new(ff::format::Pixel::YUV420P, config.width, config.height);
-        let meta = StreamMeta {
-            width: Some(config.width),
-            height: Some(config.height),
-            frame_rate: Some(config.fps as f32),
-            video_codec_id: Some(u32::from(proto::flv::CODEC_AVC)),
-            video_kbps: Some(config.bitrate_kbps),
-            encoder: Some("astral test-pattern (libx264)".into()),
-            ..StreamMeta::default()
+        let encoder = H264::open(&config.video)?;
+        let yuv = ff::format::Pixel::YUV420P;
+        let convert = match encoder.input_format() {
+            format if format == yuv => None,
+            format => {
+                let (w, h) = (config.video.width, config.video.height);
+                let scaler = ff::software::scaling::Context::get(
+                    yuv,
+                    w,
+                    h,
+                    format,
+                    w,
+                    h,
+                    ff::software::scaling::Flags::POINT,
+                )
+                .map_err(|source| CaptureError::Encoder {
+                    what: "converting pictures for the encoder".into(),
+                    source,
+                    hint: crate::Hint::Report,
+                })?;
+                Some((scaler, ff::frame::Video::new(format, w, h)))
+            }
         };
+        let background = draw_background(config.video.width, config.video.height);
+        let frame = ff::frame::Video::new(yuv, config.video.width, config.video.height);
+        let meta = config
+            .video
+            .meta(format!("astral test-pattern ({})", encoder.name()));
         Ok(TestPattern {
             config,
             meta,
             encoder,
             background,
             frame,
-            packet: ff::Packet::empty(),
+            convert,
             frame_index: 0,
-            header_sent: false,
             started: None,
         })
     }
 
     fn timestamp(&self, index: u64) -> u32 {
-        (index * 1000 / u64::from(self.config.fps)) as u32
+        (index * 1000 / u64::from(self.config.video.fps)) as u32
     }
 
     fn draw(&mut self, index: u64) {
-        let (w, h) = (self.config.width as usize, self.config.height as usize);
+        let (w, h) = (
+            self.config.video.width as usize,
+            self.config.video.height as usize,
+        );
         for plane in 0..3 {
             let rows = if plane == 0 { h } else { h / 2 };
             let cols = if plane == 0 { w } else { w / 2 };
@@ -176,39 +116,22 @@ impl TestPattern {
     fn encode(&mut self, out: &mut Vec<Tag>) -> Result<(), CaptureError> {
         let index = self.frame_index;
         self.draw(index);
-        self.frame.set_pts(Some(index as i64));
-        self.encoder
-            .send_frame(&self.frame)
-            .map_err(encoder_error("encoding a frame", Hint::Report))?;
-        while self.encoder.receive_packet(&mut self.packet).is_ok() {
-            let Some(data) = self.packet.data() else {
-                continue;
-            };
-            let keyframe = self.packet.is_key();
-            let ts = self.packet.pts().map_or(index, |p| p.max(0) as u64);
-            let timestamp = self.timestamp(ts);
-            let nals = avc::split_annex_b(data);
-            if !self.header_sent {
-                let sps = nals.iter().find(|n| avc::nal_type(n) == Some(NAL_SPS));
-                let pps = nals.iter().find(|n| avc::nal_type(n) == Some(NAL_PPS));
-                let record = sps
-                    .zip(pps)
-                    .and_then(|(sps, pps)| avc::decoder_config(sps, pps))
-                    .ok_or(CaptureError::NoParameterSets)?;
-                let mut body = vec![0x17, 0, 0, 0, 0];
-                body.extend_from_slice(&record);
-                out.push(Tag::video(timestamp, Bytes::from(body)));
-                self.header_sent = true;
+        let ts = self.timestamp(index);
+        let keyframe = index % u64::from(self.config.video.keyframe_interval_frames) == 0;
+        let frame = match &mut self.convert {
+            Some((scaler, converted)) => {
+                scaler
+                    .run(&self.frame, converted)
+                    .map_err(|source| CaptureError::Encoder {
+                        what: "converting a picture".into(),
+                        source,
+                        hint: crate::Hint::Report,
+                    })?;
+                converted
             }
-            let mut body = Vec::with_capacity(data.len() + 16);
-            body.extend_from_slice(&[if keyframe { 0x17 } else { 0x27 }, 1, 0, 0, 0]);
-            avc::write_avcc(
-                nals.into_iter()
-                    .filter(|n| avc::nal_type(n) != Some(NAL_AUD)),
-                &mut body,
-            );
-            out.push(Tag::video(timestamp, Bytes::from(body)));
-        }
+            None => &mut self.frame,
+        };
+        self.encoder.encode(frame, ts, keyframe, out)?;
         self.frame_index += 1;
         Ok(())
     }
@@ -223,7 +146,9 @@ impl Source for TestPattern {
         if self.config.realtime {
             let started = *self.started.get_or_insert_with(Instant::now);
             let due = started
-                + Duration::from_secs_f64(self.frame_index as f64 / f64::from(self.config.fps));
+                + Duration::from_secs_f64(
+                    self.frame_index as f64 / f64::from(self.config.video.fps),
+                );
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);

@@ -229,8 +229,6 @@ pub struct SourceConfig {
     /// As configured: `test-pattern` or `v4l2:/dev/videoN`.
     pub spec: String,
     pub kind: SourceKind,
-    /// `auto` or an FFmpeg encoder's name.
-    pub encoder: String,
     /// How the portal's directory shows the stream.
     pub title: String,
     pub description: String,
@@ -239,6 +237,17 @@ pub struct SourceConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceKind {
     TestPattern(TestPatternConfig),
+    Camera(capture::CameraConfig),
+}
+
+impl SourceKind {
+    /// The video it makes.
+    pub fn video(&self) -> &capture::VideoConfig {
+        match self {
+            SourceKind::TestPattern(p) => &p.video,
+            SourceKind::Camera(c) => &c.video,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -349,22 +358,23 @@ impl Config {
                     .or(args.encoder.clone())
                     .or(video.encoder.clone())
                     .unwrap_or_else(|| "auto".into());
-                if !ENCODERS.contains(&encoder.as_str()) {
-                    return Err(invalid(
-                        "encoder",
-                        format!("{encoder:?} is not one of {}", ENCODERS.join(", ")),
-                    ));
-                }
-                let kind = if spec == "test-pattern" {
-                    let mut cfg = TestPatternConfig::default();
-                    if let Some(size) = size {
-                        (cfg.width, cfg.height) = parse_size(size)?;
-                    }
-                    cfg.fps = fps.unwrap_or(cfg.fps);
-                    cfg.bitrate_kbps = bitrate_kbps.unwrap_or(cfg.bitrate_kbps);
-                    cfg.keyframe_interval_frames =
-                        video.keyframe_interval_frames.unwrap_or(cfg.fps * 2);
-                    cfg.validate().map_err(|e| match e {
+                // The video settings, checked once for any source.
+                let video_config = {
+                    let defaults = capture::VideoConfig::default();
+                    let (width, height) = match size {
+                        Some(size) => parse_size(size)?,
+                        None => (defaults.width, defaults.height),
+                    };
+                    let fps = fps.unwrap_or(defaults.fps);
+                    let v = capture::VideoConfig {
+                        width,
+                        height,
+                        fps,
+                        bitrate_kbps: bitrate_kbps.unwrap_or(defaults.bitrate_kbps),
+                        keyframe_interval_frames: video.keyframe_interval_frames.unwrap_or(fps * 2),
+                        encoder,
+                    };
+                    v.validate().map_err(|e| match e {
                         capture::CaptureError::InvalidConfig { field, message } => {
                             let field = match field {
                                 "width" | "height" => "size",
@@ -375,12 +385,24 @@ impl Config {
                         }
                         e => invalid("video", e.to_string()),
                     })?;
-                    SourceKind::TestPattern(cfg)
-                } else if spec.starts_with("v4l2:") {
-                    return Err(invalid(
-                        "source",
-                        "this build has no V4L2 capture yet; use test-pattern",
-                    ));
+                    v
+                };
+                let kind = if spec == "test-pattern" {
+                    SourceKind::TestPattern(TestPatternConfig {
+                        video: video_config.clone(),
+                        realtime: true,
+                    })
+                } else if let Some(device) = spec.strip_prefix("v4l2:") {
+                    if !device.starts_with('/') {
+                        return Err(invalid(
+                            "source",
+                            format!("{spec:?}: name the camera's device, as in v4l2:/dev/video0"),
+                        ));
+                    }
+                    SourceKind::Camera(capture::CameraConfig {
+                        device: PathBuf::from(device),
+                        video: video_config.clone(),
+                    })
                 } else {
                     return Err(invalid(
                         "source",
@@ -411,7 +433,6 @@ impl Config {
                     stream,
                     spec,
                     kind,
-                    encoder,
                     title: listing.title,
                     description: listing.description,
                 })
@@ -527,9 +548,6 @@ impl Config {
         })
     }
 }
-
-/// H.264 encoders a source may use; `auto` tries the hardware ones first.
-pub const ENCODERS: [&str; 4] = ["auto", "h264_v4l2m2m", "h264_vaapi", "libx264"];
 
 fn data_dir(raw: &RawConfig, args: &NodeArgs) -> PathBuf {
     args.data_dir

@@ -69,9 +69,8 @@ impl Node {
         old: Option<&SourceConfig>,
         new: Option<&SourceConfig>,
     ) -> Result<(), ReconfigureError> {
-        let same_video = |a: &SourceConfig, b: &SourceConfig| {
-            (&a.stream, &a.kind, &a.encoder) == (&b.stream, &b.kind, &b.encoder)
-        };
+        let same_video =
+            |a: &SourceConfig, b: &SourceConfig| (&a.stream, &a.kind) == (&b.stream, &b.kind);
         match (old, new) {
             (None, None) => Ok(()),
             (Some(old), Some(new)) if same_video(old, new) => {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::{Config, ConfigError, SourceKind};
+use crate::config::{Config, ConfigError};
 
 /// The settings file's name in the data directory.
 pub const SETTINGS_FILE: &str = "settings.toml";
@@ -159,21 +159,17 @@ pub struct Effective {
 impl Effective {
     pub fn of(config: &Config) -> Effective {
         let source = config.source.as_ref();
-        let video = source.map(|s| match &s.kind {
-            SourceKind::TestPattern(p) => {
-                (format!("{}x{}", p.width, p.height), p.fps, p.bitrate_kbps)
-            }
-        });
+        let video = source.map(|s| s.kind.video());
         let set_remotely = match serde_json::to_value(&config.settings) {
             Ok(Value::Object(map)) => map.keys().cloned().collect(),
             _ => Vec::new(),
         };
         Effective {
             source: source.map_or_else(|| "none".into(), |s| s.spec.clone()),
-            size: video.as_ref().map(|v| v.0.clone()),
-            fps: video.as_ref().map(|v| v.1),
-            bitrate_kbps: video.as_ref().map(|v| v.2),
-            encoder: source.map(|s| s.encoder.clone()),
+            size: video.map(|v| format!("{}x{}", v.width, v.height)),
+            fps: video.map(|v| v.fps),
+            bitrate_kbps: video.map(|v| v.bitrate_kbps),
+            encoder: video.map(|v| v.encoder.clone()),
             title: source.map(|s| s.title.clone()),
             description: source.map(|s| s.description.clone()),
             upload_kbps: config.upload_kbps,

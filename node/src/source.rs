@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use capture::{Source, TestPattern};
+use capture::{Camera, Source, TestPattern};
 
 use crate::config::SourceKind;
 use crate::hub::{Feed, Hub};
@@ -52,7 +52,12 @@ pub fn start(hub: &Arc<Hub>, kind: &SourceKind, start_ms: u32) -> anyhow::Result
         SourceKind::TestPattern(config) => (
             "test-pattern",
             Box::new(TestPattern::open(config.clone())?),
-            config.fps,
+            config.video.fps,
+        ),
+        SourceKind::Camera(config) => (
+            "camera",
+            Box::new(Camera::open(config.clone())?),
+            config.video.fps,
         ),
     };
     let publisher = hub.claim(Feed::Local { name: name.into() })?;

@@ -1,13 +1,16 @@
 use super::*;
-use crate::avc::split_annex_b;
+use crate::avc::{self, split_annex_b, NAL_PPS, NAL_SPS};
 
 fn small(keyframe_interval_frames: u32) -> TestPattern {
     TestPattern::open(TestPatternConfig {
-        width: 320,
-        height: 240,
-        fps: 30,
-        bitrate_kbps: 500,
-        keyframe_interval_frames,
+        video: VideoConfig {
+            width: 320,
+            height: 240,
+            fps: 30,
+            bitrate_kbps: 500,
+            keyframe_interval_frames,
+            encoder: "libx264".into(),
+        },
         realtime: false,
     })
     .expect("libx264 opens")
@@ -116,11 +119,14 @@ fn output_decodes_to_pictures_whose_counter_changes() {
 #[test]
 fn realtime_pacing_holds_frames_until_due() {
     let mut source = TestPattern::open(TestPatternConfig {
-        width: 64,
-        height: 64,
-        fps: 50,
+        video: VideoConfig {
+            width: 64,
+            height: 64,
+            fps: 50,
+            encoder: "libx264".into(),
+            ..VideoConfig::default()
+        },
         realtime: true,
-        ..TestPatternConfig::default()
     })
     .unwrap();
     let started = Instant::now();
@@ -133,41 +139,45 @@ fn realtime_pacing_holds_frames_until_due() {
 fn invalid_configs_name_the_field() {
     for (config, field) in [
         (
-            TestPatternConfig {
+            VideoConfig {
                 width: 321,
                 ..Default::default()
             },
             "width",
         ),
         (
-            TestPatternConfig {
+            VideoConfig {
                 height: 8,
                 ..Default::default()
             },
             "height",
         ),
         (
-            TestPatternConfig {
+            VideoConfig {
                 fps: 0,
                 ..Default::default()
             },
             "fps",
         ),
         (
-            TestPatternConfig {
+            VideoConfig {
                 bitrate_kbps: 1,
                 ..Default::default()
             },
             "bitrate_kbps",
         ),
         (
-            TestPatternConfig {
+            VideoConfig {
                 keyframe_interval_frames: 0,
                 ..Default::default()
             },
             "keyframe_interval_frames",
         ),
     ] {
+        let config = TestPatternConfig {
+            video: config,
+            realtime: false,
+        };
         match TestPattern::open(config) {
             Err(CaptureError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
             other => panic!("expected an error on {field}, got {:?}", other.err()),

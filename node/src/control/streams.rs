@@ -215,14 +215,14 @@ impl Node {
         let Ok(stream) = StreamId::new(source.stream.clone()) else {
             return;
         };
-        let crate::config::SourceKind::TestPattern(pattern) = &source.kind;
+        let video = source.kind.video();
         let listing = StreamUpdate {
             title: source.title.clone(),
             description: source.description.clone(),
             source: self.control.me.clone(),
-            bitrate_kbps: pattern.bitrate_kbps,
-            width: pattern.width,
-            height: pattern.height,
+            bitrate_kbps: video.bitrate_kbps,
+            width: video.width,
+            height: video.height,
         };
         self.publish(stream, listing);
     }
