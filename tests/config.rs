@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, NodeProc};
+use common::{eventually, probe_video, NodeProc};
 use serde_json::{json, Value};
 
 const STREAM: &str = "cam";
@@ -36,26 +36,9 @@ fn json_body(body: &str) -> Value {
 }
 
 /// Width, height and frame rate of the stream as ffprobe decodes it from HTTP-FLV.
-fn probe(node: &NodeProc) -> (u64, u64, String) {
-    let output = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=width,height,r_frame_rate"])
-        .args(["-of", "json", "-read_intervals", "%+2"])
-        .arg(node.flv_url(STREAM))
-        .output()
-        .expect("ffprobe must be installed (see README)");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let v = json_body(&String::from_utf8_lossy(&output.stdout));
-    let s = &v["streams"][0];
-    (
-        s["width"].as_u64().unwrap(),
-        s["height"].as_u64().unwrap(),
-        s["r_frame_rate"].as_str().unwrap().to_owned(),
-    )
+fn probe(node: &NodeProc) -> (u32, u32, String) {
+    let p = probe_video(&node.flv_url(STREAM), 2);
+    (p.width, p.height, p.rate)
 }
 
 fn last_timestamp(node: &NodeProc) -> u64 {

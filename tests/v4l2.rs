@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, free_port, NodeProc};
+use common::{eventually, free_port, probe_video, NodeProc, VideoProbe};
 
 const WIDTH: u32 = 640;
 const HEIGHT: u32 = 360;
@@ -70,7 +70,12 @@ fn a_vivid_camera_in_a_guest_streams_at_its_configured_size_and_rate() {
         flowing.then_some(())
     });
 
-    let (width, height, rate, pts) = probe(&host.flv_url("cam"));
+    let VideoProbe {
+        width,
+        height,
+        rate,
+        pts,
+    } = probe_video(&host.flv_url("cam"), 4);
     assert_eq!(
         (width, height, rate.as_str()),
         (WIDTH, HEIGHT, "15/1"),
@@ -133,40 +138,6 @@ fn last_timestamp(node: &NodeProc) -> u64 {
     serde_json::from_str::<serde_json::Value>(&body).unwrap()["last_timestamp_ms"]
         .as_u64()
         .unwrap_or(0)
-}
-
-/// Size, frame rate and the video packets' timestamps (ms) over 4 s of `url`, all
-/// frames decoded.
-fn probe(url: &str) -> (u32, u32, String, Vec<i64>) {
-    let output = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
-        .args([
-            "-show_entries",
-            "stream=width,height,r_frame_rate:packet=pts",
-        ])
-        .args(["-of", "json", "-read_intervals", "%+4"])
-        .arg(url)
-        .output()
-        .expect("ffprobe must be installed (see README)");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let s = &v["streams"][0];
-    let pts = v["packets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|p| p["pts"].as_i64())
-        .collect();
-    (
-        s["width"].as_u64().unwrap() as u32,
-        s["height"].as_u64().unwrap() as u32,
-        s["r_frame_rate"].as_str().unwrap().to_owned(),
-        pts,
-    )
 }
 
 /// QEMU, firmware, kernel, modules and busybox, from Debian's packages.

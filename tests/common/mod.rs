@@ -434,6 +434,46 @@ pub fn ffprobe(url: &str, seconds: u32) -> Vec<Probed> {
         .collect()
 }
 
+/// A video stream as ffprobe decodes it.
+pub struct VideoProbe {
+    pub width: u32,
+    pub height: u32,
+    /// As ffprobe gives it, e.g. "25/1".
+    pub rate: String,
+    /// The video packets' timestamps, ms.
+    pub pts: Vec<i64>,
+}
+
+/// Decodes `seconds` of the video of `url` with ffprobe.
+pub fn probe_video(url: &str, seconds: u32) -> VideoProbe {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
+        .args([
+            "-show_entries",
+            "stream=width,height,r_frame_rate:packet=pts",
+        ])
+        .args(["-of", "json", "-read_intervals", &format!("%+{seconds}")])
+        .arg(url)
+        .output()
+        .expect("ffprobe must be installed (see README)");
+    assert!(
+        output.status.success(),
+        "ffprobe {url}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout).expect("ffprobe's JSON");
+    let s = &v["streams"][0];
+    VideoProbe {
+        width: s["width"].as_u64().expect("a width") as u32,
+        height: s["height"].as_u64().expect("a height") as u32,
+        rate: s["r_frame_rate"].as_str().unwrap_or_default().to_owned(),
+        pts: v["packets"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p["pts"].as_i64()).collect())
+            .unwrap_or_default(),
+    }
+}
+
 /// What an RTMP player saw: each tag with the moment it arrived.
 pub struct Seen {
     pub tag: Tag,
