@@ -60,6 +60,7 @@ fn settings_change_live_are_saved_and_survive_a_restart() {
     let (status, _) = node.http_anon("PATCH", "/config", Some(r#"{"fps": 10}"#));
     assert_eq!(status, 401);
 
+    assert_eq!(node.status()["broadcast"], "live");
     let (status, body) = node.http("GET", "/config", None);
     assert_eq!(status, 200, "{body}");
     let before = json_body(&body);
@@ -161,4 +162,25 @@ fn the_cli_gets_and_sets_settings() {
     let (code, _, err) = astral(&["config", "set", "fps"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("KEY=VALUE"), "{err}");
+}
+
+#[test]
+fn a_missing_camera_is_an_error_the_node_survives() {
+    let node = NodeProc::start("nocam", "", &["--source", "v4l2:/dev/video-not-plugged-in"]);
+    assert_eq!(node.status()["broadcast"], "connecting");
+    // Five seconds without a frame: the tally says error, the node keeps serving.
+    eventually(Duration::from_secs(10), || {
+        (node.status()["broadcast"] == "error").then_some(())
+    });
+    let warnings = node
+        .log()
+        .lines()
+        .filter(|l| l.contains("camera unavailable"))
+        .count();
+    assert_eq!(warnings, 1, "logged once:\n{}", node.log());
+    let (status, _) = node.http("PATCH", "/config", Some(r#"{"source": "test-pattern"}"#));
+    assert_eq!(status, 200);
+    eventually(Duration::from_secs(5), || {
+        (node.status()["broadcast"] == "live").then_some(())
+    });
 }

@@ -119,6 +119,7 @@ struct RawConfig {
     play_without_ticket: Option<Vec<String>>,
     #[serde(default)]
     overlay: RawOverlay,
+    gpio: Option<RawGpio>,
     title: Option<String>,
     description: Option<String>,
 }
@@ -128,6 +129,16 @@ struct RawConfig {
 struct RawOverlay {
     supernode_max_children: Option<usize>,
     search_ttl: Option<u8>,
+}
+
+/// The box's button and tally LED.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGpio {
+    chip: Option<PathBuf>,
+    button: Option<u32>,
+    led: Option<u32>,
+    button_active_low: Option<bool>,
 }
 
 /// The local source's video, whatever the source.
@@ -210,6 +221,8 @@ pub struct Config {
     /// Networks whose players need no ticket.
     pub play_without_ticket: Vec<Cidr>,
     pub overlay: overlay::Config,
+    /// The button and tally LED, when wired.
+    pub panel: Option<crate::panel::PanelConfig>,
     /// The remote settings this config includes.
     pub settings: Settings,
     written: Arc<Written>,
@@ -517,6 +530,20 @@ impl Config {
             }
             overlay.search_ttl = ttl;
         }
+        let panel = match raw.gpio.clone() {
+            Some(g) if g.button.is_some() || g.led.is_some() => {
+                if g.button.is_some() && g.button == g.led {
+                    return Err(invalid("gpio.led", "is the button's line too"));
+                }
+                Some(crate::panel::PanelConfig {
+                    chip: g.chip.unwrap_or_else(|| PathBuf::from("/dev/gpiochip0")),
+                    button: g.button,
+                    led: g.led,
+                    button_active_low: g.button_active_low.unwrap_or(true),
+                })
+            }
+            _ => None,
+        };
         let mut supernodes = args.supernodes.clone();
         supernodes.extend(raw.supernodes);
 
@@ -543,6 +570,7 @@ impl Config {
             advertise: args.advertise.or(raw.advertise),
             play_without_ticket,
             overlay,
+            panel,
             settings,
             written,
         })

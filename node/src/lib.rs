@@ -17,6 +17,7 @@ pub mod control;
 mod files;
 pub mod hub;
 pub mod metrics;
+pub mod panel;
 mod reconfigure;
 pub mod rtmp;
 pub mod settings;
@@ -342,6 +343,18 @@ pub async fn run(
             .with_context(|| format!("cannot relay {}", pull.stream))?;
     }
 
+    let _panel = node.config().panel.as_ref().and_then(|panel| {
+        let (lit, pressed) = (Arc::clone(&node), Arc::clone(&node));
+        let runtime = tokio::runtime::Handle::current();
+        panel::start(
+            panel,
+            move || lit.tally(),
+            move || {
+                let _in_runtime = runtime.enter();
+                pressed.toggle_broadcast();
+            },
+        )
+    });
     let rtmp = tokio::spawn(rtmp::server::serve(listeners.rtmp, Arc::clone(&node)));
     let mut tasks = vec![rtmp];
     if in_overlay {

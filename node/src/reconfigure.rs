@@ -4,10 +4,13 @@
 //! changes the slots offered to other boxes. Nothing else stops.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use proto::overlay::StreamId;
 
 use crate::config::{Config, ConfigError, SourceConfig};
+use crate::panel::Tally;
+use crate::source::Health;
 use crate::{lock, source, Node};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,39 @@ impl Node {
         }
         self.apply_source(old.source.as_ref(), new.source.as_ref())?;
         Ok(new)
+    }
+
+    /// What the tally LED shows.
+    pub fn tally(&self) -> Tally {
+        match lock(&self.source).as_ref().map(|s| s.health()) {
+            None => Tally::Off,
+            Some(Health::Flowing) => Tally::Live,
+            Some(Health::Failed) => Tally::Error,
+            // Starting takes a second or two; longer, the camera is gone.
+            Some(Health::Waiting(quiet)) if quiet > Duration::from_secs(5) => Tally::Error,
+            Some(Health::Waiting(_)) => Tally::Connecting,
+        }
+    }
+
+    /// The button: stops the broadcast, or starts it again. Settings are untouched.
+    pub fn toggle_broadcast(self: &Arc<Self>) {
+        let _one_at_a_time = lock(&self.reconfiguring);
+        let config = self.config();
+        let Some(source) = &config.source else {
+            tracing::info!("button pressed, but this box has no source configured");
+            return;
+        };
+        let running = lock(&self.source).is_some();
+        let result = if running {
+            self.apply_source(Some(source), None)
+        } else {
+            self.apply_source(None, Some(source))
+        };
+        match result {
+            Ok(()) if running => tracing::info!("broadcast stopped with the button"),
+            Ok(()) => tracing::info!("broadcast started with the button"),
+            Err(e) => tracing::warn!("the button could not start the broadcast: {e}"),
+        }
     }
 
     /// Starts the configured source, its timestamps from `start_ms`.

@@ -8,9 +8,10 @@
 //! reached: players and relays downstream see one stream whose picture changes, with
 //! a new sequence header, not a clock going back to zero.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use capture::{Camera, Source, TestPattern};
 
@@ -22,10 +23,37 @@ pub struct SourceHandle {
     stop: Arc<AtomicBool>,
     /// Where the next source's timestamps should start.
     next_ms: Arc<AtomicU32>,
+    /// When the source last gave a tag, in ms after `started`; 0 for never.
+    last_tag_ms: Arc<AtomicU64>,
+    failed: Arc<AtomicBool>,
+    started: Instant,
     thread: Option<JoinHandle<()>>,
 }
 
+/// How a running source is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Tags in the last two seconds.
+    Flowing,
+    /// No tag for this long (starting, or the camera is away).
+    Waiting(Duration),
+    /// The source stopped on an error.
+    Failed,
+}
+
 impl SourceHandle {
+    pub fn health(&self) -> Health {
+        if self.failed.load(Ordering::Relaxed) {
+            return Health::Failed;
+        }
+        let now = self.started.elapsed();
+        let last = Duration::from_millis(self.last_tag_ms.load(Ordering::Relaxed));
+        match now.saturating_sub(last) {
+            quiet if quiet < Duration::from_secs(2) && !last.is_zero() => Health::Flowing,
+            quiet => Health::Waiting(quiet),
+        }
+    }
+
     /// Stops the source and returns the timestamp a successor should start from.
     pub fn stop(mut self) -> u32 {
         self.halt();
@@ -63,12 +91,16 @@ pub fn start(hub: &Arc<Hub>, kind: &SourceKind, start_ms: u32) -> anyhow::Result
     let publisher = hub.claim(Feed::Local { name: name.into() })?;
     let stop = Arc::new(AtomicBool::new(false));
     let next_ms = Arc::new(AtomicU32::new(start_ms));
+    let last_tag_ms = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
     let frame_ms = 1000 / fps.max(1);
     let thread = std::thread::Builder::new()
         .name(format!("source-{}", hub.name()))
         .spawn({
             let stop = Arc::clone(&stop);
             let next_ms = Arc::clone(&next_ms);
+            let (last_tag_ms, failed) = (Arc::clone(&last_tag_ms), Arc::clone(&failed));
             let mut source = source;
             move || {
                 publisher.set_meta(source.meta().clone());
@@ -76,7 +108,12 @@ pub fn start(hub: &Arc<Hub>, kind: &SourceKind, start_ms: u32) -> anyhow::Result
                 while !stop.load(Ordering::Relaxed) {
                     if let Err(e) = source.next_tags(&mut tags) {
                         tracing::error!(stream = %publisher.hub().name(), "source failed: {e}");
+                        failed.store(true, Ordering::Relaxed);
                         return;
+                    }
+                    if !tags.is_empty() {
+                        let ms = started.elapsed().as_millis().max(1) as u64;
+                        last_tag_ms.store(ms, Ordering::Relaxed);
                     }
                     for mut tag in tags.drain(..) {
                         tag.timestamp = tag.timestamp.wrapping_add(start_ms);
@@ -90,6 +127,9 @@ pub fn start(hub: &Arc<Hub>, kind: &SourceKind, start_ms: u32) -> anyhow::Result
     Ok(SourceHandle {
         stop,
         next_ms,
+        last_tag_ms,
+        failed,
+        started,
         thread: Some(thread),
     })
 }

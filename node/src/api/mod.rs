@@ -174,6 +174,8 @@ pub struct Status {
     pub rtmp: String,
     pub api: String,
     pub streams: usize,
+    /// The box's own broadcast, as its tally LED shows it.
+    pub broadcast: crate::panel::Tally,
     /// This box as other boxes reach it.
     pub peer: proto::overlay::Peer,
     pub overlay: crate::control::Report,
@@ -187,6 +189,7 @@ async fn status(State(node): Node_) -> Json<Status> {
         rtmp: node.config().rtmp.to_string(),
         api: node.config().api.to_string(),
         streams: node.hubs().len(),
+        broadcast: node.tally(),
         peer: node.control().me().clone(),
         overlay: node.control().report(),
     })
