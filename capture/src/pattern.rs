@@ -87,6 +87,26 @@ impl TestPattern {
         (index * 1000 / u64::from(self.config.video.fps)) as u32
     }
 
+    /// Frame `index` as raw YUV420P (planes one after the other, no padding), for
+    /// feeding the same pictures to another encoder in benchmarks.
+    pub fn raw_frame(&mut self, index: u64, out: &mut Vec<u8>) {
+        self.draw(index);
+        let (w, h) = (
+            self.config.video.width as usize,
+            self.config.video.height as usize,
+        );
+        for (plane, (cols, rows)) in [(w, h), (w / 2, h / 2), (w / 2, h / 2)]
+            .into_iter()
+            .enumerate()
+        {
+            let stride = self.frame.stride(plane);
+            let data = self.frame.data(plane);
+            for row in 0..rows {
+                out.extend_from_slice(&data[row * stride..][..cols]);
+            }
+        }
+    }
+
     fn draw(&mut self, index: u64) {
         let (w, h) = (
             self.config.video.width as usize,

@@ -29,6 +29,8 @@ const STREAM: &str = "bench";
 pub enum Which {
     /// Per-hop latency, CPU and memory of a relay chain, against nginx-rtmp
     Relay(RelayArgs),
+    /// Capture and encoding of the box's own source, against the ffmpeg CLI
+    Capture(crate::capture_bench::CaptureArgs),
 }
 
 #[derive(clap::Args)]
@@ -54,6 +56,7 @@ pub struct RelayArgs {
 pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Relay(args) => relay(args),
+        Which::Capture(args) => crate::capture_bench::capture(args),
     }
 }
 
@@ -411,14 +414,14 @@ fn hop_latencies(chain: &[&HashMap<u64, Instant>]) -> (Vec<f64>, usize) {
     (latencies, frames)
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
 }
 
 /// CPU time of a process, all threads, in seconds: the scheduler's nanosecond count
 /// (the first field of each thread's schedstat), as clock ticks are too coarse here.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let mut ns = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let schedstat = std::fs::read_to_string(task?.path().join("schedstat"))?;

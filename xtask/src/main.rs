@@ -2,6 +2,7 @@
 //! first installs what a fresh machine is missing.
 
 mod bench;
+mod capture_bench;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
