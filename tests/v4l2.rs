@@ -20,8 +20,9 @@ const WIDTH: u32 = 640;
 const HEIGHT: u32 = 360;
 const FPS: u32 = 15;
 
-/// vivid and what it needs, in load order; e1000 for the network.
-const MODULES: [&str; 13] = [
+/// vivid and what it needs, in load order; e1000 for the network; snd-dummy, a sound
+/// card whose microphone hears silence.
+const MODULES: [&str; 18] = [
     "mc",
     "videodev",
     "videobuf2-common",
@@ -35,6 +36,11 @@ const MODULES: [&str; 13] = [
     "cec",
     "vivid",
     "e1000",
+    "soundcore",
+    "snd",
+    "snd-timer",
+    "snd-pcm",
+    "snd-dummy",
 ];
 
 #[test]
@@ -76,10 +82,15 @@ fn a_vivid_camera_in_a_guest_streams_at_its_configured_size_and_rate() {
         rate,
         pts,
     } = probe_video(&host.flv_url("cam"), 4);
-    assert_eq!(
-        (width, height, rate.as_str()),
-        (WIDTH, HEIGHT, "15/1"),
-        "guest console:\n{}",
+    // ffprobe guesses the rate from timestamps, which are capture times here: 15/1,
+    // or 15000/1001 when the guest's clock jitters.
+    let fps = rate
+        .split_once('/')
+        .and_then(|(n, d)| Some(n.parse::<f64>().ok()? / d.parse::<f64>().ok()?))
+        .unwrap_or(0.0);
+    assert!(
+        (width, height) == (WIDTH, HEIGHT) && (fps - f64::from(FPS)).abs() < 0.5,
+        "{width}x{height} at {rate}; guest console:\n{}",
         guest_log()
     );
     // Capture times, not frame counts: the median step is the camera's frame interval.
@@ -93,10 +104,29 @@ fn a_vivid_camera_in_a_guest_streams_at_its_configured_size_and_rate() {
         "frames every {median} ms, not every {interval} ms; guest console:\n{}",
         guest_log()
     );
+    // Sound from the guest's microphone, in AAC, on the video's clock.
+    let (codec, audio_pts, video_pts) = probe_sound_and_picture(&host.flv_url("cam"));
+    assert_eq!(codec, "aac", "guest console:\n{}", guest_log());
+    assert!(
+        audio_pts.len() > 50,
+        "{} AAC frames in 4 s",
+        audio_pts.len()
+    );
+    // The last of each that came in the same second: they were made together.
+    let skew = audio_pts.last().unwrap() - video_pts.last().unwrap();
+    assert!(
+        skew.abs() < 250,
+        "sound and picture {skew} ms apart; guest console:\n{}",
+        guest_log()
+    );
     let log = guest_log();
-    let capturing = log.lines().find(|l| l.contains("capturing")).unwrap_or("");
+    let capturing = log
+        .lines()
+        .find(|l| l.contains("capturing device"))
+        .unwrap_or("");
     println!(
-        "vivid in QEMU: {width}x{height} at {rate}, {} frames in 4 s, median step {median} ms\n{capturing}",
+        "vivid in QEMU: {width}x{height} at {rate}, {} frames in 4 s, median step {median} ms, \
+         sound {skew} ms from picture\n{capturing}",
         steps.len() + 1
     );
 
@@ -123,11 +153,50 @@ fn a_vivid_camera_in_a_guest_streams_at_its_configured_size_and_rate() {
         0,
         "and no more while it is away:\n{log}"
     );
-    assert_eq!(count("capturing"), 2, "capture resumed:\n{log}");
+    assert_eq!(
+        count("capturing") - count("capturing sound"),
+        2,
+        "capture resumed:\n{log}"
+    );
     assert!(
         !log.contains("node exited"),
         "the node kept running:\n{log}"
     );
+}
+
+/// The audio codec, and the audio and the video packets' timestamps (ms), over the
+/// same 4 s of `url`.
+fn probe_sound_and_picture(url: &str) -> (String, Vec<i64>, Vec<i64>) {
+    // Bounded: ffprobe may wait for ever for a stream that has no sound.
+    let output = Command::new("timeout")
+        .args(["20", "ffprobe", "-v", "error"])
+        .args([
+            "-show_entries",
+            "stream=codec_type,codec_name:packet=codec_type,pts",
+        ])
+        .args(["-of", "json", "-read_intervals", "%+4"])
+        .arg(url)
+        .output()
+        .expect("ffprobe must be installed (see README)");
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let codec = v["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["codec_type"] == "audio"))
+        .and_then(|s| s["codec_name"].as_str())
+        .unwrap_or("none")
+        .to_owned();
+    let pts = |kind: &str| -> Vec<i64> {
+        v["packets"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|p| p["codec_type"] == kind)
+                    .filter_map(|p| p["pts"].as_i64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    (codec, pts("audio"), pts("video"))
 }
 
 fn last_timestamp(node: &NodeProc) -> u64 {
@@ -275,6 +344,8 @@ fn build_initramfs(parts: &GuestParts, out: &Path) {
             cpio.file(inside, Path::new(path), 0o755);
         }
     }
+    // alsa-lib reads its configuration even for hw: devices.
+    cpio.tree(Path::new("/usr/share/alsa"), "usr/share/alsa");
     let modules = MODULES.join(" ");
     let init = format!(
         r#"#!/bin/busybox sh
@@ -302,6 +373,7 @@ export ASTRAL_LOG=info
 echo "astral-guest: starting the node"
 /astral node --name guestcam --source v4l2:/dev/video0 --source-stream cam \
     --size {WIDTH}x{HEIGHT} --fps {FPS} --bitrate-kbps 600 --encoder libx264 \
+    --audio hw:0,0 \
     --api 0.0.0.0:8000 --rtmp 0.0.0.0:1935 --data-dir /tmp/astral \
     --play-without-ticket 10.0.2.0/24
 echo "astral-guest: node exited $?"
@@ -420,6 +492,20 @@ impl Cpio {
 
     fn bytes(&mut self, name: &str, data: &[u8], perm: u32) {
         self.entry(name, 0o100000 | perm, data);
+    }
+
+    /// A directory of the host, as `name`.
+    fn tree(&mut self, from: &Path, name: &str) {
+        self.dirs(Path::new(name));
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let inside = format!("{name}/{}", path.file_name().unwrap().to_string_lossy());
+            if path.is_dir() {
+                self.tree(&path, &inside);
+            } else if path.is_file() {
+                self.file(&inside, &path, 0o644);
+            }
+        }
     }
 
     fn file(&mut self, name: &str, from: &Path, perm: u32) {

@@ -6,6 +6,7 @@
 //! milliseconds. Sources run on the caller's thread, which the node dedicates to them;
 //! this crate does no networking, no async and no fan-out: the node's hub does that.
 
+mod audio;
 pub mod avc;
 mod camera;
 pub mod encode;
@@ -13,6 +14,7 @@ mod pattern;
 
 use std::fmt;
 
+pub use audio::{Microphone, MicrophoneConfig};
 pub use camera::{Camera, CameraConfig};
 pub use encode::{VideoConfig, H264};
 pub use pattern::{TestPattern, TestPatternConfig};

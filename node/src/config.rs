@@ -63,6 +63,9 @@ pub struct NodeArgs {
     /// [default: auto]
     #[arg(long)]
     pub encoder: Option<String>,
+    /// Sound with the local source, from this ALSA device (`default`, `hw:1,0`, …)
+    #[arg(long, value_name = "ALSA_DEVICE")]
+    pub audio: Option<String>,
     /// Relay a stream: rtmp://HOST[:PORT]/APP/STREAM. Repeat for fallbacks of the same
     /// stream, tried in order when the current upstream fails.
     #[arg(long = "pull", value_name = "URL")]
@@ -120,6 +123,7 @@ struct RawConfig {
     #[serde(default)]
     overlay: RawOverlay,
     gpio: Option<RawGpio>,
+    audio: Option<RawAudio>,
     title: Option<String>,
     description: Option<String>,
 }
@@ -129,6 +133,15 @@ struct RawConfig {
 struct RawOverlay {
     supernode_max_children: Option<usize>,
     search_ttl: Option<u8>,
+}
+
+/// The local source's sound.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudio {
+    device: Option<String>,
+    bitrate_kbps: Option<u32>,
+    channels: Option<u16>,
 }
 
 /// The box's button and tally LED.
@@ -242,6 +255,8 @@ pub struct SourceConfig {
     /// As configured: `test-pattern` or `v4l2:/dev/videoN`.
     pub spec: String,
     pub kind: SourceKind,
+    /// Sound, when configured.
+    pub audio: Option<capture::MicrophoneConfig>,
     /// How the portal's directory shows the stream.
     pub title: String,
     pub description: String,
@@ -442,10 +457,36 @@ impl Config {
                     height: 0,
                 };
                 listing.check().map_err(|e| invalid("title", e))?;
+                let raw_audio = raw.audio.clone().unwrap_or_default();
+                let audio = match args.audio.clone().or(raw_audio.device) {
+                    None => None,
+                    Some(device) if device.is_empty() || device.contains(char::is_whitespace) => {
+                        return Err(invalid(
+                            "audio.device",
+                            "must be an ALSA device name, as arecord -L lists them",
+                        ));
+                    }
+                    Some(device) => {
+                        let bitrate_kbps = raw_audio.bitrate_kbps.unwrap_or(96);
+                        if !(16..=512).contains(&bitrate_kbps) {
+                            return Err(invalid("audio.bitrate_kbps", "must be 16 to 512"));
+                        }
+                        let channels = raw_audio.channels.unwrap_or(1);
+                        if !(1..=2).contains(&channels) {
+                            return Err(invalid("audio.channels", "must be 1 or 2"));
+                        }
+                        Some(capture::MicrophoneConfig {
+                            device,
+                            bitrate_kbps,
+                            channels,
+                        })
+                    }
+                };
                 Some(SourceConfig {
                     stream,
                     spec,
                     kind,
+                    audio,
                     title: listing.title,
                     description: listing.description,
                 })

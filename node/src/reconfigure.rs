@@ -95,7 +95,7 @@ impl Node {
     /// Starts the configured source, its timestamps from `start_ms`.
     pub(crate) fn start_source(&self, source: &SourceConfig, start_ms: u32) -> anyhow::Result<()> {
         let hub = self.hub_or_create(&source.stream);
-        let handle = source::start(&hub, &source.kind, start_ms)?;
+        let handle = source::start(&hub, &source.kind, source.audio.as_ref(), start_ms)?;
         *lock(&self.source) = Some(handle);
         Ok(())
     }
@@ -105,11 +105,12 @@ impl Node {
         old: Option<&SourceConfig>,
         new: Option<&SourceConfig>,
     ) -> Result<(), ReconfigureError> {
-        let same_video =
-            |a: &SourceConfig, b: &SourceConfig| (&a.stream, &a.kind) == (&b.stream, &b.kind);
+        let same_media = |a: &SourceConfig, b: &SourceConfig| {
+            (&a.stream, &a.kind, &a.audio) == (&b.stream, &b.kind, &b.audio)
+        };
         match (old, new) {
             (None, None) => Ok(()),
-            (Some(old), Some(new)) if same_video(old, new) => {
+            (Some(old), Some(new)) if same_media(old, new) => {
                 if (&old.title, &old.description) != (&new.title, &new.description) {
                     if let Ok(stream) = StreamId::new(new.stream.clone()) {
                         // A stream not yet in the overlay keeps no listing to change.

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use capture::{Camera, Source, TestPattern};
+use capture::{Camera, Microphone, MicrophoneConfig, Source, TestPattern};
 
 use crate::config::SourceKind;
-use crate::hub::{Feed, Hub};
+use crate::hub::{Feed, Hub, Publisher};
 
 /// A running source; dropping it stops the thread and frees the hub.
 pub struct SourceHandle {
@@ -28,6 +28,7 @@ pub struct SourceHandle {
     failed: Arc<AtomicBool>,
     started: Instant,
     thread: Option<JoinHandle<()>>,
+    sound: Option<JoinHandle<()>>,
 }
 
 /// How a running source is doing.
@@ -62,7 +63,10 @@ impl SourceHandle {
 
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
+        for thread in [self.thread.take(), self.sound.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = thread.join();
         }
     }
@@ -74,8 +78,16 @@ impl Drop for SourceHandle {
     }
 }
 
-/// Starts `kind` publishing into `hub`, its timestamps starting at `start_ms`.
-pub fn start(hub: &Arc<Hub>, kind: &SourceKind, start_ms: u32) -> anyhow::Result<SourceHandle> {
+/// Starts `kind`, with sound from `audio` if given, publishing into `hub`, its
+/// timestamps starting at `start_ms`.
+pub fn start(
+    hub: &Arc<Hub>,
+    kind: &SourceKind,
+    audio: Option<&MicrophoneConfig>,
+    start_ms: u32,
+) -> anyhow::Result<SourceHandle> {
+    // The clock video and sound both count from.
+    let epoch = Instant::now();
     let (name, source, fps): (&str, Box<dyn Source>, u32) = match kind {
         SourceKind::TestPattern(config) => (
             "test-pattern",
@@ -88,19 +100,29 @@ pub fn start(hub: &Arc<Hub>, kind: &SourceKind, start_ms: u32) -> anyhow::Result
             config.video.fps,
         ),
     };
-    let publisher = hub.claim(Feed::Local { name: name.into() })?;
+    let publisher = Arc::new(hub.claim(Feed::Local { name: name.into() })?);
     let stop = Arc::new(AtomicBool::new(false));
     let next_ms = Arc::new(AtomicU32::new(start_ms));
     let last_tag_ms = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
+    let started = epoch;
     let frame_ms = 1000 / fps.max(1);
+    let sound = audio
+        .map(|config| {
+            let (config, stop, publisher) =
+                (config.clone(), Arc::clone(&stop), Arc::clone(&publisher));
+            std::thread::Builder::new()
+                .name(format!("sound-{}", hub.name()))
+                .spawn(move || sound(&config, epoch, start_ms, &stop, &publisher))
+        })
+        .transpose()?;
     let thread = std::thread::Builder::new()
         .name(format!("source-{}", hub.name()))
         .spawn({
             let stop = Arc::clone(&stop);
             let next_ms = Arc::clone(&next_ms);
             let (last_tag_ms, failed) = (Arc::clone(&last_tag_ms), Arc::clone(&failed));
+            let publisher = Arc::clone(&publisher);
             let mut source = source;
             move || {
                 publisher.set_meta(source.meta().clone());
@@ -131,5 +153,49 @@ pub fn start(hub: &Arc<Hub>, kind: &SourceKind, start_ms: u32) -> anyhow::Result
         failed,
         started,
         thread: Some(thread),
+        sound,
     })
+}
+
+/// The sound thread: the microphone's tags into the hub beside the video's. A
+/// microphone that is missing or fails is logged once and tried again every 2 s.
+fn sound(
+    config: &MicrophoneConfig,
+    epoch: Instant,
+    start_ms: u32,
+    stop: &AtomicBool,
+    publisher: &Publisher,
+) {
+    // Warned about a failure, and not yet heard sound for long since.
+    let mut said = false;
+    let mut tags = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let failure = match Microphone::open(config, epoch) {
+            Err(e) => format!("no sound: {e}"),
+            Ok(mut mic) => {
+                let mut heard = 0u32;
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Err(e) = mic.next_tags(&mut tags) {
+                        break format!("sound lost: {e}");
+                    }
+                    heard += tags.len() as u32;
+                    if heard > 500 {
+                        said = false;
+                    }
+                    for mut tag in tags.drain(..) {
+                        tag.timestamp = tag.timestamp.wrapping_add(start_ms);
+                        publisher.push(tag);
+                    }
+                }
+            }
+        };
+        if !said {
+            tracing::warn!(device = %config.device, "{failure}; trying again every 2 s");
+            said = true;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }

@@ -267,12 +267,12 @@ impl Sim {
                 }
             }
             Ev::Spawn => self.spawn(),
+            // The last interval drawn may end in the quiet minutes, which stay quiet.
+            Ev::Churn if self.now >= self.params.churn_end() => {}
             Ev::Churn => {
                 self.churn();
-                if self.now < self.params.churn_end() {
-                    let next = self.churn_interval();
-                    self.after(next, Ev::Churn);
-                }
+                let next = self.churn_interval();
+                self.after(next, Ev::Churn);
             }
             Ev::Sample => {
                 if self.trace.progress {
