@@ -521,6 +521,135 @@ mod tests {
         ));
     }
 
+    /// A camera that is never there, so that frames can be handed to `encode`.
+    fn absent_camera(width: u32, height: u32) -> Camera {
+        Camera::open(CameraConfig {
+            device: "/dev/video-absent".into(),
+            video: VideoConfig {
+                width,
+                height,
+                fps: 25,
+                bitrate_kbps: 300,
+                keyframe_interval_frames: 5,
+                encoder: "libx264".into(),
+            },
+        })
+        .unwrap()
+    }
+
+    fn mode(fourcc: &[u8; 4], handling: Handling, width: u32, height: u32, stride: u32) -> Mode {
+        Mode {
+            fourcc: *fourcc,
+            handling,
+            width,
+            height,
+            stride,
+            fps: 25.0,
+        }
+    }
+
+    /// A grey 320x240 JPEG with a white square, from FFmpeg's MJPEG encoder.
+    fn jpeg() -> Vec<u8> {
+        ff::init().unwrap();
+        let codec = ff::encoder::find(ff::codec::Id::MJPEG).unwrap();
+        let mut enc = ff::codec::context::Context::new_with_codec(codec)
+            .encoder()
+            .video()
+            .unwrap();
+        enc.set_width(320);
+        enc.set_height(240);
+        enc.set_format(ff::format::Pixel::YUVJ420P);
+        enc.set_time_base((1, 25));
+        let mut enc = enc.open().unwrap();
+        let mut frame = ff::frame::Video::new(ff::format::Pixel::YUVJ420P, 320, 240);
+        for plane in 0..3 {
+            frame.data_mut(plane).fill(128);
+        }
+        let stride = frame.stride(0);
+        for y in 100..140 {
+            frame.data_mut(0)[y * stride + 140..y * stride + 180].fill(250);
+        }
+        frame.set_pts(Some(0));
+        enc.send_frame(&frame).unwrap();
+        enc.send_eof().unwrap();
+        let mut packet = ff::Packet::empty();
+        enc.receive_packet(&mut packet).unwrap();
+        packet.data().unwrap().to_vec()
+    }
+
+    #[test]
+    fn mjpeg_frames_are_decoded_scaled_and_encoded() {
+        let mut camera = absent_camera(160, 120);
+        let jpeg = jpeg();
+        let mut out = Vec::new();
+        for _ in 0..6 {
+            let captured = Captured {
+                data: jpeg.clone(),
+                mode: mode(b"MJPG", Handling::Mjpeg, 320, 240, 0),
+                at: Instant::now(),
+            };
+            camera.encode(captured, &mut out).unwrap();
+        }
+        // A damaged JPEG is skipped, not fatal.
+        let broken = Captured {
+            data: jpeg[..jpeg.len() / 3].to_vec(),
+            mode: mode(b"MJPG", Handling::Mjpeg, 320, 240, 0),
+            at: Instant::now(),
+        };
+        camera.encode(broken, &mut out).unwrap();
+        assert!(out[0].is_sequence_header() && out[1].is_keyframe());
+        let pictures = crate::test_decode::decode(&out);
+        assert!(pictures.len() >= 5, "{} pictures", pictures.len());
+        let p = &pictures[0];
+        assert_eq!(
+            (p.width(), p.height()),
+            (160, 120),
+            "scaled to the stream's size"
+        );
+        // The square, now at (70..90, 50..70), is light; the rest is grey.
+        let luma = |x: usize, y: usize| p.data(0)[y * p.stride(0) + x];
+        assert!(luma(80, 60) > 200 && (100..160).contains(&luma(10, 10)));
+        let stamps: Vec<u32> = out.iter().map(|t| t.timestamp).collect();
+        assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+    }
+
+    #[test]
+    fn yuyv_frames_with_padded_lines_are_encoded() {
+        let mut camera = absent_camera(64, 48);
+        // 64x48 YUYV with 16 bytes of padding per line: luma 200 left, 50 right.
+        let stride = 64 * 2 + 16;
+        let mut data = vec![128u8; stride * 48];
+        for row in data.chunks_mut(stride) {
+            for x in 0..64 {
+                row[x * 2] = if x < 32 { 200 } else { 50 };
+            }
+        }
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            let captured = Captured {
+                data: data.clone(),
+                mode: mode(
+                    b"YUYV",
+                    Handling::Raw(ff::format::Pixel::YUYV422),
+                    64,
+                    48,
+                    stride as u32,
+                ),
+                at: Instant::now(),
+            };
+            camera.encode(captured, &mut out).unwrap();
+        }
+        let pictures = crate::test_decode::decode(&out);
+        let p = &pictures[0];
+        let luma = |x: usize, y: usize| p.data(0)[y * p.stride(0) + x];
+        assert!(
+            luma(10, 24) > 170 && luma(54, 24) < 80,
+            "{} {}",
+            luma(10, 24),
+            luma(54, 24)
+        );
+    }
+
     #[test]
     fn a_missing_camera_yields_nothing_until_it_comes() {
         let mut camera = Camera::open(CameraConfig {

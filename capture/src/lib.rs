@@ -11,6 +11,8 @@ pub mod avc;
 mod camera;
 pub mod encode;
 mod pattern;
+#[cfg(test)]
+mod test_decode;
 
 use std::fmt;
 

@@ -1,5 +1,6 @@
 use super::*;
 use crate::avc::{self, split_annex_b, NAL_PPS, NAL_SPS};
+use crate::test_decode::{decode, to_annex_b};
 
 fn small(keyframe_interval_frames: u32) -> TestPattern {
     TestPattern::open(TestPatternConfig {
@@ -20,23 +21,6 @@ fn tags(source: &mut TestPattern, frames: usize) -> Vec<Tag> {
     let mut out = Vec::new();
     for _ in 0..frames {
         source.next_tags(&mut out).unwrap();
-    }
-    out
-}
-
-/// AVCC frames back to Annex B, checking every length prefix on the way.
-fn to_annex_b(avcc: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut rest = avcc;
-    while !rest.is_empty() {
-        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
-        assert!(
-            len > 0 && 4 + len <= rest.len(),
-            "a NAL length runs past the frame"
-        );
-        out.extend_from_slice(&[0, 0, 0, 1]);
-        out.extend_from_slice(&rest[4..4 + len]);
-        rest = &rest[4 + len..];
     }
     out
 }
@@ -74,40 +58,17 @@ fn keyframes_exactly_every_interval_and_timestamps_increase() {
 
 #[test]
 fn output_decodes_to_pictures_whose_counter_changes() {
-    ff::init().unwrap();
     let out = tags(&mut small(30), 10);
-    let record = &out[0].data[5..];
-    let sps_len = u16::from_be_bytes([record[6], record[7]]) as usize;
-    let sps = &record[8..8 + sps_len];
-    let pps = &record[8 + sps_len + 3..];
-
-    let codec = ff::decoder::find(ff::codec::Id::H264).unwrap();
-    let mut decoder = ff::codec::context::Context::new_with_codec(codec)
-        .decoder()
-        .video()
-        .unwrap();
     let mut pictures = Vec::new();
-    for (i, tag) in out[1..].iter().enumerate() {
-        let mut annex_b = Vec::new();
-        if i == 0 {
-            for ps in [sps, pps] {
-                annex_b.extend_from_slice(&[0, 0, 0, 1]);
-                annex_b.extend_from_slice(ps);
-            }
-        }
-        annex_b.extend_from_slice(&to_annex_b(&tag.data[5..]));
-        decoder.send_packet(&ff::Packet::copy(&annex_b)).unwrap();
-        let mut picture = ff::frame::Video::empty();
-        while decoder.receive_frame(&mut picture).is_ok() {
-            assert_eq!((picture.width(), picture.height()), (320, 240));
-            // The counter's last digit: at 240 lines digits are 24 tall and 12 wide,
-            // 16 apart from x = 4, so the sixth spans x 84..96, y 4..28.
-            let stride = picture.stride(0);
-            let digit: Vec<u8> = (4..28)
-                .flat_map(|y| picture.data(0)[y * stride + 84..y * stride + 96].to_vec())
-                .collect();
-            pictures.push(digit);
-        }
+    for picture in decode(&out) {
+        assert_eq!((picture.width(), picture.height()), (320, 240));
+        // The counter's last digit: at 240 lines digits are 24 tall and 12 wide,
+        // 16 apart from x = 4, so the sixth spans x 84..96, y 4..28.
+        let stride = picture.stride(0);
+        let digit: Vec<u8> = (4..28)
+            .flat_map(|y| picture.data(0)[y * stride + 84..y * stride + 96].to_vec())
+            .collect();
+        pictures.push(digit);
     }
     assert!(pictures.len() >= 9, "decoded {} pictures", pictures.len());
     assert!(
