@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod panel;
 mod reconfigure;
 pub mod rtmp;
+mod service;
 pub mod settings;
 pub mod source;
 
@@ -370,6 +371,10 @@ pub async fn run(
         }));
     }
     tracing::info!(name = %node.config().name, %rtmp_addr, %api_addr, "node running");
+    service::ready(&format!(
+        "serving RTMP on {rtmp_addr} and the API on {api_addr}"
+    ));
+    tasks.extend(service::watchdog());
     let api_listener = listeners.api.tap_io(|socket| {
         if let Err(e) = tune_player_socket(socket) {
             tracing::debug!("cannot set socket options: {e}");
@@ -382,6 +387,7 @@ pub async fn run(
             () = stopping.stop.notified() => {}
         }
         // Peers still reach the API while the node hands its children on.
+        service::stopping();
         stopping.leave_overlay().await;
     };
     let app = api::router(Arc::clone(&node)).into_make_service_with_connect_info::<SocketAddr>();
