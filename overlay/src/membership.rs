@@ -212,12 +212,18 @@ impl Node {
                 };
                 self.register_next();
             }
-            Err(_) => {
-                let until = self.now + AVOID;
-                self.member.avoid.insert(supernode.id.clone(), until);
-                self.rebootstrap();
-            }
+            Err(_) => self.supernode_lost(),
         }
+    }
+
+    /// Our supernode does not answer: avoid it for a while and find another.
+    pub(crate) fn supernode_lost(&mut self) {
+        let State::Member { supernode } = &self.member.state else {
+            return;
+        };
+        let until = self.now + AVOID;
+        self.member.avoid.insert(supernode.id.clone(), until);
+        self.rebootstrap();
     }
 
     fn promote(&mut self) {

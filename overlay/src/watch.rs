@@ -247,12 +247,26 @@ impl Node {
         let Some(watch) = self.watch_mut(stream) else {
             return;
         };
-        if !matches!(watch.seek, Seek::Searching { call: Some(c), .. } if c == call) {
-            return;
-        }
+        let purpose = match watch.seek {
+            Seek::Searching {
+                call: Some(c),
+                purpose,
+            } if c == call => purpose,
+            _ => return,
+        };
         let found = match result {
             Ok(Response::Candidates { candidates }) => candidates,
-            _ => Vec::new(),
+            // Our supernode is gone: the search waits for the next one, which
+            // membership finds now rather than at the next announcement.
+            Err(CallError::Unreachable(_)) => {
+                watch.seek = Seek::Searching {
+                    call: None,
+                    purpose,
+                };
+                self.supernode_lost();
+                return;
+            }
+            Err(CallError::Refused(_)) | Ok(_) => Vec::new(),
         };
         self.search_done(stream, found);
     }
