@@ -15,11 +15,23 @@ use proto::Tag;
 
 pub const KEY: &str = "test-key-0123";
 
+/// A port no one listens on, below Linux's ephemeral range (32768–60999): a port from
+/// that range, free now, may be an outgoing connection's source port before the node
+/// binds it. Each test process starts at its own place and never hands a port out
+/// twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let (low, span) = (20_000u16, 12_000u16);
+    let start = (std::process::id() % 120) as u16 * 100;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free port left below the ephemeral range");
+        let port = low + (start + n) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// An `astral node` process, killed when dropped.
