@@ -766,6 +766,16 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_config_is_valid() {
+        let text = include_str!("../../packaging/node.toml");
+        let config = Config::from_toml(text, &NodeArgs::default()).unwrap();
+        let source = config.source.expect("a camera");
+        assert_eq!(source.spec, "v4l2:/dev/video0");
+        assert_eq!(source.kind.video().encoder, "auto");
+        assert_eq!((config.max_forwards, config.upload_kbps), (2, Some(5000)));
+    }
+
+    #[test]
     fn defaults_are_a_plain_node() {
         let config = load("").unwrap();
         assert_eq!(config.api.to_string(), "127.0.0.1:8000");
