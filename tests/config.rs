@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, probe_video, NodeProc};
+use common::{eventually, probe_stream, NodeProc};
 use serde_json::{json, Value};
 
 const STREAM: &str = "cam";
@@ -37,7 +37,7 @@ fn json_body(body: &str) -> Value {
 
 /// Width, height and frame rate of the stream as ffprobe decodes it from HTTP-FLV.
 fn probe(node: &NodeProc) -> (u32, u32, String) {
-    let p = probe_video(&node.flv_url(STREAM), 2);
+    let p = probe_stream(&node.flv_url(STREAM), 2);
     (p.width, p.height, p.rate)
 }
 

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use ffmpeg_next as ff;
 use proto::Tag;
 
-use crate::{CaptureError, Hint};
+use crate::{ffmpeg_failed, CaptureError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MicrophoneConfig {
@@ -58,18 +58,10 @@ pub struct Microphone {
 // one thread at a time; nothing in them is thread-local.
 unsafe impl Send for Microphone {}
 
-fn error(what: &str) -> impl FnOnce(ff::Error) -> CaptureError + '_ {
-    move |source| CaptureError::Encoder {
-        what: what.into(),
-        source,
-        hint: Hint::Report,
-    }
-}
-
 impl Microphone {
     /// Opens the ALSA device; timestamps count from `epoch`.
     pub fn open(config: &MicrophoneConfig, epoch: Instant) -> Result<Microphone, CaptureError> {
-        ff::init().map_err(error("initialising FFmpeg"))?;
+        ff::init().map_err(ffmpeg_failed("initialising FFmpeg"))?;
         ff::device::register_all();
         let alsa = ff::device::input::audio()
             .find(|f| f.name() == "alsa")
@@ -96,20 +88,18 @@ impl Microphone {
         let index = stream.index();
         let decoder = ff::codec::context::Context::from_parameters(stream.parameters())
             .and_then(|c| c.decoder().audio())
-            .map_err(error("opening the PCM decoder"))?;
+            .map_err(ffmpeg_failed("opening the PCM decoder"))?;
         let rate = decoder.rate();
         let channels = decoder.channels().clamp(1, 2);
         let layout = ff::ChannelLayout::default(i32::from(channels));
 
-        let codec = ff::encoder::find(ff::codec::Id::AAC).ok_or(CaptureError::Encoder {
-            what: "finding FFmpeg's AAC encoder".into(),
-            source: ff::Error::EncoderNotFound,
-            hint: Hint::Report,
+        let codec = ff::encoder::find(ff::codec::Id::AAC).ok_or_else(|| {
+            ffmpeg_failed("finding FFmpeg's AAC encoder")(ff::Error::EncoderNotFound)
         })?;
         let mut aac = ff::codec::context::Context::new_with_codec(codec)
             .encoder()
             .audio()
-            .map_err(error("creating the AAC encoder"))?;
+            .map_err(ffmpeg_failed("creating the AAC encoder"))?;
         aac.set_rate(rate as i32);
         aac.set_channel_layout(layout);
         aac.set_format(ff::format::Sample::F32(ff::format::sample::Type::Planar));
@@ -118,7 +108,9 @@ impl Microphone {
         // Global header: the AudioSpecificConfig comes as extradata, for FLV's
         // sequence header, rather than in every frame.
         aac.set_flags(ff::codec::Flags::GLOBAL_HEADER);
-        let encoder = aac.open().map_err(error("opening the AAC encoder"))?;
+        let encoder = aac
+            .open()
+            .map_err(ffmpeg_failed("opening the AAC encoder"))?;
 
         let input_layout = match decoder.channel_layout() {
             l if l.channels() == i32::from(decoder.channels()) => l,
@@ -132,7 +124,7 @@ impl Microphone {
             layout,
             rate,
         )
-        .map_err(error("converting the microphone's samples"))?;
+        .map_err(ffmpeg_failed("converting the microphone's samples"))?;
         let wall_now_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
@@ -191,14 +183,14 @@ impl Microphone {
         }
         self.decoder
             .send_packet(&packet)
-            .map_err(error("decoding sound"))?;
+            .map_err(ffmpeg_failed("decoding sound"))?;
         while self.decoder.receive_frame(&mut self.decoded).is_ok() {
             if self.decoded.channel_layout() != self.input_layout {
                 self.decoded.set_channel_layout(self.input_layout);
             }
             self.resampler
                 .run(&self.decoded, &mut self.resampled)
-                .map_err(error("converting sound"))?;
+                .map_err(ffmpeg_failed("converting sound"))?;
             let n = self.resampled.samples();
             self.received += n as i64;
             for (ch, pending) in self.pending.iter_mut().enumerate() {
@@ -228,7 +220,7 @@ impl Microphone {
             self.samples += size as i64;
             self.encoder
                 .send_frame(&frame)
-                .map_err(error("encoding sound"))?;
+                .map_err(ffmpeg_failed("encoding sound"))?;
             self.drain(out);
         }
         Ok(())

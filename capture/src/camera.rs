@@ -25,7 +25,7 @@ use v4l::video::Capture;
 use v4l::{Device, FourCC};
 
 use crate::encode::{Packetizer, VideoConfig, H264};
-use crate::{CaptureError, Hint, Source};
+use crate::{ffmpeg_failed, CaptureError, Source};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CameraConfig {
@@ -103,11 +103,7 @@ impl Camera {
     /// Starts capturing. The device need not be there yet: capture begins when it is.
     pub fn open(config: CameraConfig) -> Result<Camera, CaptureError> {
         config.video.validate()?;
-        ff::init().map_err(|source| CaptureError::Encoder {
-            what: "initialising FFmpeg".into(),
-            source,
-            hint: Hint::Report,
-        })?;
+        ff::init().map_err(ffmpeg_failed("initialising FFmpeg"))?;
         // Two frames of slack: a camera that gets ahead loses frames, not latency.
         let (tx, frames) = mpsc::sync_channel(2);
         let stop = Arc::new(AtomicBool::new(false));
@@ -167,29 +163,20 @@ impl Camera {
         if self.encoder.is_none() {
             self.encoder = Some(H264::open(&self.config.video)?);
         }
-        let ffmpeg = |what: &'static str| {
-            move |source| CaptureError::Encoder {
-                what: what.into(),
-                source,
-                hint: Hint::Report,
-            }
-        };
         match mode.handling {
             Handling::Mjpeg => {
                 let decoder = match &mut self.mjpeg {
                     Some(d) => d,
                     None => {
-                        let codec = ff::decoder::find(ff::codec::Id::MJPEG).ok_or(
-                            CaptureError::Encoder {
-                                what: "finding FFmpeg's MJPEG decoder".into(),
-                                source: ff::Error::DecoderNotFound,
-                                hint: Hint::Report,
-                            },
-                        )?;
+                        let codec = ff::decoder::find(ff::codec::Id::MJPEG).ok_or_else(|| {
+                            ffmpeg_failed("finding FFmpeg's MJPEG decoder")(
+                                ff::Error::DecoderNotFound,
+                            )
+                        })?;
                         let decoder = ff::codec::context::Context::new_with_codec(codec)
                             .decoder()
                             .video()
-                            .map_err(ffmpeg("opening the MJPEG decoder"))?;
+                            .map_err(ffmpeg_failed("opening the MJPEG decoder"))?;
                         self.mjpeg.insert(decoder)
                     }
                 };
@@ -230,7 +217,7 @@ impl Camera {
                 self.config.video.height,
                 ff::software::scaling::Flags::BILINEAR,
             )
-            .map_err(ffmpeg("converting the camera's pictures"))?;
+            .map_err(ffmpeg_failed("converting the camera's pictures"))?;
             self.scaler = Some((mode, source_format, scaler));
             self.scaled =
                 ff::frame::Video::new(target, self.config.video.width, self.config.video.height);
@@ -238,7 +225,7 @@ impl Camera {
         let (_, _, scaler) = self.scaler.as_mut().expect("made above");
         scaler
             .run(&self.picture, &mut self.scaled)
-            .map_err(ffmpeg("converting a picture"))?;
+            .map_err(ffmpeg_failed("converting a picture"))?;
         let keyframe =
             self.frame_index % u64::from(self.config.video.keyframe_interval_frames) == 0;
         self.frame_index += 1;

@@ -14,7 +14,7 @@ use ffmpeg_next as ff;
 use proto::Tag;
 
 use crate::avc::{self, NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS};
-use crate::{CaptureError, Hint};
+use crate::{ffmpeg_failed, CaptureError, Hint};
 
 /// Encoders `auto` tries, in order.
 pub const AUTO: [&str; 3] = ["h264_v4l2m2m", "h264_vaapi", "libx264"];
@@ -106,18 +106,10 @@ pub struct H264 {
 // alone and used from one thread at a time; nothing in them is thread-local.
 unsafe impl Send for H264 {}
 
-fn error(what: &str, hint: Hint) -> impl FnOnce(ff::Error) -> CaptureError + '_ {
-    move |source| CaptureError::Encoder {
-        what: what.into(),
-        source,
-        hint,
-    }
-}
-
 impl H264 {
     /// Opens the configured encoder, or for `auto` the first of [`AUTO`] that opens.
     pub fn open(config: &VideoConfig) -> Result<H264, CaptureError> {
-        ff::init().map_err(error("initialising FFmpeg", Hint::Report))?;
+        ff::init().map_err(ffmpeg_failed("initialising FFmpeg"))?;
         // Encoders print banners and statistics at FFmpeg's default level.
         ff::util::log::set_level(ff::util::log::Level::Error);
         config.validate()?;
@@ -231,13 +223,13 @@ impl H264 {
             Some(hw) => {
                 let mut surface = hw
                     .upload(frame)
-                    .map_err(error("uploading a frame to the GPU", Hint::Report))?;
+                    .map_err(ffmpeg_failed("uploading a frame to the GPU"))?;
                 surface.set_pts(Some(i64::from(ts_ms)));
                 self.encoder.send_frame(&surface)
             }
             None => self.encoder.send_frame(frame),
         }
-        .map_err(error("encoding a frame", Hint::Report))?;
+        .map_err(ffmpeg_failed("encoding a frame"))?;
         while self.encoder.receive_packet(&mut self.packet).is_ok() {
             let Some(data) = self.packet.data() else {
                 continue;

@@ -51,6 +51,15 @@ pub enum CaptureError {
     NoEncoder { tried: String },
 }
 
+/// An FFmpeg call that failed while `what`: nothing the user set explains it.
+pub(crate) fn ffmpeg_failed(what: &str) -> impl FnOnce(ffmpeg_next::Error) -> CaptureError + '_ {
+    move |source| CaptureError::Encoder {
+        what: what.into(),
+        source,
+        hint: Hint::Report,
+    }
+}
+
 /// What a user can do about an encoder error.
 #[derive(Debug, Clone, Copy)]
 pub enum Hint {

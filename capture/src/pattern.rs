@@ -7,7 +7,7 @@ use ffmpeg_next as ff;
 use proto::{StreamMeta, Tag};
 
 use crate::encode::{VideoConfig, H264};
-use crate::{CaptureError, Source};
+use crate::{ffmpeg_failed, CaptureError, Source};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestPatternConfig {
@@ -58,11 +58,7 @@ impl TestPattern {
                     h,
                     ff::software::scaling::Flags::POINT,
                 )
-                .map_err(|source| CaptureError::Encoder {
-                    what: "converting pictures for the encoder".into(),
-                    source,
-                    hint: crate::Hint::Report,
-                })?;
+                .map_err(ffmpeg_failed("converting pictures for the encoder"))?;
                 Some((scaler, ff::frame::Video::new(format, w, h)))
             }
         };
@@ -142,11 +138,7 @@ impl TestPattern {
             Some((scaler, converted)) => {
                 scaler
                     .run(&self.frame, converted)
-                    .map_err(|source| CaptureError::Encoder {
-                        what: "converting a picture".into(),
-                        source,
-                        hint: crate::Hint::Report,
-                    })?;
+                    .map_err(ffmpeg_failed("converting a picture"))?;
                 converted
             }
             None => &mut self.frame,

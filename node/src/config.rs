@@ -317,6 +317,15 @@ impl Config {
         Config::from_parts(written, Settings::default())
     }
 
+    /// What the box offers the overlay: most forwards of a stream, and its upload
+    /// budget in kbit/s (none set: no limit).
+    pub fn capacity(&self) -> (u8, u32) {
+        (
+            self.max_forwards.min(u32::from(u8::MAX)) as u8,
+            self.upload_kbps.unwrap_or(u32::MAX),
+        )
+    }
+
     /// This config with other remote settings, validated as at a start.
     pub fn with_settings(&self, settings: Settings) -> Result<Config, ConfigError> {
         Config::from_parts(Arc::clone(&self.written), settings)
@@ -417,7 +426,7 @@ impl Config {
                 };
                 let kind = if spec == "test-pattern" {
                     SourceKind::TestPattern(TestPatternConfig {
-                        video: video_config.clone(),
+                        video: video_config,
                         realtime: true,
                     })
                 } else if let Some(device) = spec.strip_prefix("v4l2:") {
@@ -429,7 +438,7 @@ impl Config {
                     }
                     SourceKind::Camera(capture::CameraConfig {
                         device: PathBuf::from(device),
-                        video: video_config.clone(),
+                        video: video_config,
                     })
                 } else {
                     return Err(invalid(

@@ -71,10 +71,11 @@ impl Node {
     /// A node reached by other boxes as `me`, whose admin calls need `admin_token`.
     pub fn new(config: Config, me: Peer, admin_token: String) -> Arc<Node> {
         let started = Instant::now();
+        let (max_forwards, upload_kbps) = config.capacity();
         let card = NodeCard {
             peer: me,
-            max_forwards: config.max_forwards.min(u32::from(u8::MAX)) as u8,
-            upload_kbps: config.upload_kbps.unwrap_or(u32::MAX),
+            max_forwards,
+            upload_kbps,
         };
         let control = Control::new(
             config.overlay.clone(),

@@ -49,10 +49,11 @@ impl Node {
         *lock(&self.config) = Arc::clone(&new);
         tracing::info!(settings = ?new.settings, "settings changed");
 
-        if (old.max_forwards, old.upload_kbps) != (new.max_forwards, new.upload_kbps) {
+        if old.capacity() != new.capacity() {
+            let (max_forwards, upload_kbps) = new.capacity();
             self.overlay_input(overlay::Input::Capacity {
-                max_forwards: new.max_forwards.min(u32::from(u8::MAX)) as u8,
-                upload_kbps: new.upload_kbps.unwrap_or(u32::MAX),
+                max_forwards,
+                upload_kbps,
             });
         }
         self.apply_source(old.source.as_ref(), new.source.as_ref())?;

@@ -105,7 +105,6 @@ pub fn start(
     let next_ms = Arc::new(AtomicU32::new(start_ms));
     let last_tag_ms = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
-    let started = epoch;
     let frame_ms = 1000 / fps.max(1);
     let sound = audio
         .map(|config| {
@@ -134,7 +133,7 @@ pub fn start(
                         return;
                     }
                     if !tags.is_empty() {
-                        let ms = started.elapsed().as_millis().max(1) as u64;
+                        let ms = epoch.elapsed().as_millis().max(1) as u64;
                         last_tag_ms.store(ms, Ordering::Relaxed);
                     }
                     for mut tag in tags.drain(..) {
@@ -151,7 +150,7 @@ pub fn start(
         next_ms,
         last_tag_ms,
         failed,
-        started,
+        started: epoch,
         thread: Some(thread),
         sound,
     })
@@ -181,7 +180,7 @@ fn sound(
                     if let Err(e) = mic.next_tags(&mut tags) {
                         break format!("sound lost: {e}");
                     }
-                    heard += tags.len() as u32;
+                    heard = heard.saturating_add(tags.len() as u32);
                     if heard > 500 {
                         said = false;
                     }

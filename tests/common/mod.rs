@@ -446,23 +446,26 @@ pub fn ffprobe(url: &str, seconds: u32) -> Vec<Probed> {
         .collect()
 }
 
-/// A video stream as ffprobe decodes it.
-pub struct VideoProbe {
+/// A stream as ffprobe decodes it: its video, and its sound if it has any.
+pub struct Probe {
     pub width: u32,
     pub height: u32,
     /// As ffprobe gives it, e.g. "25/1".
     pub rate: String,
     /// The video packets' timestamps, ms.
     pub pts: Vec<i64>,
+    /// The audio codec, "none" without sound, and the audio packets' timestamps.
+    pub audio: String,
+    pub audio_pts: Vec<i64>,
 }
 
-/// Decodes `seconds` of the video of `url` with ffprobe.
-pub fn probe_video(url: &str, seconds: u32) -> VideoProbe {
+/// Decodes `seconds` of `url` with ffprobe.
+pub fn probe_stream(url: &str, seconds: u32) -> Probe {
     let output = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
+        .args(["-v", "error", "-count_frames"])
         .args([
             "-show_entries",
-            "stream=width,height,r_frame_rate:packet=pts",
+            "stream=codec_type,codec_name,width,height,r_frame_rate:packet=codec_type,pts",
         ])
         .args(["-of", "json", "-read_intervals", &format!("%+{seconds}")])
         .arg(url)
@@ -474,15 +477,35 @@ pub fn probe_video(url: &str, seconds: u32) -> VideoProbe {
         String::from_utf8_lossy(&output.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&output.stdout).expect("ffprobe's JSON");
-    let s = &v["streams"][0];
-    VideoProbe {
-        width: s["width"].as_u64().expect("a width") as u32,
-        height: s["height"].as_u64().expect("a height") as u32,
-        rate: s["r_frame_rate"].as_str().unwrap_or_default().to_owned(),
-        pts: v["packets"]
+    let stream = |kind: &str| {
+        v["streams"]
             .as_array()
-            .map(|a| a.iter().filter_map(|p| p["pts"].as_i64()).collect())
-            .unwrap_or_default(),
+            .and_then(|s| s.iter().find(|s| s["codec_type"] == kind))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let pts = |kind: &str| -> Vec<i64> {
+        v["packets"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|p| p["codec_type"] == kind)
+                    .filter_map(|p| p["pts"].as_i64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (video, audio) = (stream("video"), stream("audio"));
+    Probe {
+        width: video["width"].as_u64().expect("a width") as u32,
+        height: video["height"].as_u64().expect("a height") as u32,
+        rate: video["r_frame_rate"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        pts: pts("video"),
+        audio: audio["codec_name"].as_str().unwrap_or("none").to_owned(),
+        audio_pts: pts("audio"),
     }
 }
 
