@@ -25,6 +25,9 @@ enum Command {
     Portal(portal::PortalArgs),
     /// Simulate the overlay with many boxes and churn, and print what it measured
     Sim(sim::Params),
+    /// Apply the first-boot settings from the boot partition (run by the image's
+    /// astral-firstboot service)
+    Firstboot(node::firstboot::FirstBootArgs),
     #[command(flatten)]
     Local(node::cli::Command),
 }
@@ -35,6 +38,9 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Firstboot(args) = &cli.command {
+        return firstboot(args);
+    }
     if let Command::Sim(params) = &cli.command {
         let report = sim::run(params);
         print!("{report}");
@@ -64,7 +70,7 @@ fn main() -> ExitCode {
         Command::Node(_) | Command::Local(_) => tokio::runtime::Builder::new_current_thread(),
         Command::Portal(_) => tokio::runtime::Builder::new_multi_thread(),
         Command::Demo(_) => tokio::runtime::Builder::new_multi_thread(),
-        Command::Sim(_) => unreachable!("handled above"),
+        Command::Sim(_) | Command::Firstboot(_) => unreachable!("handled above"),
     };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -95,13 +101,39 @@ fn main() -> ExitCode {
                 .serve(shutdown_signal())
                 .await
         }),
-        Command::Sim(_) => unreachable!("handled above"),
+        Command::Sim(_) | Command::Firstboot(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("astral: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn firstboot(args: &node::firstboot::FirstBootArgs) -> ExitCode {
+    match node::firstboot::apply(args) {
+        Ok(None) => {
+            println!("astral: no {}, nothing to apply", args.settings.display());
+            ExitCode::SUCCESS
+        }
+        Ok(Some(applied)) => {
+            if !applied.keys.is_empty() {
+                println!(
+                    "astral: set {} in {}",
+                    applied.keys.join(", "),
+                    args.config.display()
+                );
+            }
+            if let Some(wifi) = applied.wifi {
+                println!("astral: wrote the Wi-Fi network to {}", wifi.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("astral: {e}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

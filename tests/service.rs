@@ -115,23 +115,25 @@ fn a_bad_config_exits_64_so_systemd_does_not_restart_it() {
 }
 
 #[test]
-fn the_unit_is_hardened_to_an_exposure_of_two_or_less() {
-    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/astral-node.service");
-    let output = Command::new("systemd-analyze")
-        .args(["security", "--offline=true", "--no-pager", unit])
-        .output()
-        .expect("systemd-analyze (Debian's systemd package; ./dev installs it)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let exposure: f64 = text
-        .lines()
-        .find_map(|l| l.split("exposure level for astral-node.service: ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no exposure in:\n{text}{}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        });
-    assert!(exposure <= 2.0, "exposure {exposure}:\n{text}");
+fn the_units_are_hardened_to_an_exposure_of_two_or_less() {
+    for name in ["astral-node.service", "astral-portal.service"] {
+        let unit = format!("{}/systemd/{name}", env!("CARGO_MANIFEST_DIR"));
+        let output = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager", &unit])
+            .output()
+            .expect("systemd-analyze (Debian's systemd package; ./dev installs it)");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let exposure: f64 = text
+            .lines()
+            .find_map(|l| l.split(&format!("exposure level for {name}: ")).nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no exposure in:\n{text}{}",
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            });
+        assert!(exposure <= 2.0, "{name}: exposure {exposure}:\n{text}");
+    }
 }

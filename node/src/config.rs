@@ -596,6 +596,10 @@ impl Config {
         };
         let mut supernodes = args.supernodes.clone();
         supernodes.extend(raw.supernodes);
+        let portal = args.portal.clone().or(raw.portal);
+        if let Some(portal) = &portal {
+            validate_portal(portal)?;
+        }
 
         Ok(Config {
             name,
@@ -607,7 +611,7 @@ impl Config {
                 .rtmp
                 .or(raw.rtmp)
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1935))),
-            portal: args.portal.clone().or(raw.portal),
+            portal,
             upload_kbps,
             max_forwards,
             data_dir: data_dir(&written.raw, args),
@@ -718,6 +722,21 @@ fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
         path: path.to_owned(),
         message: e.to_string(),
     })
+}
+
+/// The portal is spoken to over plain HTTP (TLS belongs to a proxy in front of it).
+fn validate_portal(portal: &str) -> Result<(), ConfigError> {
+    match url::Url::parse(portal) {
+        Ok(url) if url.scheme() == "http" && url.host().is_some() => Ok(()),
+        Ok(_) => Err(invalid(
+            "portal",
+            format!("{portal:?} must be an http:// URL, as in http://portal.example:8080"),
+        )),
+        Err(e) => Err(invalid(
+            "portal",
+            format!("{portal:?} is not a URL ({e}); write it as http://portal.example:8080"),
+        )),
+    }
 }
 
 /// Stream and node names travel in URLs and RTMP commands: keep them plain.

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 mod files;
+pub mod firstboot;
 pub mod hub;
 pub mod metrics;
 pub mod panel;

@@ -3,6 +3,11 @@
 
 mod bench;
 mod capture_bench;
+mod cross;
+mod image;
+mod image_test;
+mod package;
+mod util;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -31,6 +36,15 @@ enum Task {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// The box's binary for a Raspberry Pi, with Debian's cross gcc and a sysroot of
+    /// Debian's packages (no containers)
+    Cross(cross::CrossArgs),
+    /// The Debian package (cargo-deb): the binary, units, default config
+    Deb(package::DebArgs),
+    /// A bootable Debian bookworm disk image with the node installed (needs root)
+    Image(image::ImageArgs),
+    /// Build the amd64 image, boot it under QEMU and check it joins a portal and streams
+    ImageTest(image_test::ImageTestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,9 +65,14 @@ fn main() -> anyhow::Result<()> {
                 "-D",
                 "warnings",
             ]))?;
-            test_workspace()
+            test_workspace()?;
+            test_appliance()
         }
         Task::Bench { which } => bench::run(which),
+        Task::Cross(args) => cross::cross(args),
+        Task::Deb(args) => package::deb_command(args),
+        Task::Image(args) => image::image_command(args),
+        Task::ImageTest(args) => image_test::image_test(args),
     }
 }
 
@@ -93,6 +112,23 @@ fn test_workspace() -> anyhow::Result<()> {
         bail!("cargo test failed ({status})");
     }
     Ok(())
+}
+
+/// The box as users get it: the Pi's binary, run under qemu-user, and the amd64
+/// image booted under QEMU. Both need an x86_64 Debian host; the image needs root.
+fn test_appliance() -> anyhow::Result<()> {
+    if !cfg!(target_arch = "x86_64") {
+        println!("skipped the cross-built binary and image tests: they run on x86_64 hosts");
+        return Ok(());
+    }
+    cross::cross(cross::CrossArgs::check(cross::Arch::Aarch64))?;
+    if !image::is_root() {
+        println!(
+            "skipped the image test: it needs root (sudo ./dev test, or sudo ./dev image-test)"
+        );
+        return Ok(());
+    }
+    image_test::image_test(image_test::ImageTestArgs::default())
 }
 
 fn cargo() -> Command {

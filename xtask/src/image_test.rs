@@ -1,0 +1,337 @@
+//! `cargo xtask image-test`: boots the amd64 image the way a user's box boots it, and
+//! checks that it becomes a node of the network with nothing done by hand.
+//!
+//! QEMU (TCG), its UEFI firmware (OVMF) and BIOS files come from Debian's packages,
+//! unpacked beside the image. The test writes `astral.toml` onto a copy of the image's
+//! boot partition, as a user would on the SD card, and adds `modules-load=vivid` to
+//! the kernel command line: the vivid driver stands in for the USB camera that udev
+//! would load a driver for. Then:
+//!
+//! 1. the portal on this machine (the guest reaches it at 10.0.2.2) lists the box's
+//!    stream: systemd started astral-firstboot and astral-node, the settings were
+//!    applied, the node captured from V4L2 and registered;
+//! 2. ffprobe, through a forwarded port, decodes the stream at the configured size;
+//! 3. the node's status says it is live;
+//! 4. an ACPI power-off stops the node cleanly and the machine powers off;
+//! 5. the boot partition now holds `astral.toml.applied`.
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+
+use crate::cross::target_dir;
+use crate::image::{self, ImageArch, BOOT_OFFSET};
+use crate::run;
+use crate::util::{probe_video, Guard};
+
+const NAME: &str = "imagebox";
+const WIDTH: u32 = 640;
+const HEIGHT: u32 = 360;
+const FPS: u32 = 15;
+
+/// QEMU and the firmware it boots with, from Debian's packages.
+const QEMU_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-system-common",
+    "qemu-system-data",
+    "ovmf",
+    "seabios",
+];
+
+#[derive(clap::Args)]
+pub struct ImageTestArgs {
+    /// Boot this image instead of building one
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Seconds to wait for the stream to appear on the portal
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT)]
+    timeout: u64,
+}
+
+const DEFAULT_TIMEOUT: u64 = 300;
+
+impl Default for ImageTestArgs {
+    fn default() -> ImageTestArgs {
+        ImageTestArgs {
+            image: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
+    let image = match args.image {
+        Some(image) => image,
+        None => image::build(ImageArch::Amd64)?,
+    };
+    let work = target_dir()?.join("image-test");
+    fs::create_dir_all(&work)?;
+    let qemu = qemu_parts(&work.join("qemu"))?;
+
+    // A copy, set up as a user would set up a card. QEMU's user network is a NAT:
+    // the portal sees the box come from 127.0.0.1, so the box advertises that, as a
+    // box behind a router with a forwarded port advertises the router's address.
+    let disk = work.join("disk.img");
+    run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&image)
+        .arg(&disk))?;
+    let portal_port = free_port()?;
+    let settings = format!(
+        "portal = \"http://10.0.2.2:{portal_port}\"\nname = \"{NAME}\"\n\
+         title = \"A box booted from the image\"\nsource = \"v4l2:/dev/video0\"\n\
+         advertise = \"127.0.0.1\"\n\n\
+         [video]\nsize = \"{WIDTH}x{HEIGHT}\"\nfps = {FPS}\nbitrate_kbps = 800\n"
+    );
+    mtools_write(&disk, "astral.toml", &settings)?;
+    let entry = mtools_read(&disk, "loader/entries/astral.conf")?;
+    // The journal goes to the serial console too, which the test keeps: what to
+    // read when something fails.
+    let entry = entry.replace(
+        "options ",
+        "options modules-load=vivid systemd.journald.forward_to_console=1 ",
+    );
+    let entry = format!(
+        "{}console=ttyS0,115200\n",
+        entry.trim_end().to_owned() + " "
+    );
+    mtools_write(&disk, "loader/entries/astral.conf", &entry)?;
+
+    let astral = target_dir()?.join("release/astral");
+    let portal_dir = tempfile::tempdir()?;
+    let db = portal_dir.path().join("portal.db");
+    let portal = Guard(
+        Command::new(&astral)
+            .args(["portal", "--listen"])
+            .arg(format!("127.0.0.1:{portal_port}"))
+            .arg("--db")
+            .arg(&db)
+            .stdout(fs::File::create(work.join("portal.log"))?)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", astral.display()))?,
+    );
+
+    let up = Instant::now();
+    while http_get(&format!("http://127.0.0.1:{portal_port}/api/streams")).is_err() {
+        ensure!(
+            up.elapsed() < Duration::from_secs(10),
+            "the portal did not start; its log is in {}",
+            work.join("portal.log").display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (rtmp_port, api_port, monitor_port) = (free_port()?, free_port()?, free_port()?);
+    let console = work.join("console.log");
+    let vars = work.join("OVMF_VARS.fd");
+    fs::copy(qemu.join("usr/share/OVMF/OVMF_VARS_4M.fd"), &vars)?;
+    let started = Instant::now();
+    let mut guest = Guard(
+        Command::new(qemu.join("usr/bin/qemu-system-x86_64"))
+            .arg("-L")
+            .arg(qemu.join("usr/share/seabios"))
+            .arg("-L")
+            .arg(qemu.join("usr/share/qemu"))
+            .args(["-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,readonly=on,file={}",
+                qemu.join("usr/share/OVMF/OVMF_CODE_4M.fd").display()
+            ))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+            .arg("-drive")
+            .arg(format!("if=virtio,format=raw,file={}", disk.display()))
+            .arg("-netdev")
+            .arg(format!(
+                "user,id=n0,hostfwd=tcp:127.0.0.1:{rtmp_port}-:1935,\
+                 hostfwd=tcp:127.0.0.1:{api_port}-:8000"
+            ))
+            .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
+            .arg("-monitor")
+            .arg(format!("tcp:127.0.0.1:{monitor_port},server=on,wait=off"))
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&console)?)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start qemu-system-x86_64 (its libraries come from ./dev test)")?,
+    );
+    let console_tail = || {
+        let text = fs::read_to_string(&console).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+
+    // 1. The portal lists the box's stream.
+    eprintln!("xtask: booting the image under QEMU (TCG); waiting for {NAME} on the portal");
+    let portal_url = format!("http://127.0.0.1:{portal_port}/api/streams/{NAME}");
+    let listed = loop {
+        if let Ok(entry) = http_get(&portal_url) {
+            break entry;
+        }
+        if let Some(status) = guest.0.try_wait()? {
+            bail!(
+                "the guest stopped ({status}) before its stream was listed:\n{}",
+                console_tail()
+            );
+        }
+        if started.elapsed() > Duration::from_secs(args.timeout) {
+            bail!(
+                "no stream {NAME} on the portal {} s after power-on; the console:\n{}",
+                args.timeout,
+                console_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let boot_to_listed = started.elapsed();
+    let entry: serde_json::Value = serde_json::from_str(&listed)?;
+    ensure!(
+        entry["width"] == WIDTH && entry["height"] == HEIGHT,
+        "the portal lists {NAME} at {}x{}, not {WIDTH}x{HEIGHT}: {listed}",
+        entry["width"],
+        entry["height"]
+    );
+    eprintln!(
+        "xtask: listed {:.0} s after power-on: {listed}",
+        boot_to_listed.as_secs_f64()
+    );
+
+    // 2. The stream decodes at its size.
+    let probe = probe_video(&format!("rtmp://127.0.0.1:{rtmp_port}/live/{NAME}"), 4)?;
+    let frames = probe.frames;
+    ensure!(
+        (probe.codec.as_str(), probe.width, probe.height) == ("h264", WIDTH, HEIGHT)
+            && frames >= 2 * FPS,
+        "the guest's stream is not {WIDTH}x{HEIGHT} H.264 with {} frames in 4 s: {probe:?}",
+        2 * FPS
+    );
+    eprintln!("xtask: ffprobe decodes H.264 {WIDTH}x{HEIGHT}, {frames} frames in 4 s");
+
+    // 3. The node says it is live.
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(&format!("http://127.0.0.1:{api_port}/status"))?)?;
+    ensure!(
+        status["name"] == NAME && status["broadcast"] == "live",
+        "the node's status: {status}"
+    );
+
+    // 4. A clean power-off.
+    let powerdown = Instant::now();
+    let mut monitor = TcpStream::connect(("127.0.0.1", monitor_port))?;
+    monitor.write_all(b"system_powerdown\n")?;
+    let exit = loop {
+        if let Some(status) = guest.0.try_wait()? {
+            break status;
+        }
+        if powerdown.elapsed() > Duration::from_secs(90) {
+            bail!("the guest did not power off in 90 s:\n{}", console_tail());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    ensure!(exit.success(), "QEMU exited with {exit}");
+    let log = fs::read_to_string(&console)?;
+    ensure!(
+        log.contains("reboot: Power down"),
+        "the guest did not power down cleanly:\n{}",
+        console_tail()
+    );
+    eprintln!(
+        "xtask: powered off in {:.1} s",
+        powerdown.elapsed().as_secs_f64()
+    );
+
+    // 5. The settings were applied once.
+    let dir = Command::new("mdir")
+        .args(["-b", "-i"])
+        .arg(format!("{}@@{BOOT_OFFSET}", disk.display()))
+        .arg("::/")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()?;
+    let listing = String::from_utf8_lossy(&dir.stdout);
+    ensure!(
+        listing.contains("astral.toml.applied") && !listing.contains("astral.toml\n"),
+        "the boot partition after the first boot:\n{listing}"
+    );
+    drop(portal);
+    fs::remove_file(&disk)?;
+    println!(
+        "image test passed: listed on the portal {:.0} s after power-on, {frames} frames \
+         in 4 s, powered off in {:.1} s",
+        boot_to_listed.as_secs_f64(),
+        powerdown.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A GET on loopback; the body of a 200, else an error.
+fn http_get(url: &str) -> anyhow::Result<String> {
+    let response = ureq::get(url).timeout(Duration::from_secs(5)).call()?;
+    let mut body = String::new();
+    response
+        .into_reader()
+        .take(1 << 20)
+        .read_to_string(&mut body)?;
+    Ok(body)
+}
+
+fn mtools_image(disk: &Path) -> String {
+    format!("{}@@{BOOT_OFFSET}", disk.display())
+}
+
+fn mtools_write(disk: &Path, name: &str, contents: &str) -> anyhow::Result<()> {
+    let file = tempfile::NamedTempFile::new()?;
+    fs::write(file.path(), contents)?;
+    run(Command::new("mcopy")
+        .args(["-o", "-i", &mtools_image(disk)])
+        .arg(file.path())
+        .arg(format!("::/{name}"))
+        .env("MTOOLS_SKIP_CHECK", "1"))
+}
+
+fn mtools_read(disk: &Path, name: &str) -> anyhow::Result<String> {
+    let out = Command::new("mtype")
+        .args(["-i", &mtools_image(disk)])
+        .arg(format!("::/{name}"))
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .context("cannot run mtype (Debian's mtools)")?;
+    ensure!(
+        out.status.success(),
+        "mtype {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Debian's QEMU and firmware packages, unpacked once into `dir`.
+fn qemu_parts(dir: &Path) -> anyhow::Result<PathBuf> {
+    let root = dir.join("root");
+    let done = dir.join("unpacked");
+    if fs::read_to_string(&done).is_ok_and(|s| s == QEMU_PACKAGES.join(" ")) {
+        return Ok(root);
+    }
+    let debs = dir.join("debs");
+    fs::create_dir_all(&debs)?;
+    run(Command::new("apt-get")
+        .arg("download")
+        .args(QEMU_PACKAGES)
+        .current_dir(&debs))
+    .context("apt-get download of QEMU failed: run `apt-get update` and try again")?;
+    for entry in fs::read_dir(&debs)? {
+        let deb = entry?.path();
+        run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
+    }
+    fs::write(&done, QEMU_PACKAGES.join(" "))?;
+    Ok(root)
+}
