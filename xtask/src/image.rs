@@ -314,6 +314,8 @@ fn install_packages(arch: ImageArch, rootfs: &Path, deb: &Path) -> anyhow::Resul
     install.extend(arch.packages());
     install.push(&inside);
     chroot(rootfs, &install)?;
+    // No one is at a box's console to answer the first-boot wizard's questions.
+    chroot(rootfs, &["systemctl", "mask", "--quiet", "systemd-firstboot.service"])?;
     for unit in [
         "systemd-networkd.service",
         "systemd-resolved.service",
@@ -356,8 +358,9 @@ fn clean(rootfs: &Path) -> anyhow::Result<()> {
             fs::remove_file(path)?;
         }
     }
-    // An empty machine-id: systemd makes one, and counts the boot as the first.
-    fs::write(rootfs.join("etc/machine-id"), "")?;
+    // systemd makes the machine id at the first boot, and counts that boot as the
+    // first (ConditionFirstBoot=, which grows the root partition).
+    fs::write(rootfs.join("etc/machine-id"), "uninitialized\n")?;
     let _ = fs::remove_file(rootfs.join("var/lib/dbus/machine-id"));
     Ok(())
 }

@@ -13,7 +13,8 @@
 //! 2. ffprobe, through a forwarded port, decodes the stream at the configured size;
 //! 3. the node's status says it is live;
 //! 4. an ACPI power-off stops the node cleanly and the machine powers off;
-//! 5. the boot partition now holds `astral.toml.applied`.
+//! 5. the root partition grew to fill a disk bigger than the image;
+//! 6. the boot partition now holds `astral.toml.applied`.
 
 use std::fs;
 use std::io::{Read as _, Write as _};
@@ -33,6 +34,8 @@ const NAME: &str = "imagebox";
 const WIDTH: u32 = 640;
 const HEIGHT: u32 = 360;
 const FPS: u32 = 15;
+/// How much bigger the test's disk is than the image.
+const GROW_MIB: u64 = 512;
 
 /// QEMU and the firmware it boots with, from Debian's packages.
 const QEMU_PACKAGES: &[&str] = &[
@@ -81,6 +84,12 @@ pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
         .arg("--sparse=always")
         .arg(&image)
         .arg(&disk))?;
+    // A card bigger than the image: the root partition must grow into it.
+    let image_len = fs::metadata(&disk)?.len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)?
+        .set_len(image_len + (GROW_MIB << 20))?;
     let portal_port = free_port()?;
     let settings = format!(
         "portal = \"http://10.0.2.2:{portal_port}\"\nname = \"{NAME}\"\n\
@@ -247,7 +256,34 @@ pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
         powerdown.elapsed().as_secs_f64()
     );
 
-    // 5. The settings were applied once.
+    // 5. The root partition grew to the end of the disk.
+    ensure!(
+        log.contains("Finished astral-growroot.service"),
+        "the root partition was not grown:\n{}",
+        console_tail()
+    );
+    let table = Command::new("sfdisk").arg("--dump").arg(&disk).output()?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    let root_end = table
+        .lines()
+        .filter(|l| l.contains("start="))
+        .nth(1)
+        .and_then(|l| {
+            let field = |name: &str| -> Option<u64> {
+                let rest = l.split(&format!("{name}=")).nth(1)?;
+                rest.split(',').next()?.trim().parse().ok()
+            };
+            Some((field("start")? + field("size")?) * 512)
+        })
+        .with_context(|| format!("no root partition in:\n{table}"))?;
+    // growpart leaves the odd sector or two at the end.
+    let disk_len = fs::metadata(&disk)?.len();
+    ensure!(
+        root_end > image_len && disk_len - root_end < 1 << 20,
+        "the root partition ends at {root_end}, not at the disk's end ({disk_len}):\n{table}"
+    );
+
+    // 6. The settings were applied once.
     let dir = Command::new("mdir")
         .args(["-b", "-i"])
         .arg(format!("{}@@{BOOT_OFFSET}", disk.display()))
