@@ -315,7 +315,10 @@ fn install_packages(arch: ImageArch, rootfs: &Path, deb: &Path) -> anyhow::Resul
     install.push(&inside);
     chroot(rootfs, &install)?;
     // No one is at a box's console to answer the first-boot wizard's questions.
-    chroot(rootfs, &["systemctl", "mask", "--quiet", "systemd-firstboot.service"])?;
+    chroot(
+        rootfs,
+        &["systemctl", "mask", "--quiet", "systemd-firstboot.service"],
+    )?;
     for unit in [
         "systemd-networkd.service",
         "systemd-resolved.service",
