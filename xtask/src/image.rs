@@ -310,7 +310,16 @@ fn install_packages(arch: ImageArch, rootfs: &Path, deb: &Path) -> anyhow::Resul
     let _ = fs::remove_file(&resolv);
     fs::copy("/etc/resolv.conf", &resolv).context("this machine's /etc/resolv.conf")?;
     chroot(rootfs, &["apt-get", "-qq", "update"])?;
-    let mut install = vec!["apt-get", "-qq", "-y", "--no-install-recommends", "install"];
+    // Keep the config files written above (raspi-firmware's defaults, for one).
+    let mut install = vec![
+        "apt-get",
+        "-qq",
+        "-y",
+        "--no-install-recommends",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+        "install",
+    ];
     install.extend(arch.packages());
     install.push(&inside);
     chroot(rootfs, &install)?;
