@@ -279,7 +279,13 @@ fn configure(arch: ImageArch, rootfs: &Path) -> anyhow::Result<()> {
     )?;
     match arch {
         ImageArch::Amd64 => {
-            // The kernel command line systemd-boot passes (see stage_boot).
+            // systemd-boot starts the kernel and initrd on the boot partition: keep
+            // them the newest installed, as raspi-firmware's hooks do on a Pi.
+            for dir in ["/etc/kernel/postinst.d", "/etc/initramfs/post-update.d"] {
+                let hook = format!("{dir}/zz-astral-boot");
+                write(rootfs, &hook, KERNEL_HOOK)?;
+                set_mode(&rootfs.join(&hook[1..]), 0o755)?;
+            }
         }
         ImageArch::Arm64 => {
             // raspi-firmware writes cmdline.txt and config.txt from this.
@@ -293,6 +299,17 @@ fn configure(arch: ImageArch, rootfs: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(rootfs.join("boot/firmware"))?;
     Ok(())
 }
+
+const KERNEL_HOOK: &str = "\
+#!/bin/sh
+# Copies the newest kernel and initrd to the boot partition, where systemd-boot
+# starts them (the image's loader entry names /vmlinuz and /initrd.img there).
+set -e
+boot=/boot/firmware
+[ -d \"$boot/loader\" ] && [ -e /vmlinuz ] && [ -e /initrd.img ] || exit 0
+cp -L /vmlinuz \"$boot/vmlinuz.new\" && mv \"$boot/vmlinuz.new\" \"$boot/vmlinuz\"
+cp -L /initrd.img \"$boot/initrd.img.new\" && mv \"$boot/initrd.img.new\" \"$boot/initrd.img\"
+";
 
 fn install_packages(arch: ImageArch, rootfs: &Path, deb: &Path) -> anyhow::Result<()> {
     // No daemons start in the chroot.
