@@ -41,7 +41,7 @@ impl ImageArch {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         self.deb().name()
     }
 

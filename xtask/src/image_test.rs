@@ -31,23 +31,51 @@ use crate::run;
 use crate::util::{probe_video, Guard};
 
 const NAME: &str = "imagebox";
-const WIDTH: u32 = 640;
-const HEIGHT: u32 = 360;
-const FPS: u32 = 15;
 /// How much bigger the test's disk is than the image.
 const GROW_MIB: u64 = 512;
 
-/// QEMU and the firmware it boots with, from Debian's packages.
-const QEMU_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "qemu-system-common",
-    "qemu-system-data",
-    "ovmf",
-    "seabios",
-];
+/// What the test needs per architecture.
+struct Guest {
+    /// QEMU and the firmware it boots with, from Debian's packages.
+    packages: &'static [&'static str],
+    /// The camera's mode: less on arm64, whose every instruction QEMU translates.
+    width: u32,
+    height: u32,
+    fps: u32,
+    console: &'static str,
+}
+
+fn guest(arch: ImageArch) -> Guest {
+    match arch {
+        ImageArch::Amd64 => Guest {
+            packages: &[
+                "qemu-system-x86",
+                "qemu-system-common",
+                "qemu-system-data",
+                "ovmf",
+                "seabios",
+            ],
+            width: 640,
+            height: 360,
+            fps: 15,
+            console: "ttyS0,115200",
+        },
+        ImageArch::Arm64 => Guest {
+            packages: &["qemu-system-arm", "qemu-system-common", "qemu-system-data"],
+            width: 320,
+            height: 240,
+            fps: 10,
+            console: "ttyAMA0",
+        },
+    }
+}
 
 #[derive(clap::Args)]
 pub struct ImageTestArgs {
+    /// amd64 boots through UEFI (OVMF, systemd-boot); arm64 boots the image's own
+    /// kernel and initrd on QEMU's virt machine, as the Pi's firmware would load them
+    #[arg(value_enum, default_value = "amd64")]
+    arch: ImageArch,
     /// Boot this image instead of building one
     #[arg(long)]
     image: Option<PathBuf>,
@@ -61,6 +89,7 @@ const DEFAULT_TIMEOUT: u64 = 300;
 impl Default for ImageTestArgs {
     fn default() -> ImageTestArgs {
         ImageTestArgs {
+            arch: ImageArch::Amd64,
             image: None,
             timeout: DEFAULT_TIMEOUT,
         }
@@ -68,13 +97,17 @@ impl Default for ImageTestArgs {
 }
 
 pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
+    let arch = args.arch;
+    let Guest {
+        width, height, fps, ..
+    } = guest(arch);
     let image = match args.image {
         Some(image) => image,
-        None => image::build(ImageArch::Amd64)?,
+        None => image::build(arch)?,
     };
-    let work = target_dir()?.join("image-test");
+    let work = target_dir()?.join("image-test").join(arch.name());
     fs::create_dir_all(&work)?;
-    let qemu = qemu_parts(&work.join("qemu"))?;
+    let qemu = qemu_parts(&work.join("qemu"), guest(arch).packages)?;
 
     // A copy, set up as a user would set up a card. QEMU's user network is a NAT:
     // the portal sees the box come from 127.0.0.1, so the box advertises that, as a
@@ -95,22 +128,9 @@ pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
         "portal = \"http://10.0.2.2:{portal_port}\"\nname = \"{NAME}\"\n\
          title = \"A box booted from the image\"\nsource = \"v4l2:/dev/video0\"\n\
          advertise = \"127.0.0.1\"\n\n\
-         [video]\nsize = \"{WIDTH}x{HEIGHT}\"\nfps = {FPS}\nbitrate_kbps = 800\n"
+         [video]\nsize = \"{width}x{height}\"\nfps = {fps}\nbitrate_kbps = 800\n"
     );
     mtools_write(&disk, "astral.toml", &settings)?;
-    let entry = mtools_read(&disk, "loader/entries/astral.conf")?;
-    // The journal goes to the serial console too, which the test keeps: what to
-    // read when something fails.
-    let entry = entry.replace(
-        "options ",
-        "options modules-load=vivid systemd.journald.forward_to_console=1 ",
-    );
-    let entry = format!(
-        "{}console=ttyS0,115200\n",
-        entry.trim_end().to_owned() + " "
-    );
-    mtools_write(&disk, "loader/entries/astral.conf", &entry)?;
-
     let astral = target_dir()?.join("release/astral");
     let portal_dir = tempfile::tempdir()?;
     let db = portal_dir.path().join("portal.db");
@@ -138,25 +158,9 @@ pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
 
     let (rtmp_port, api_port, monitor_port) = (free_port()?, free_port()?, free_port()?);
     let console = work.join("console.log");
-    let vars = work.join("OVMF_VARS.fd");
-    fs::copy(qemu.join("usr/share/OVMF/OVMF_VARS_4M.fd"), &vars)?;
     let started = Instant::now();
     let mut guest = Guard(
-        Command::new(qemu.join("usr/bin/qemu-system-x86_64"))
-            .arg("-L")
-            .arg(qemu.join("usr/share/seabios"))
-            .arg("-L")
-            .arg(qemu.join("usr/share/qemu"))
-            .args(["-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,readonly=on,file={}",
-                qemu.join("usr/share/OVMF/OVMF_CODE_4M.fd").display()
-            ))
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,file={}", vars.display()))
-            .arg("-drive")
-            .arg(format!("if=virtio,format=raw,file={}", disk.display()))
+        boot_command(arch, &qemu, &disk, &work)?
             .arg("-netdev")
             .arg(format!(
                 "user,id=n0,hostfwd=tcp:127.0.0.1:{rtmp_port}-:1935,\
@@ -169,7 +173,7 @@ pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
             .stdout(fs::File::create(&console)?)
             .stderr(Stdio::inherit())
             .spawn()
-            .context("cannot start qemu-system-x86_64 (its libraries come from ./dev test)")?,
+            .context("cannot start QEMU (its libraries come from ./dev test)")?,
     );
     let console_tail = || {
         let text = fs::read_to_string(&console).unwrap_or_default();
@@ -202,8 +206,8 @@ pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
     let boot_to_listed = started.elapsed();
     let entry: serde_json::Value = serde_json::from_str(&listed)?;
     ensure!(
-        entry["width"] == WIDTH && entry["height"] == HEIGHT,
-        "the portal lists {NAME} at {}x{}, not {WIDTH}x{HEIGHT}: {listed}",
+        entry["width"] == width && entry["height"] == height,
+        "the portal lists {NAME} at {}x{}, not {width}x{height}: {listed}",
         entry["width"],
         entry["height"]
     );
@@ -216,12 +220,12 @@ pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
     let probe = probe_video(&format!("rtmp://127.0.0.1:{rtmp_port}/live/{NAME}"), 4)?;
     let frames = probe.frames;
     ensure!(
-        (probe.codec.as_str(), probe.width, probe.height) == ("h264", WIDTH, HEIGHT)
-            && frames >= 2 * FPS,
-        "the guest's stream is not {WIDTH}x{HEIGHT} H.264 with {} frames in 4 s: {probe:?}",
-        2 * FPS
+        (probe.codec.as_str(), probe.width, probe.height) == ("h264", width, height)
+            && frames >= 2 * fps,
+        "the guest's stream is not {width}x{height} H.264 with {} frames in 4 s: {probe:?}",
+        2 * fps
     );
-    eprintln!("xtask: ffprobe decodes H.264 {WIDTH}x{HEIGHT}, {frames} frames in 4 s");
+    eprintln!("xtask: ffprobe decodes H.264 {width}x{height}, {frames} frames in 4 s");
 
     // 3. The node says it is live.
     let status: serde_json::Value =
@@ -350,24 +354,94 @@ fn mtools_read(disk: &Path, name: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// QEMU booting `disk`. The kernel command line adds `modules-load=vivid`, the
+/// camera, and sends the journal to the serial console, which the test keeps: what
+/// to read when something fails.
+fn boot_command(arch: ImageArch, qemu: &Path, disk: &Path, work: &Path) -> anyhow::Result<Command> {
+    let extra = format!(
+        "modules-load=vivid systemd.journald.forward_to_console=1 console={}",
+        guest(arch).console
+    );
+    let mut cmd;
+    match arch {
+        ImageArch::Amd64 => {
+            // UEFI firmware, then systemd-boot and its loader entry.
+            let entry = mtools_read(disk, "loader/entries/astral.conf")?;
+            let entry = format!("{} {extra}\n", entry.trim_end());
+            mtools_write(disk, "loader/entries/astral.conf", &entry)?;
+            let vars = work.join("OVMF_VARS.fd");
+            fs::copy(qemu.join("usr/share/OVMF/OVMF_VARS_4M.fd"), &vars)?;
+            cmd = Command::new(qemu.join("usr/bin/qemu-system-x86_64"));
+            cmd.arg("-L")
+                .arg(qemu.join("usr/share/seabios"))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,readonly=on,file={}",
+                    qemu.join("usr/share/OVMF/OVMF_CODE_4M.fd").display()
+                ))
+                .arg("-drive")
+                .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+        }
+        ImageArch::Arm64 => {
+            // What the Pi's firmware would load, as config.txt and cmdline.txt
+            // name it, on QEMU's generic machine.
+            let config = mtools_read(disk, "config.txt")?;
+            let named = |key: &str| {
+                config
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix(key))
+                    .map(|v| v.trim().to_owned())
+                    .with_context(|| format!("no {key:?} line in config.txt"))
+            };
+            let kernel = work.join("vmlinuz");
+            let initrd = work.join("initrd.img");
+            mtools_copy_out(disk, &named("kernel=")?, &kernel)?;
+            mtools_copy_out(disk, &named("initramfs ")?, &initrd)?;
+            let cmdline = mtools_read(disk, "cmdline.txt")?;
+            cmd = Command::new(qemu.join("usr/bin/qemu-system-aarch64"));
+            cmd.args(["-M", "virt", "-cpu", "cortex-a72"])
+                .arg("-kernel")
+                .arg(&kernel)
+                .arg("-initrd")
+                .arg(&initrd)
+                .arg("-append")
+                .arg(format!("{} {extra}", cmdline.trim()));
+        }
+    }
+    cmd.arg("-L")
+        .arg(qemu.join("usr/share/qemu"))
+        .args(["-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
+        .arg("-drive")
+        .arg(format!("if=virtio,format=raw,file={}", disk.display()));
+    Ok(cmd)
+}
+
+fn mtools_copy_out(disk: &Path, name: &str, to: &Path) -> anyhow::Result<()> {
+    run(Command::new("mcopy")
+        .args(["-o", "-i", &mtools_image(disk)])
+        .arg(format!("::/{name}"))
+        .arg(to)
+        .env("MTOOLS_SKIP_CHECK", "1"))
+}
+
 /// Debian's QEMU and firmware packages, unpacked once into `dir`.
-fn qemu_parts(dir: &Path) -> anyhow::Result<PathBuf> {
+fn qemu_parts(dir: &Path, packages: &[&str]) -> anyhow::Result<PathBuf> {
     let root = dir.join("root");
     let done = dir.join("unpacked");
-    if fs::read_to_string(&done).is_ok_and(|s| s == QEMU_PACKAGES.join(" ")) {
+    if fs::read_to_string(&done).is_ok_and(|s| s == packages.join(" ")) {
         return Ok(root);
     }
     let debs = dir.join("debs");
     fs::create_dir_all(&debs)?;
     run(Command::new("apt-get")
         .arg("download")
-        .args(QEMU_PACKAGES)
+        .args(packages)
         .current_dir(&debs))
     .context("apt-get download of QEMU failed: run `apt-get update` and try again")?;
     for entry in fs::read_dir(&debs)? {
         let deb = entry?.path();
         run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
     }
-    fs::write(&done, QEMU_PACKAGES.join(" "))?;
+    fs::write(&done, packages.join(" "))?;
     Ok(root)
 }
