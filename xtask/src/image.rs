@@ -425,7 +425,6 @@ const FIRSTBOOT_TEMPLATE: &str = "\
 
 /// The boot partition's contents.
 fn stage_boot(arch: ImageArch, rootfs: &Path, boot: &Path) -> anyhow::Result<()> {
-    fs::create_dir_all(boot)?;
     match arch {
         ImageArch::Amd64 => {
             let efi = boot.join("EFI/BOOT");
@@ -456,18 +455,9 @@ fn stage_boot(arch: ImageArch, rootfs: &Path, boot: &Path) -> anyhow::Result<()>
                 firmware.join("config.txt").exists(),
                 "raspi-firmware left no config.txt in /boot/firmware"
             );
-            run(Command::new("cp")
-                .arg("-a")
-                .arg(format!("{}/.", firmware.display()))
-                .arg(boot))?;
-            for entry in fs::read_dir(&firmware)? {
-                let path = entry?.path();
-                if path.is_dir() {
-                    fs::remove_dir_all(path)?;
-                } else {
-                    fs::remove_file(path)?;
-                }
-            }
+            // Moved out whole; the root keeps an empty mount point.
+            fs::rename(&firmware, boot)?;
+            fs::create_dir(&firmware)?;
         }
     }
     fs::write(boot.join("astral.toml"), FIRSTBOOT_TEMPLATE)?;

@@ -98,16 +98,15 @@ impl Default for ImageTestArgs {
 
 pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
     let arch = args.arch;
-    let Guest {
-        width, height, fps, ..
-    } = guest(arch);
+    let guest_parts = guest(arch);
+    let (width, height, fps) = (guest_parts.width, guest_parts.height, guest_parts.fps);
     let image = match args.image {
         Some(image) => image,
         None => image::build(arch)?,
     };
     let work = target_dir()?.join("image-test").join(arch.name());
     fs::create_dir_all(&work)?;
-    let qemu = qemu_parts(&work.join("qemu"), guest(arch).packages)?;
+    let qemu = qemu_parts(&work.join("qemu"), guest_parts.packages)?;
 
     // A copy, set up as a user would set up a card. QEMU's user network is a NAT:
     // the portal sees the box come from 127.0.0.1, so the box advertises that, as a
@@ -160,7 +159,7 @@ pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
     let console = work.join("console.log");
     let started = Instant::now();
     let mut guest = Guard(
-        boot_command(arch, &qemu, &disk, &work)?
+        boot_command(arch, guest_parts.console, &qemu, &disk, &work)?
             .arg("-netdev")
             .arg(format!(
                 "user,id=n0,hostfwd=tcp:127.0.0.1:{rtmp_port}-:1935,\
@@ -260,6 +259,12 @@ pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
         powerdown.elapsed().as_secs_f64()
     );
 
+    // The node left: its stream is off the portal at once, not at its expiry.
+    ensure!(
+        http_get(&portal_url).is_err(),
+        "the portal still lists {NAME} after the box powered off"
+    );
+
     // 5. The root partition grew to the end of the disk.
     ensure!(
         log.contains("Finished astral-growroot.service"),
@@ -288,12 +293,7 @@ pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
     );
 
     // 6. The settings were applied once.
-    let dir = Command::new("mdir")
-        .args(["-b", "-i"])
-        .arg(format!("{}@@{BOOT_OFFSET}", disk.display()))
-        .arg("::/")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .output()?;
+    let dir = mtools("mdir", &disk).args(["-b", "::/"]).output()?;
     let listing = String::from_utf8_lossy(&dir.stdout);
     ensure!(
         listing.contains("astral.toml.applied") && !listing.contains("astral.toml\n"),
@@ -325,25 +325,27 @@ fn http_get(url: &str) -> anyhow::Result<String> {
     Ok(body)
 }
 
-fn mtools_image(disk: &Path) -> String {
-    format!("{}@@{BOOT_OFFSET}", disk.display())
+/// An mtools command on the disk's boot partition.
+fn mtools(program: &str, disk: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.arg("-i")
+        .arg(format!("{}@@{BOOT_OFFSET}", disk.display()))
+        .env("MTOOLS_SKIP_CHECK", "1");
+    cmd
 }
 
 fn mtools_write(disk: &Path, name: &str, contents: &str) -> anyhow::Result<()> {
     let file = tempfile::NamedTempFile::new()?;
     fs::write(file.path(), contents)?;
-    run(Command::new("mcopy")
-        .args(["-o", "-i", &mtools_image(disk)])
+    run(mtools("mcopy", disk)
+        .arg("-o")
         .arg(file.path())
-        .arg(format!("::/{name}"))
-        .env("MTOOLS_SKIP_CHECK", "1"))
+        .arg(format!("::/{name}")))
 }
 
 fn mtools_read(disk: &Path, name: &str) -> anyhow::Result<String> {
-    let out = Command::new("mtype")
-        .args(["-i", &mtools_image(disk)])
+    let out = mtools("mtype", disk)
         .arg(format!("::/{name}"))
-        .env("MTOOLS_SKIP_CHECK", "1")
         .output()
         .context("cannot run mtype (Debian's mtools)")?;
     ensure!(
@@ -357,11 +359,15 @@ fn mtools_read(disk: &Path, name: &str) -> anyhow::Result<String> {
 /// QEMU booting `disk`. The kernel command line adds `modules-load=vivid`, the
 /// camera, and sends the journal to the serial console, which the test keeps: what
 /// to read when something fails.
-fn boot_command(arch: ImageArch, qemu: &Path, disk: &Path, work: &Path) -> anyhow::Result<Command> {
-    let extra = format!(
-        "modules-load=vivid systemd.journald.forward_to_console=1 console={}",
-        guest(arch).console
-    );
+fn boot_command(
+    arch: ImageArch,
+    console: &str,
+    qemu: &Path,
+    disk: &Path,
+    work: &Path,
+) -> anyhow::Result<Command> {
+    let extra =
+        format!("modules-load=vivid systemd.journald.forward_to_console=1 console={console}");
     let mut cmd;
     match arch {
         ImageArch::Amd64 => {
@@ -417,11 +423,10 @@ fn boot_command(arch: ImageArch, qemu: &Path, disk: &Path, work: &Path) -> anyho
 }
 
 fn mtools_copy_out(disk: &Path, name: &str, to: &Path) -> anyhow::Result<()> {
-    run(Command::new("mcopy")
-        .args(["-o", "-i", &mtools_image(disk)])
+    run(mtools("mcopy", disk)
+        .arg("-o")
         .arg(format!("::/{name}"))
-        .arg(to)
-        .env("MTOOLS_SKIP_CHECK", "1"))
+        .arg(to))
 }
 
 /// Debian's QEMU and firmware packages, unpacked once into `dir`.

@@ -43,7 +43,7 @@ enum Task {
     Deb(package::DebArgs),
     /// A bootable Debian bookworm disk image with the node installed (needs root)
     Image(image::ImageArgs),
-    /// Build the amd64 image, boot it under QEMU and check it joins a portal and streams
+    /// Build an image, boot it under QEMU and check it joins a portal and streams
     ImageTest(image_test::ImageTestArgs),
 }
 
