@@ -137,7 +137,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "Astral demo: a portal, a test-pattern source and {} boxes on loopback.\n",
         args.nodes
     );
-    println!("  portal   {portal_url}/api/streams");
+    println!("  portal   {portal_url}/   (live streams, watch, the network map)");
     for config in &configs {
         println!(
             "  {:<7}  http://{}/live/{STREAM}.flv   (forwards to {} at most)",
@@ -153,9 +153,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         last.api
     );
     println!(
+        "In a browser:  {portal_url}/watch/{STREAM}?node=http://{}   (through that box)",
+        last.api
+    );
+    println!(
         "Its state:     astral status --api {} --data-dir {}",
         last.api,
         last.data_dir.display()
+    );
+    println!(
+        "Its own page:  http://{}/   (log in with the token in {})",
+        last.api,
+        node::auth::token_path(&last.data_dir).display()
     );
     println!("Ctrl-C makes every box leave gracefully and stops the demo.");
 

@@ -5,6 +5,8 @@ mod demo;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// Live video from home boxes over a peer-to-peer relay tree.
@@ -55,11 +57,15 @@ fn main() -> ExitCode {
         Command::Demo(_) | Command::Local(_) => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("ASTRAL_LOG").unwrap_or_else(|_| EnvFilter::new(default_log)),
+    // Lines go to stderr (the journal, under systemd) and to the admin page's log.
+    tracing_subscriber::registry()
+        .with(EnvFilter::try_from_env("ASTRAL_LOG").unwrap_or_else(|_| EnvFilter::new(default_log)))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(|| node::logs::recent().writer()),
         )
-        .with_writer(std::io::stderr)
         .init();
 
     // A node serves a handful of sockets (its upstream, one or two child boxes, local

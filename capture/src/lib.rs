@@ -13,6 +13,7 @@ pub mod encode;
 mod pattern;
 #[cfg(test)]
 mod test_decode;
+pub mod thumbnail;
 
 use std::fmt;
 
@@ -47,6 +48,9 @@ pub enum CaptureError {
     Device(std::io::Error),
     #[error("the encoder produced a keyframe without SPS and PPS")]
     NoParameterSets,
+    /// Video tags that do not hold what the caller said they hold, or do not decode.
+    #[error("invalid video: {0}")]
+    InvalidVideo(&'static str),
     #[error("no H.264 encoder opens ({tried}); set encoder = \"libx264\" and install FFmpeg's libavcodec with libx264")]
     NoEncoder { tried: String },
 }

@@ -1,7 +1,15 @@
 //! The test pattern: a moving synthetic picture with a burned-in frame counter, encoded
 //! like a camera's pictures. It stands in for a camera in demos, tests and benchmarks.
+//!
+//! In clock mode the burned-in number is instead the wall clock when the picture was
+//! drawn (Unix milliseconds modulo 10^8, eight digits), for measuring glass-to-glass
+//! latency: a viewer compares the number it sees with its own clock, which is the
+//! same clock on the same machine, or an NTP-synced one elsewhere. Drawing happens
+//! just before encoding, so the difference covers encode, transport and display.
+//! The digits are plain seven-segment rectangles at a fixed place (see
+//! `draw_counter`) so that a program can read them back from decoded pictures.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ffmpeg_next as ff;
 use proto::{StreamMeta, Tag};
@@ -14,6 +22,10 @@ pub struct TestPatternConfig {
     pub video: VideoConfig,
     /// Pace frames in real time; off, frames come as fast as they encode (tests).
     pub realtime: bool,
+    /// Burn in the wall clock (Unix ms mod 10^8, eight digits) instead of the frame
+    /// number, so a viewer can measure glass-to-glass latency by comparing it with
+    /// its own clock (same machine, or NTP-synced).
+    pub clock: bool,
 }
 
 impl Default for TestPatternConfig {
@@ -21,6 +33,7 @@ impl Default for TestPatternConfig {
         TestPatternConfig {
             video: VideoConfig::default(),
             realtime: true,
+            clock: false,
         }
     }
 }
@@ -84,9 +97,11 @@ impl TestPattern {
     }
 
     /// Frame `index` as raw YUV420P (planes one after the other, no padding), for
-    /// feeding the same pictures to another encoder in benchmarks.
+    /// feeding the same pictures to another encoder in benchmarks. It always shows
+    /// the frame number, even in clock mode: these pictures are stored and replayed,
+    /// so a clock in them would only show when they were made.
     pub fn raw_frame(&mut self, index: u64, out: &mut Vec<u8>) {
-        self.draw(index);
+        self.draw(index, index, FRAME_DIGITS);
         let (w, h) = (
             self.config.video.width as usize,
             self.config.video.height as usize,
@@ -103,7 +118,9 @@ impl TestPattern {
         }
     }
 
-    fn draw(&mut self, index: u64) {
+    /// Picture `index` (which places the moving square) with `counter` burned in as
+    /// `digits` digits.
+    fn draw(&mut self, index: u64, counter: u64, digits: usize) {
         let (w, h) = (
             self.config.video.width as usize,
             self.config.video.height as usize,
@@ -126,12 +143,18 @@ impl TestPattern {
         let x = ((index as usize * 8) % span) & !1;
         let y = ((h - side) / 2) & !1;
         fill_luma(&mut self.frame, x, y, side, side, 235);
-        draw_counter(&mut self.frame, index, h / 10);
+        draw_counter(&mut self.frame, counter, digits, h / 10);
     }
 
     fn encode(&mut self, out: &mut Vec<Tag>) -> Result<(), CaptureError> {
         let index = self.frame_index;
-        self.draw(index);
+        if self.config.clock {
+            // Read as late as possible, after any pacing sleep, so the number is the
+            // moment the picture starts down the pipeline.
+            self.draw(index, clock_ms(SystemTime::now()), CLOCK_DIGITS);
+        } else {
+            self.draw(index, index, FRAME_DIGITS);
+        }
         let ts = self.timestamp(index);
         let keyframe = index % u64::from(self.config.video.keyframe_interval_frames) == 0;
         let frame = match &mut self.convert {
@@ -211,15 +234,35 @@ fn fill_luma(frame: &mut ff::frame::Video, x: usize, y: usize, w: usize, h: usiz
     }
 }
 
+/// The frame number's digits: it wraps after 10^6 frames (over nine hours at 30 fps).
+const FRAME_DIGITS: usize = 6;
+/// The clock's digits: 10^8 ms is about 28 hours, far more than any latency, so a
+/// reader can undo the wrap by taking the nearer of the two differences.
+const CLOCK_DIGITS: usize = 8;
+
+/// What clock mode burns in: Unix time in milliseconds, modulo 10^8.
+fn clock_ms(now: SystemTime) -> u64 {
+    // A clock set before 1970 is a broken clock; showing 0 beats failing the stream.
+    let ms = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    (ms % 100_000_000) as u64
+}
+
 /// Seven-segment digits: which of segments a..g (bit 0..6) each digit lights.
 const SEGMENTS: [u8; 10] = [0x3f, 0x06, 0x5b, 0x4f, 0x66, 0x6d, 0x7d, 0x07, 0x7f, 0x6f];
 
-/// The frame number, six digits in the top left corner, `height` pixels tall.
-fn draw_counter(frame: &mut ff::frame::Video, index: u64, height: usize) {
+/// `value`'s last `digits` digits, most significant leftmost, in the top left corner:
+/// white (luma 235) segments on a black (16) box. With `h = max(height, 10)`, digits
+/// are `h` tall and `w = h / 2` wide with strokes `t = max(h / 10, 1)`; digit `d`'s
+/// top left corner is at (`m + d * (w + m)`, `m`) where `m = 2 * t`. Whatever reads
+/// the number back (the tests here, a viewer measuring latency) relies on this
+/// geometry: change it and them together.
+fn draw_counter(frame: &mut ff::frame::Video, value: u64, digits: usize, height: usize) {
     let h = height.max(10);
     let w = h / 2;
     let t = (h / 10).max(1); // stroke
-    let digits = 6;
     let margin = t * 2;
     fill_luma(
         frame,
@@ -229,7 +272,7 @@ fn draw_counter(frame: &mut ff::frame::Video, index: u64, height: usize) {
         h + margin * 2,
         16,
     );
-    let mut n = index;
+    let mut n = value;
     for d in (0..digits).rev() {
         let x = margin + d * (w + margin);
         let y = margin;

@@ -44,7 +44,8 @@ pub struct NodeArgs {
     /// State directory [default: /var/lib/astral]
     #[arg(long, env = "ASTRAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Publish from a local source: `test-pattern` or `v4l2:/dev/videoN`
+    /// Publish from a local source: `test-pattern`, `test-pattern:clock` (the wall
+    /// clock burned in, for measuring glass-to-glass latency) or `v4l2:/dev/videoN`
     #[arg(long, env = "ASTRAL_SOURCE")]
     pub source: Option<String>,
     /// Stream name the local source publishes as [default: the node's name]
@@ -252,7 +253,7 @@ struct Written {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub stream: String,
-    /// As configured: `test-pattern` or `v4l2:/dev/videoN`.
+    /// As configured: `test-pattern`, `test-pattern:clock` or `v4l2:/dev/videoN`.
     pub spec: String,
     pub kind: SourceKind,
     /// Sound, when configured.
@@ -424,10 +425,16 @@ impl Config {
                     })?;
                     v
                 };
-                let kind = if spec == "test-pattern" {
+                let clock = match spec.as_str() {
+                    "test-pattern" => Some(false),
+                    "test-pattern:clock" => Some(true),
+                    _ => None,
+                };
+                let kind = if let Some(clock) = clock {
                     SourceKind::TestPattern(TestPatternConfig {
                         video: video_config,
                         realtime: true,
+                        clock,
                     })
                 } else if let Some(device) = spec.strip_prefix("v4l2:") {
                     if !device.starts_with('/') {
@@ -443,7 +450,10 @@ impl Config {
                 } else {
                     return Err(invalid(
                         "source",
-                        format!("{spec:?} is not a source; use test-pattern or v4l2:/dev/videoN"),
+                        format!(
+                            "{spec:?} is not a source; use test-pattern, test-pattern:clock \
+                             or v4l2:/dev/videoN"
+                        ),
                     ));
                 };
                 let title = set
@@ -884,6 +894,27 @@ mod tests {
             load("nmae = \"x\""),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn the_test_pattern_shows_the_clock_only_when_asked() {
+        for (spec, clock) in [("test-pattern", false), ("test-pattern:clock", true)] {
+            let config = load(&format!("source = {spec:?}")).unwrap();
+            let source = config.source.expect("a source");
+            match &source.kind {
+                SourceKind::TestPattern(pattern) => assert_eq!(pattern.clock, clock, "{spec}"),
+                other => panic!("{spec}: expected the test pattern, got {other:?}"),
+            }
+            // Shown back (GET /config) as written.
+            assert_eq!(source.spec, spec);
+        }
+        match load("source = \"test-pattern:clok\"") {
+            Err(ConfigError::Invalid { field, message }) => {
+                assert_eq!(field, "source");
+                assert!(message.contains("test-pattern:clock"), "{message}");
+            }
+            other => panic!("expected an error on source, got {other:?}"),
+        }
     }
 
     #[test]

@@ -286,6 +286,22 @@ impl Hub {
         }
     }
 
+    /// What a still is decoded from: the AVC sequence header and the latest keyframe
+    /// (its timestamp, and the tag bodies).
+    pub fn still(&self) -> Option<(u32, Bytes, Bytes)> {
+        let state = self.lock();
+        let header = state.video_header.as_ref()?;
+        let key = state
+            .gop
+            .iter()
+            .find(|f| f.tag.kind == TagKind::Video && f.tag.is_keyframe())?;
+        Some((
+            key.tag.timestamp,
+            header.tag.data.clone(),
+            key.tag.data.clone(),
+        ))
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let state = self.lock();
         Snapshot {

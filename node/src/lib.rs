@@ -17,6 +17,7 @@ pub mod control;
 mod files;
 pub mod firstboot;
 pub mod hub;
+pub mod logs;
 pub mod metrics;
 pub mod panel;
 mod reconfigure;
@@ -24,6 +25,7 @@ pub mod rtmp;
 mod service;
 pub mod settings;
 pub mod source;
+mod stills;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -62,6 +64,7 @@ pub struct Node {
     stream_keys: Mutex<BTreeMap<String, String>>,
     /// Asked to leave and stop (`POST /leave`).
     stop: tokio::sync::Notify,
+    stills: stills::Stills,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,6 +100,7 @@ impl Node {
             control,
             admin_token,
             stop: tokio::sync::Notify::new(),
+            stills: stills::Stills::default(),
         });
         // Streams this node knows it may carry exist from the start, so players may
         // connect before the publisher does.
@@ -364,6 +368,8 @@ pub async fn run(
         node.control.enable();
         tasks.push(tokio::spawn(control::drive(Arc::clone(&node))));
         tasks.push(tokio::spawn(control::list_streams(Arc::clone(&node))));
+        tasks.push(tokio::spawn(control::report_place(Arc::clone(&node))));
+        tasks.push(tokio::spawn(stills::send_stills(Arc::clone(&node))));
         let joining = Arc::clone(&node);
         tasks.push(tokio::spawn(async move {
             joining.join_overlay().await;

@@ -18,7 +18,7 @@ pub const SETTINGS_FILE: &str = "settings.toml";
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// `test-pattern`, `v4l2:/dev/videoN`, or `none`.
+    /// `test-pattern`, `test-pattern:clock`, `v4l2:/dev/videoN`, or `none`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// WIDTHxHEIGHT.

@@ -66,19 +66,21 @@ impl Node {
 
     /// Free slots for `stream`: within its own slots and within the whole upload
     /// budget, which the node's other streams share.
-    fn free_slots(&self, stream: &StreamId) -> u8 {
+    pub(crate) fn free_slots(&self, stream: &StreamId) -> u8 {
         let Some(held) = self.streams.get(stream) else {
             return 0;
         };
         let reserved = u8::from(held.reserved.as_ref().is_some_and(|r| r.until > self.now));
-        let by_slots = self
-            .slots_for(held)
-            .saturating_sub(held.children.len() as u8 + reserved);
+        let by_slots = self.slots_for(held).saturating_sub(
+            (held.children.len() as u8)
+                .saturating_add(reserved)
+                .saturating_add(held.viewers),
+        );
         let budget = f64::from(self.me.upload_kbps) * self.cfg.upload_share;
         let used: f64 = self
             .streams
             .values()
-            .map(|h| f64::from(h.kbps) * h.children.len() as f64)
+            .map(|h| f64::from(h.kbps) * (h.children.len() + usize::from(h.viewers)) as f64)
             .sum();
         let by_budget = if held.kbps == 0 {
             u8::MAX
@@ -121,6 +123,7 @@ impl Node {
                 watch: None,
                 children: Default::default(),
                 reserved: None,
+                viewers: 0,
             })
         });
         held.kbps = kbps;

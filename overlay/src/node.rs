@@ -76,6 +76,12 @@ pub enum Input {
         max_forwards: u8,
         upload_kbps: u32,
     },
+    /// The media plane admitted players that are not boxes into free slots, or some
+    /// went away: this many play `stream` now.
+    Viewers {
+        stream: StreamId,
+        count: u8,
+    },
     /// Leave gracefully; [`Output::Left`] says when done.
     Leave,
     Request {
@@ -197,6 +203,9 @@ pub(crate) struct Held {
     pub watch: Option<Watch>,
     pub children: BTreeMap<TicketId, Child>,
     pub reserved: Option<crate::forward::Reservation>,
+    /// Players that are not boxes (browsers and VLC from elsewhere), admitted by the
+    /// media plane into free slots: they use upload as children do.
+    pub viewers: u8,
 }
 
 /// A read-only view of one held stream, for the API and the simulation.
@@ -210,6 +219,8 @@ pub struct HeldStream {
     pub flowing: bool,
     pub slots: u8,
     pub children: Vec<TicketView>,
+    /// Players that are not boxes, in slots of their own.
+    pub viewers: u8,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -310,6 +321,14 @@ impl Node {
                     self.announce_soon();
                 }
             }
+            Input::Viewers { stream, count } => {
+                if let Some(held) = self.streams.get_mut(&stream) {
+                    if held.viewers != count {
+                        held.viewers = count;
+                        self.announce_soon();
+                    }
+                }
+            }
             Input::Leave => self.leave(),
             Input::Request { id, request } => {
                 if let Some(result) = self.handle_request(id, request) {
@@ -394,8 +413,19 @@ impl Node {
                             || held.children.values().any(|o| o.evicts == Some(*id)),
                     })
                     .collect(),
+                viewers: held.viewers,
             })
             .collect()
+    }
+
+    /// Slots of `stream` free for a new child or viewer now.
+    pub fn free(&self, stream: &StreamId) -> u8 {
+        self.free_slots(stream)
+    }
+
+    /// Players of `stream` that are not boxes, as the media plane last said.
+    pub fn viewers(&self, stream: &StreamId) -> u8 {
+        self.streams.get(stream).map_or(0, |h| h.viewers)
     }
 
     pub(crate) fn emit(&mut self, output: Output) {

@@ -151,6 +151,30 @@ fn lowering_capacity_keeps_children_and_takes_no_new_one() {
 }
 
 #[test]
+fn viewers_that_are_not_boxes_take_slots_as_children_do() {
+    let mut h = Harness::source(Config::default());
+    h.ticket(&card("k0", 10, 4000), None).expect("a free slot");
+    assert_eq!(h.node.free(&stream()), 1);
+    h.input(Input::Viewers {
+        stream: stream(),
+        count: 1,
+    });
+    assert_eq!(h.node.free(&stream()), 0);
+    assert_eq!(h.node.held()[0].viewers, 1);
+    // A weak box finds no room; the viewer is not displaced as a child would be.
+    assert_eq!(
+        h.ticket(&card("k1", 11, 1000), None).unwrap_err(),
+        RefusalKind::Full
+    );
+    h.input(Input::Viewers {
+        stream: stream(),
+        count: 0,
+    });
+    h.ticket(&card("k1", 11, 1000), None)
+        .expect("the viewer's slot is free again");
+}
+
+#[test]
 fn a_supernode_takes_children_up_to_its_cap() {
     let mut h = Harness::source(Config {
         max_children: 3,

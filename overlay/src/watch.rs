@@ -172,6 +172,7 @@ impl Node {
             watch: Some(watch),
             children: Default::default(),
             reserved: None,
+            viewers: 0,
         });
         self.streams.insert(stream.clone(), held);
         self.search(&stream, Purpose::Join);

@@ -9,10 +9,20 @@
 //! - `GET /api/streams`, `GET /api/streams/{id}`: the live streams; `PUT` and `DELETE
 //!   /api/streams/{id}`: a source box lists its stream, renews it, takes it off.
 //!
-//! Supernode and source calls must come from the address they name, so that no box
-//! lists or retires another. State is in SQLite (`store.rs`) and survives restarts;
-//! entries not renewed in time stop being listed.
+//! - `PUT`/`DELETE /api/nodes/{id}`: a box reports its place in the network (or
+//!   leaves it); `GET /api/map` is the map as JSON, `/api/map/ws` the same as a
+//!   WebSocket that pushes each change (`network.rs`, `live.rs`).
+//! - `PUT /api/streams/{id}/thumbnail` from a source, `GET …/thumbnail.jpg`: stills.
+//! - `GET /api/streams/{id}/play`: a box that can serve a browser with no box of its own.
+//! - Every other `GET` is the web UI (the `web` crate: list, watch page, map).
+//!
+//! Supernode, source and box calls must come from the address they name, so that no
+//! box lists, reports or retires another. The directory is in SQLite (`store.rs`) and
+//! survives restarts; entries not renewed in time stop being listed. The map and the
+//! stills are in memory: boxes send them again within seconds.
 
+mod live;
+mod network;
 mod routes;
 mod store;
 
@@ -66,6 +76,7 @@ pub fn system_clock() -> Clock {
 #[derive(Clone)]
 pub struct State {
     pub store: Store,
+    pub live: Arc<live::Live>,
     pub clock: Clock,
     pub bootstrap_list: usize,
 }
@@ -120,6 +131,7 @@ impl Portal {
             listener,
             state: State {
                 store,
+                live: Arc::new(live::Live::new(proto::portal::MAP_TTL_SECS)),
                 clock,
                 bootstrap_list: args.bootstrap_list,
             },
@@ -137,11 +149,16 @@ impl Portal {
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let pruner = tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(30));
-            loop {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            for tick in 0u64.. {
                 every.tick().await;
-                if let Err(e) = state.store.prune(state.now()).await {
-                    tracing::warn!("cannot prune expired entries: {e}");
+                state.live.expire(state.now());
+                if tick % 30 != 0 {
+                    continue;
+                }
+                match state.store.prune(state.now()).await {
+                    Ok(gone) => gone.iter().for_each(|id| state.live.stream_gone(id)),
+                    Err(e) => tracing::warn!("cannot prune expired entries: {e}"),
                 }
             }
         });

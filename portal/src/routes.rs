@@ -5,12 +5,13 @@ use std::net::SocketAddr;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State as Axum};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
+use bytes::Bytes;
 use proto::overlay::{NodeId, Peer, Request, Response, StreamId};
-use proto::portal::{StreamEntry, StreamUpdate};
+use proto::portal::{StreamEntry, StreamUpdate, MAX_THUMBNAIL_BYTES};
 use serde::Serialize;
 
 use crate::store::ListError;
@@ -64,8 +65,8 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-type Caller = ConnectInfo<SocketAddr>;
-type Result<T> = std::result::Result<T, ApiError>;
+pub(crate) type Caller = ConnectInfo<SocketAddr>;
+pub(crate) type Result<T> = std::result::Result<T, ApiError>;
 
 pub fn router(state: State) -> Router {
     Router::new()
@@ -77,7 +78,10 @@ pub fn router(state: State) -> Router {
             "/api/streams/{id}",
             get(stream).put(list_stream).delete(unlist_stream),
         )
-        .fallback(|| async { ApiError::NotFound("no such resource".into()) })
+        .route("/api/streams/{id}/thumbnail", put(set_thumbnail))
+        .route("/api/streams/{id}/thumbnail.jpg", get(thumbnail))
+        .merge(crate::network::routes())
+        .fallback(page)
         .method_not_allowed_fallback(|| async {
             ApiError::Rejected(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -88,8 +92,14 @@ pub fn router(state: State) -> Router {
         .with_state(state)
 }
 
+/// The web UI, for every `GET` no API route takes.
+async fn page(method: Method, uri: Uri) -> std::result::Result<HttpResponse, ApiError> {
+    web::serve(web::portal, &method, uri.path())
+        .ok_or_else(|| ApiError::NotFound("no such resource".into()))
+}
+
 /// A call about `peer` must come from `peer`'s own address.
-fn check_caller(caller: SocketAddr, peer: &Peer, what: &str) -> Result<()> {
+pub(crate) fn check_caller(caller: SocketAddr, peer: &Peer, what: &str) -> Result<()> {
     let ip = caller.ip().to_canonical();
     if peer.api.ip().to_canonical() == ip {
         Ok(())
@@ -172,7 +182,7 @@ async fn streams(Axum(state): Axum<State>) -> Result<Json<Vec<StreamEntry>>> {
     Ok(Json(state.store.streams(state.now()).await?))
 }
 
-fn stream_id(id: String) -> Result<StreamId> {
+pub(crate) fn stream_id(id: String) -> Result<StreamId> {
     StreamId::new(id).map_err(ApiError::BadRequest)
 }
 
@@ -210,6 +220,7 @@ async fn list_stream(
         .stream(&id, now)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("stream {id} expired at once")))?;
+    state.live.stream_listed(entry.clone());
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -231,6 +242,61 @@ async fn unlist_stream(
         .ok_or_else(|| ApiError::NotFound(format!("no stream {id}")))?;
     check_caller(caller, &source, "the stream's source")?;
     state.store.unlist_stream(&id).await?;
+    state.live.stream_gone(&id);
     tracing::info!(stream = %id, "stream taken off");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /api/streams/{id}/thumbnail`: a still of a live stream, from its source.
+async fn set_thumbnail(
+    Axum(state): Axum<State>,
+    ConnectInfo(caller): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    jpeg: Bytes,
+) -> Result<StatusCode> {
+    let id = stream_id(id)?;
+    if headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        != Some("image/jpeg")
+        || !jpeg.starts_with(&[0xff, 0xd8, 0xff])
+    {
+        return Err(ApiError::Rejected(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a thumbnail is a JPEG, sent as image/jpeg".into(),
+        ));
+    }
+    if jpeg.len() > MAX_THUMBNAIL_BYTES {
+        return Err(ApiError::Rejected(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a thumbnail is at most {MAX_THUMBNAIL_BYTES} bytes"),
+        ));
+    }
+    let entry = state
+        .store
+        .stream(&id, state.now())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no live stream {id}")))?;
+    check_caller(caller, &entry.source, "the stream's source")?;
+    state.live.set_thumbnail(&id, jpeg);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/streams/{id}/thumbnail.jpg`: the stream's latest still.
+async fn thumbnail(Axum(state): Axum<State>, Path(id): Path<String>) -> Result<HttpResponse> {
+    let id = stream_id(id)?;
+    let thumbnail = state
+        .live
+        .thumbnail(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no still of {id} yet")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg".to_owned()),
+            (header::CACHE_CONTROL, "no-cache".to_owned()),
+            (header::ETAG, format!("\"{}\"", thumbnail.version)),
+        ],
+        thumbnail.jpeg,
+    )
+        .into_response())
 }

@@ -258,7 +258,8 @@ impl Store {
     }
 
     /// Deletes what expired; reads skip expired rows anyway.
-    pub async fn prune(&self, now: u64) -> sqlx::Result<()> {
+    /// Returns the streams taken off.
+    pub async fn prune(&self, now: u64) -> sqlx::Result<Vec<StreamId>> {
         let mut tx = self.write().await?;
         let supernodes = since(now, self.ttl.supernode);
         sqlx::query(
@@ -272,11 +273,15 @@ impl Store {
             .bind(supernodes)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM streams WHERE updated < ?")
+        let gone = sqlx::query("DELETE FROM streams WHERE updated < ? RETURNING id")
             .bind(since(now, self.ttl.stream))
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
-        tx.commit().await
+        tx.commit().await?;
+        Ok(gone
+            .iter()
+            .filter_map(|row| StreamId::new(row.get::<String, _>("id")).ok())
+            .collect())
     }
 
     pub async fn close(&self) {

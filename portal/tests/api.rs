@@ -356,3 +356,234 @@ async fn state_survives_a_restart() {
     );
     portal.stop().await;
 }
+
+/// A box's report of its place: in `cam`'s tree under `parent`, with `slots` and
+/// `children`.
+fn report(
+    id: &str,
+    ip: [u8; 4],
+    parent: Option<&str>,
+    depth: u32,
+    slots: u8,
+    children: &[&str],
+) -> String {
+    json!({
+        "peer": peer(id, ip),
+        "supernode": "src",
+        "is_supernode": false,
+        "streams": [{
+            "stream": "cam", "parent": parent, "depth": depth, "slots": slots,
+            "children": children, "flowing": true, "viewers": 0,
+        }],
+    })
+    .to_string()
+}
+
+/// The map's WebSocket, read one event at a time.
+struct Feed(
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+);
+
+impl Feed {
+    async fn open(portal: &Running) -> Feed {
+        let url = format!("{}/api/map/ws", portal.url.replace("http://", "ws://"));
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("the map's WebSocket opens");
+        Feed(ws)
+    }
+
+    async fn next(&mut self) -> Value {
+        use futures_util::StreamExt;
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), self.0.next())
+            .await
+            .expect("an event within 5 s")
+            .expect("the feed is open")
+            .expect("a message");
+        serde_json::from_str(message.to_text().unwrap()).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_map_follows_the_boxes_reports_live() {
+    let (_dir, portal) = fresh().await;
+    let mut feed = Feed::open(&portal).await;
+    assert_eq!(
+        feed.next().await,
+        json!({"type": "snapshot", "nodes": [], "streams": []})
+    );
+
+    let a = report("a", [127, 0, 0, 2], Some("src"), 1, 2, &["b"]);
+    let (status, body) = portal
+        .call([127, 0, 0, 2], "PUT", "/api/nodes/a", Some(a.clone()))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let event = feed.next().await;
+    assert_eq!(event["type"], "node");
+    assert_eq!(event["node"]["streams"][0]["children"], json!(["b"]));
+
+    // The same report again is no news; a changed one is.
+    portal
+        .call([127, 0, 0, 2], "PUT", "/api/nodes/a", Some(a))
+        .await;
+    let moved = report("a", [127, 0, 0, 2], Some("src"), 1, 2, &[]);
+    portal
+        .call([127, 0, 0, 2], "PUT", "/api/nodes/a", Some(moved))
+        .await;
+    let event = feed.next().await;
+    assert_eq!(event["node"]["streams"][0]["children"], json!([]));
+
+    // A box reports only for itself, about itself, within bounds.
+    let b = report("b", [127, 0, 0, 3], Some("a"), 2, 1, &[]);
+    let (status, _) = portal
+        .call(LOCAL, "PUT", "/api/nodes/b", Some(b.clone()))
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = portal
+        .call([127, 0, 0, 3], "PUT", "/api/nodes/x", Some(b.clone()))
+        .await;
+    assert_eq!(status, 400);
+    let own_parent = report("b", [127, 0, 0, 3], Some("b"), 2, 1, &[]);
+    let (status, _) = portal
+        .call([127, 0, 0, 3], "PUT", "/api/nodes/b", Some(own_parent))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = portal
+        .call([127, 0, 0, 3], "PUT", "/api/nodes/b", Some("{".into()))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = portal.call(LOCAL, "DELETE", "/api/nodes/a", None).await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        portal.get("/api/map").await["nodes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    portal
+        .call([127, 0, 0, 3], "PUT", "/api/nodes/b", Some(b))
+        .await;
+    assert_eq!(feed.next().await["node"]["peer"]["id"], "b");
+    let (status, _) = portal
+        .call([127, 0, 0, 3], "DELETE", "/api/nodes/b", None)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(feed.next().await, json!({"type": "node_gone", "id": "b"}));
+
+    // A box not heard from for MAP_TTL_SECS is off the map: a dead box says nothing.
+    portal.advance(proto::portal::MAP_TTL_SECS + 1);
+    assert_eq!(feed.next().await, json!({"type": "node_gone", "id": "a"}));
+    assert_eq!(portal.get("/api/map").await["nodes"], json!([]));
+
+    // A newcomer gets the map as it stands.
+    portal
+        .call(
+            [127, 0, 0, 2],
+            "PUT",
+            "/api/streams/cam",
+            Some(listing("a", [127, 0, 0, 2], "Cam")),
+        )
+        .await;
+    let mut late = Feed::open(&portal).await;
+    let first = late.next().await;
+    assert_eq!(first["type"], "snapshot");
+    assert_eq!(first["streams"][0]["id"], "cam");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stills_come_from_the_source_only() {
+    let (_dir, portal) = fresh().await;
+    let src = [127, 0, 0, 2];
+    portal.list_cam(src, "src", "Cam").await;
+    let mut feed = Feed::open(&portal).await;
+    feed.next().await;
+    let client = reqwest::Client::builder()
+        .local_address(IpAddr::from(src))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let put = |body: Vec<u8>, kind: &'static str| {
+        client
+            .put(format!("{}/api/streams/cam/thumbnail", portal.url))
+            .header("content-type", kind)
+            .body(body)
+            .send()
+    };
+    let jpeg = [&[0xff, 0xd8, 0xff, 0xe0][..], &[7; 500], &[0xff, 0xd9]].concat();
+    assert_eq!(
+        put(b"GIF89a".to_vec(), "image/jpeg")
+            .await
+            .unwrap()
+            .status(),
+        415
+    );
+    assert_eq!(put(jpeg.clone(), "text/plain").await.unwrap().status(), 415);
+    let huge = [&jpeg[..4], &vec![0; proto::portal::MAX_THUMBNAIL_BYTES]].concat();
+    assert_eq!(put(huge, "image/jpeg").await.unwrap().status(), 413);
+    let (status, _) = portal
+        .call(LOCAL, "GET", "/api/streams/cam/thumbnail.jpg", None)
+        .await;
+    assert_eq!(status, 404, "no still yet");
+    assert_eq!(put(jpeg.clone(), "image/jpeg").await.unwrap().status(), 204);
+    let event = feed.next().await;
+    assert_eq!(event["type"], "thumbnail");
+    assert_eq!(event["id"], "cam");
+    let got = reqwest::get(format!("{}/api/streams/cam/thumbnail.jpg", portal.url))
+        .await
+        .unwrap();
+    assert_eq!(got.headers()["content-type"], "image/jpeg");
+    assert_eq!(got.bytes().await.unwrap().to_vec(), jpeg);
+
+    // Another box may not send stills of this stream.
+    let other = reqwest::Client::builder()
+        .local_address(IpAddr::from([127, 0, 0, 3]))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let status = other
+        .put(format!("{}/api/streams/cam/thumbnail", portal.url))
+        .header("content-type", "image/jpeg")
+        .body(jpeg)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_without_a_box_is_sent_to_the_shallowest_free_slot() {
+    let (_dir, portal) = fresh().await;
+    let (status, _) = portal
+        .call(LOCAL, "GET", "/api/streams/cam/play", None)
+        .await;
+    assert_eq!(status, 404, "no such stream");
+    portal.list_cam([127, 0, 0, 2], "src", "Cam").await;
+    let (status, body) = portal
+        .call(LOCAL, "GET", "/api/streams/cam/play", None)
+        .await;
+    assert_eq!(status, 503, "nobody holds it yet: {body}");
+    for (id, ip, depth, slots, children) in [
+        ("full", [127, 0, 0, 3], 1, 1, vec!["deep"]),
+        ("deep", [127, 0, 0, 4], 2, 2, vec![]),
+        ("deeper", [127, 0, 0, 5], 3, 2, vec![]),
+    ] {
+        let body = report(id, ip, Some("src"), depth, slots, &children);
+        let (status, _) = portal
+            .call(ip, "PUT", &format!("/api/nodes/{id}"), Some(body))
+            .await;
+        assert_eq!(status, 204);
+    }
+    let (status, at) = portal
+        .call(LOCAL, "GET", "/api/streams/cam/play", None)
+        .await;
+    assert_eq!(status, 200, "{at}");
+    assert_eq!(at["node"]["id"], "deep");
+    assert_eq!(at["depth"], 2);
+    assert_eq!(
+        at["ticket_url"],
+        "http://127.0.0.4:8000/streams/cam/viewers"
+    );
+}

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::overlay::{Peer, StreamId};
+use crate::overlay::{NodeId, Peer, StreamId};
 
 /// How often a source renews its stream's entry.
 pub const DIRECTORY_REFRESH_SECS: u64 = 30;
@@ -68,4 +68,124 @@ pub struct StreamEntry {
     pub bitrate_kbps: u32,
     pub width: u32,
     pub height: u32,
+}
+
+/// How often a box reports its place in the network to the portal, for the map; it
+/// also reports at once when its place changes.
+pub const MAP_REFRESH_SECS: u64 = 10;
+/// A box not heard from for this long is off the map: a box that lost power says
+/// nothing, and its children have found new parents by then.
+pub const MAP_TTL_SECS: u64 = 25;
+/// Most streams in one report, and most children of one stream.
+pub const MAX_REPORT_STREAMS: usize = 64;
+pub const MAX_REPORT_CHILDREN: usize = 64;
+/// Largest thumbnail a source may send, in bytes.
+pub const MAX_THUMBNAIL_BYTES: usize = 60 * 1024;
+
+/// `PUT /api/nodes/{id}`: a box's place in the network, as it sees it. The portal
+/// draws the map from these; the node serves its own as `GET /map`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeReport {
+    pub peer: Peer,
+    /// The supernode this box registered with (itself, on a supernode).
+    #[serde(default)]
+    pub supernode: Option<NodeId>,
+    #[serde(default)]
+    pub is_supernode: bool,
+    #[serde(default)]
+    pub streams: Vec<TreePlace>,
+}
+
+/// Where a box is in one stream's tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreePlace {
+    pub stream: StreamId,
+    /// The parent it plays from (the ticket's grantor); none at the source.
+    #[serde(default)]
+    pub parent: Option<NodeId>,
+    /// Hops from the source.
+    pub depth: u32,
+    /// Forward slots, and the children holding tickets for them.
+    pub slots: u8,
+    #[serde(default)]
+    pub children: Vec<NodeId>,
+    /// Whether video arrives (always, at the source).
+    pub flowing: bool,
+    /// Players that are not boxes, each in a slot of its own.
+    #[serde(default)]
+    pub viewers: u8,
+}
+
+impl TreePlace {
+    /// Slots nobody holds.
+    pub fn free(&self) -> usize {
+        usize::from(self.slots).saturating_sub(self.children.len() + usize::from(self.viewers))
+    }
+}
+
+impl NodeReport {
+    pub fn check(&self) -> Result<(), String> {
+        if self.streams.len() > MAX_REPORT_STREAMS {
+            return Err(format!("streams: at most {MAX_REPORT_STREAMS}"));
+        }
+        for place in &self.streams {
+            if place.children.len() > MAX_REPORT_CHILDREN {
+                return Err(format!(
+                    "streams: {} has more than {MAX_REPORT_CHILDREN} children",
+                    place.stream
+                ));
+            }
+            if place.parent.as_ref() == Some(&self.peer.id)
+                || place.children.contains(&self.peer.id)
+            {
+                return Err(format!(
+                    "streams: {} names the box as its own parent or child",
+                    place.stream
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the portal pushes over `/api/map/ws`: everything at once on connecting (and
+/// again after a client fell behind), then each change as it happens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MapEvent {
+    Snapshot {
+        nodes: Vec<NodeReport>,
+        streams: Vec<StreamEntry>,
+    },
+    /// A box joined, or its place changed.
+    Node {
+        node: NodeReport,
+    },
+    /// A box left, or was not heard from for `MAP_TTL_SECS`.
+    NodeGone {
+        id: NodeId,
+    },
+    /// A stream was listed, or its entry renewed.
+    Stream {
+        stream: StreamEntry,
+    },
+    StreamGone {
+        id: StreamId,
+    },
+    /// A new still of the stream: `GET /api/streams/{id}/thumbnail.jpg?v={version}`.
+    Thumbnail {
+        id: StreamId,
+        version: u64,
+    },
+}
+
+/// `GET /api/streams/{id}/play`: where a browser with no box of its own plays a
+/// stream. It asks `ticket_url` (`POST`) for a viewer ticket, which takes the slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlayAt {
+    pub node: Peer,
+    pub depth: u32,
+    pub ticket_url: String,
 }

@@ -196,6 +196,10 @@ impl NodeProc {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

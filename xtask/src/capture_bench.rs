@@ -103,6 +103,7 @@ fn run_ours(args: &CaptureArgs, video: &VideoConfig) -> anyhow::Result<Ours> {
             let pattern = TestPattern::open(TestPatternConfig {
                 video: video.clone(),
                 realtime: true,
+                clock: false,
             })?;
             (Instant::now(), Box::new(pattern))
         }
@@ -167,6 +168,7 @@ fn run_ffmpeg(args: &CaptureArgs, video: &VideoConfig) -> anyhow::Result<f64> {
             let mut pattern = TestPattern::open(TestPatternConfig {
                 video: video.clone(),
                 realtime: false,
+                clock: false,
             })?;
             let mut frames = Vec::new();
             for index in 0..u64::from(fps) * 2 {

@@ -13,8 +13,48 @@ fn small(keyframe_interval_frames: u32) -> TestPattern {
             encoder: "libx264".into(),
         },
         realtime: false,
+        clock: false,
     })
     .expect("libx264 opens")
+}
+
+/// Reads the burned-in number back the way a viewer would, from the picture alone:
+/// the centre pixel of each segment is lit when its luma is over 128. The geometry
+/// is written out again here rather than shared with `draw_counter`, so that a
+/// change to the drawing that readers elsewhere would not expect fails this test.
+/// `None` when some digit's lit segments spell no digit.
+fn read_counter(picture: &ff::frame::Video, digits: usize) -> Option<u64> {
+    let (stride, luma) = (picture.stride(0), picture.data(0));
+    let h = (picture.height() as usize / 10).max(10);
+    let (w, t) = (h / 2, (h / 10).max(1));
+    let (m, half) = (2 * t, h / 2);
+    let mut value = 0;
+    for d in 0..digits {
+        let (x, y) = (m + d * (w + m), m);
+        let centres = [
+            (x + w / 2, y + t / 2),                   // a: top
+            (x + w - t + t / 2, y + half / 2),        // b: top right
+            (x + w - t + t / 2, y + half + half / 2), // c: bottom right
+            (x + w / 2, y + h - t + t / 2),           // d: bottom
+            (x + t / 2, y + half + half / 2),         // e: bottom left
+            (x + t / 2, y + half / 2),                // f: top left
+            (x + w / 2, y + half - t / 2 + t / 2),    // g: middle
+        ];
+        let lit = centres
+            .iter()
+            .enumerate()
+            .filter(|(_, &(cx, cy))| luma[cy * stride + cx] > 128)
+            .fold(0u8, |lit, (segment, _)| lit | 1 << segment);
+        let digit = SEGMENTS.iter().position(|&s| s == lit)?;
+        value = value * 10 + digit as u64;
+    }
+    Some(value)
+}
+
+/// How far `shown` is behind `now` on the clock that wraps at 10^8 ms; a number from
+/// the future comes out near 10^8, so it fails any sensible bound.
+fn behind(now: u64, shown: u64) -> u64 {
+    (now + 100_000_000 - shown) % 100_000_000
 }
 
 fn tags(source: &mut TestPattern, frames: usize) -> Vec<Tag> {
@@ -78,6 +118,70 @@ fn output_decodes_to_pictures_whose_counter_changes() {
 }
 
 #[test]
+fn without_clock_the_picture_shows_its_frame_number() {
+    let shown: Vec<Option<u64>> = decode(&tags(&mut small(30), 10))
+        .iter()
+        .map(|picture| read_counter(picture, 6))
+        .collect();
+    assert!(shown.len() >= 9, "decoded {} pictures", shown.len());
+    let expected: Vec<Option<u64>> = (0..shown.len() as u64).map(Some).collect();
+    assert_eq!(shown, expected);
+}
+
+#[test]
+fn every_digit_reads_back_at_every_size() {
+    // From the smallest digits (10 lines) up to 1080p, in raw pictures: the geometry
+    // alone, without the encoder's losses.
+    for (width, height) in [(64, 64), (320, 240), (640, 360), (1280, 720), (1920, 1080)] {
+        let mut picture = ff::frame::Video::new(ff::format::Pixel::YUV420P, width, height);
+        for value in [1_234_567, 89_012_345, 99_999_999] {
+            draw_counter(&mut picture, value, 8, height as usize / 10);
+            assert_eq!(read_counter(&picture, 8), Some(value), "{width}x{height}");
+        }
+    }
+}
+
+#[test]
+fn clock_mode_shows_the_wall_clock_when_drawn() {
+    let mut source = TestPattern::open(TestPatternConfig {
+        video: VideoConfig {
+            width: 640,
+            height: 360,
+            fps: 30,
+            encoder: "libx264".into(),
+            ..VideoConfig::default()
+        },
+        realtime: false,
+        clock: true,
+    })
+    .expect("libx264 opens");
+    let out = tags(&mut source, 10);
+    let now = clock_ms(SystemTime::now());
+    let shown: Vec<u64> = decode(&out)
+        .iter()
+        .map(|picture| read_counter(picture, 8).expect("eight readable digits"))
+        .collect();
+    assert!(shown.len() >= 5, "decoded {} pictures", shown.len());
+    for &ms in &shown {
+        // Drawn before `now` was read, and not long before: encoding ten small
+        // frames takes well under two seconds even on a slow builder.
+        assert!(behind(now, ms) <= 2000, "shows {ms}, clock {now}");
+    }
+    for pair in shown.windows(2) {
+        assert!(behind(pair[1], pair[0]) <= 2000, "goes back: {pair:?}");
+    }
+}
+
+#[test]
+fn the_clock_is_unix_milliseconds_modulo_10_to_the_8() {
+    let at = |ms: u64| clock_ms(UNIX_EPOCH + Duration::from_millis(ms));
+    assert_eq!(at(1_700_000_123_456), 123_456);
+    assert_eq!(at(99_999_999), 99_999_999);
+    assert_eq!(at(100_000_000), 0);
+    assert_eq!(clock_ms(UNIX_EPOCH - Duration::from_secs(1)), 0);
+}
+
+#[test]
 fn realtime_pacing_holds_frames_until_due() {
     let mut source = TestPattern::open(TestPatternConfig {
         video: VideoConfig {
@@ -88,6 +192,7 @@ fn realtime_pacing_holds_frames_until_due() {
             ..VideoConfig::default()
         },
         realtime: true,
+        clock: false,
     })
     .unwrap();
     let started = Instant::now();
@@ -138,6 +243,7 @@ fn invalid_configs_name_the_field() {
         let config = TestPatternConfig {
             video: config,
             realtime: false,
+            clock: false,
         };
         match TestPattern::open(config) {
             Err(CaptureError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),

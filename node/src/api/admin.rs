@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::Json;
@@ -13,6 +15,7 @@ use proto::overlay::StreamId;
 use proto::portal::StreamUpdate;
 use serde::{Deserialize, Serialize};
 
+use super::session::{from_own_page, session_token};
 use super::ApiError;
 use crate::config::ConfigError;
 use crate::control::{PortalError, Role, WatchError};
@@ -33,12 +36,71 @@ impl FromRequestParts<Arc<Node>> for Admin {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
-            Some(token) if node.is_admin_token(token.trim()) => Ok(Admin),
-            Some(_) => Err(ApiError::Unauthorized("wrong admin token".into())),
-            None => Err(ApiError::Unauthorized(format!(
-                "admin calls need the node's token: Authorization: Bearer $(cat {})",
-                crate::auth::token_path(&node.config().data_dir).display()
-            ))),
+            Some(token) if node.is_admin_token(token.trim()) => return Ok(Admin),
+            Some(_) => return Err(ApiError::Unauthorized("wrong admin token".into())),
+            None => {}
+        }
+        // The admin page's session, good only on the box's own pages.
+        if let Some(token) = session_token(&parts.headers, node) {
+            if !from_own_page(&parts.headers) {
+                return Err(ApiError::Forbidden(
+                    "the box's session works only on its own pages".into(),
+                ));
+            }
+            return if node.is_admin_token(&token) {
+                Ok(Admin)
+            } else {
+                Err(ApiError::Unauthorized(
+                    "the session ended (the admin token changed); log in again".into(),
+                ))
+            };
+        }
+        Err(ApiError::Unauthorized(format!(
+            "admin calls need the node's token: Authorization: Bearer $(cat {})",
+            crate::auth::token_path(&node.config().data_dir).display()
+        )))
+    }
+}
+
+/// The owner, or someone watching on this box or its network (`play_without_ticket`)
+/// from a page the box trusts (its portal's, its own, or one served on this machine):
+/// who may ask the box to watch a stream for local players.
+pub struct Viewer;
+
+impl FromRequestParts<Arc<Node>> for Viewer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, node: &Arc<Node>) -> Result<Viewer, ApiError> {
+        let has_credentials = parts.headers.contains_key(header::AUTHORIZATION)
+            || session_token(&parts.headers, node).is_some();
+        if has_credentials {
+            return Admin::from_request_parts(parts, node).await.map(|_| Viewer);
+        }
+        let local = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .is_some_and(|ConnectInfo(peer)| node.plays_without_ticket(peer.ip()));
+        let origin = parts
+            .headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok());
+        let trusted = match origin {
+            None => true,
+            Some(origin) => {
+                super::trusted_origin(origin, node.config().portal.as_deref())
+                    || from_own_page(&parts.headers)
+            }
+        };
+        match (local, trusted) {
+            (true, true) => Ok(Viewer),
+            (false, _) => Err(ApiError::Unauthorized(
+                "only players on this box or its network may ask it to watch; \
+                 others need the admin token"
+                    .into(),
+            )),
+            (true, false) => Err(ApiError::Forbidden(
+                "pages from this origin may not steer the box".into(),
+            )),
         }
     }
 }
@@ -129,24 +191,25 @@ pub struct Watching {
     pub rtmp: String,
 }
 
+/// `POST /streams/{id}/watch`: relay a stream for players here. A viewer may ask.
 pub async fn watch(
-    admin: Admin,
+    _: Viewer,
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Watching>), ApiError> {
-    start(admin, node, id, Role::Watch).await
+    start(node, id, Role::Watch).await
 }
 
+/// `POST /streams/{id}/seed`: relay a stream to help the network. The owner decides.
 pub async fn seed(
-    admin: Admin,
+    _: Admin,
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Watching>), ApiError> {
-    start(admin, node, id, Role::Seed).await
+    start(node, id, Role::Seed).await
 }
 
 async fn start(
-    _: Admin,
     node: Arc<Node>,
     id: String,
     role: Role,

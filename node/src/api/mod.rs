@@ -8,15 +8,17 @@
 
 mod admin;
 mod peer;
+mod session;
 
 pub use admin::{StreamCreated, Watching};
+pub use session::Logs;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -119,14 +121,17 @@ pub fn router(node: Arc<Node>) -> Router {
             post(admin::seed).delete(admin::unwatch),
         )
         .route("/streams/{name}/pull", post(start_pull).delete(stop_pull))
+        .route("/streams/{name}/viewers", post(viewer_ticket))
         .route("/tickets", get(list_tickets))
         .route("/nodes", get(membership))
+        .route("/map", get(partial_map))
         .route("/leave", post(admin::leave))
         .route("/config", get(admin::get_config).patch(admin::patch_config))
         .route("/metrics", get(metrics))
         .route("/live/{file}", get(http_flv))
         .merge(peer::routes())
-        .fallback(|| async { ApiError::NotFound("no such resource".into()) })
+        .merge(session::routes())
+        .fallback(session::page)
         .method_not_allowed_fallback(|| async {
             ApiError::Rejected(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -138,32 +143,41 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Browsers may call from the portal's pages and from pages on this machine.
-fn cors(portal: Option<&str>) -> CorsLayer {
+/// Whether a page of `origin` may call the box: the portal's pages and pages served on
+/// this machine.
+fn trusted_origin(origin: &str, portal: Option<&str>) -> bool {
     let portal = portal
         .and_then(|p| url::Url::parse(p).ok())
         .map(|u| u.origin().ascii_serialization());
+    if portal.as_deref() == Some(origin) {
+        return true;
+    }
+    url::Url::parse(origin).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && match u.host() {
+                Some(url::Host::Domain(domain)) => domain == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            }
+    })
+}
+
+/// Browsers may call from trusted pages. A portal on the internet calling a box on
+/// this machine or its network is what Chrome's Private Network Access asks a
+/// preflight for: the answer allows it.
+fn cors(portal: Option<&str>) -> CorsLayer {
+    let portal = portal.map(str::to_owned);
     let allowed = move |origin: &HeaderValue, _: &axum::http::request::Parts| {
-        let Ok(origin) = origin.to_str() else {
-            return false;
-        };
-        if portal.as_deref() == Some(origin) {
-            return true;
-        }
-        url::Url::parse(origin).is_ok_and(|u| {
-            matches!(u.scheme(), "http" | "https")
-                && match u.host() {
-                    Some(url::Host::Domain(domain)) => domain == "localhost",
-                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                    None => false,
-                }
-        })
+        origin
+            .to_str()
+            .is_ok_and(|o| trusted_origin(o, portal.as_deref()))
     };
     CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(allowed))
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_private_network(true)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -251,6 +265,15 @@ async fn membership(State(node): Node_) -> Json<Membership> {
     })
 }
 
+/// `GET /map`: this node's partial view of the network, in the shape of the portal's
+/// `GET /api/map`.
+async fn partial_map(State(node): Node_) -> Json<proto::portal::MapEvent> {
+    Json(proto::portal::MapEvent::Snapshot {
+        nodes: node.control().partial_map(),
+        streams: Vec::new(),
+    })
+}
+
 async fn list_streams(State(node): Node_) -> Json<Vec<StreamInfo>> {
     Json(node.hubs().iter().map(|h| node.stream_info(h)).collect())
 }
@@ -263,6 +286,48 @@ async fn get_stream(
         .hub(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no stream {name:?} on this node")))?;
     Ok(Json(node.stream_info(&hub)))
+}
+
+/// `POST /streams/{id}/viewers`: a ticket for a player from beyond this box's
+/// network, if a forward slot is free; it lapses unused after a few seconds.
+#[derive(Serialize, Deserialize)]
+pub struct ViewerTicket {
+    pub ticket: String,
+    pub expires_in_secs: u64,
+    /// The stream, ticket included, as HTTP-FLV and as RTMP.
+    pub flv: String,
+    pub rtmp: String,
+}
+
+async fn viewer_ticket(
+    State(node): Node_,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<ViewerTicket>), ApiError> {
+    let stream = admin::stream_id(name)?;
+    if node.hub(stream.as_str()).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "no stream {stream} on this node"
+        )));
+    }
+    let ticket = node.viewer_ticket(&stream).ok_or_else(|| {
+        ApiError::Unavailable(format!(
+            "this box has no forward slot free for {stream}; ask the portal for another box"
+        ))
+    })?;
+    let me = node.control().me();
+    Ok((
+        StatusCode::CREATED,
+        Json(ViewerTicket {
+            flv: format!("http://{}/live/{stream}.flv?ticket={ticket}", me.api),
+            rtmp: format!(
+                "rtmp://{}/{}/{stream}?ticket={ticket}",
+                me.rtmp,
+                crate::rtmp::APP
+            ),
+            expires_in_secs: crate::control::VIEWER_TICKET_LIFETIME.as_secs(),
+            ticket,
+        }),
+    ))
 }
 
 async fn start_pull(
@@ -315,20 +380,45 @@ async fn metrics(State(node): Node_) -> impl IntoResponse {
 
 /// `GET /live/STREAM.flv`: an endless FLV file, chunked: header, then what a new
 /// subscriber gets (metadata, sequence headers, the cached GOP), then live tags.
+#[derive(Deserialize)]
+struct PlayQuery {
+    ticket: Option<String>,
+}
+
 async fn http_flv(
     State(node): Node_,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(file): Path<String>,
+    Query(query): Query<PlayQuery>,
 ) -> Result<Response, ApiError> {
-    if !node.plays_without_ticket(peer.ip()) {
-        return Err(ApiError::Forbidden(
-            "HTTP-FLV is for players on this box or its network (play_without_ticket)".into(),
-        ));
-    }
     let hub = file
         .strip_suffix(".flv")
         .and_then(|name| node.hub(name))
         .ok_or_else(|| ApiError::NotFound(format!("no stream {file:?} on this node")))?;
+    // Players from beyond the box's network play with a viewer ticket, and hold its
+    // forward slot while they play.
+    let local = node.plays_without_ticket(peer.ip());
+    let slot = match query.ticket {
+        // A ticket is redeemed even here, or its slot would stay taken until it lapses.
+        Some(token) => match node.redeem_viewer_ticket(hub.name(), &token) {
+            Some(slot) => Some(slot),
+            None if local => None,
+            None => {
+                return Err(ApiError::Forbidden(format!(
+                    "no live ticket for {:?} with that token; ask for a new one",
+                    hub.name()
+                )))
+            }
+        },
+        None if local => None,
+        None => {
+            return Err(ApiError::Forbidden(format!(
+                "players from beyond this box's network need a ticket: \
+                 POST /streams/{}/viewers",
+                hub.name()
+            )))
+        }
+    };
     let snap = hub.snapshot();
     let header = Bytes::copy_from_slice(&proto::flv::file_header(
         snap.has_audio,
@@ -336,10 +426,10 @@ async fn http_flv(
     ));
     let subscription = hub.subscribe();
     let body = futures_util::stream::unfold(
-        (subscription, Some(header)),
-        |(mut sub, header)| async move {
+        (subscription, Some(header), slot),
+        |(mut sub, header, slot)| async move {
             if let Some(header) = header {
-                return Some((Ok::<_, Infallible>(header), (sub, None)));
+                return Some((Ok::<_, Infallible>(header), (sub, None, slot)));
             }
             let first = sub.recv().await?;
             let mut out = BytesMut::new();
@@ -351,7 +441,7 @@ async fn http_flv(
                     None => break,
                 }
             }
-            Some((Ok(out.freeze()), (sub, None)))
+            Some((Ok(out.freeze()), (sub, None, slot)))
         },
     );
     Ok((

@@ -213,6 +213,45 @@ pub async fn unlist_stream(
         .map(drop)
 }
 
+/// Reports this box's place in the network, for the portal's map.
+pub async fn report_place(
+    client: &reqwest::Client,
+    portal: &str,
+    report: &proto::portal::NodeReport,
+) -> Result<(), PortalError> {
+    let url = format!("{portal}/api/nodes/{}", report.peer.id);
+    portal_json::<serde_json::Value>(client.put(url).json(report))
+        .await
+        .map(drop)
+}
+
+/// Takes this box off the portal's map.
+pub async fn forget_place(
+    client: &reqwest::Client,
+    portal: &str,
+    node: &proto::overlay::NodeId,
+) -> Result<(), PortalError> {
+    let url = format!("{portal}/api/nodes/{node}");
+    portal_json::<serde_json::Value>(client.delete(url))
+        .await
+        .map(drop)
+}
+
+/// Sends a still of a stream published here.
+pub async fn send_still(
+    client: &reqwest::Client,
+    portal: &str,
+    stream: &StreamId,
+    jpeg: bytes::Bytes,
+) -> Result<(), PortalError> {
+    let url = format!("{portal}/api/streams/{stream}/thumbnail");
+    let request = client
+        .put(url)
+        .header(reqwest::header::CONTENT_TYPE, "image/jpeg")
+        .body(jpeg);
+    portal_json::<serde_json::Value>(request).await.map(drop)
+}
+
 /// Who answers at a node's API address: its `GET /status` names it.
 pub async fn status_peer(client: &reqwest::Client, api: SocketAddr) -> Result<Peer, String> {
     #[derive(serde::Deserialize)]

@@ -8,10 +8,12 @@
 //! handler, `Pull` and `Kick` go to the media plane. One timer task sleeps until the
 //! engine's next deadline, or until an input may have moved it.
 
-mod http;
+pub(crate) mod http;
+mod place;
 mod pull;
 mod report;
 mod streams;
+mod viewers;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -26,9 +28,11 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
 pub use http::PortalError;
+pub use place::{forget_place, report_place};
 use pull::SteeredPull;
 pub use report::{EventLine, HeldReport, Report, TicketReport};
 pub use streams::{list_streams, PublishGuard, RelistError, Role, WatchError};
+pub use viewers::{ViewerSlot, UNUSED_FOR as VIEWER_TICKET_LIFETIME};
 
 use crate::{lock, Node};
 
@@ -56,6 +60,8 @@ pub struct Control {
     /// Listings of streams given a publish key, for when their publisher comes.
     drafts: Mutex<BTreeMap<StreamId, StreamUpdate>>,
     publish_changed: Notify,
+    /// Viewer tickets handed out and not yet played with, by token.
+    viewer_tickets: Mutex<HashMap<String, StreamId>>,
 }
 
 struct State {
@@ -103,6 +109,7 @@ impl Control {
             published: Mutex::default(),
             drafts: Mutex::default(),
             publish_changed: Notify::new(),
+            viewer_tickets: Mutex::default(),
         }
     }
 
@@ -113,6 +120,11 @@ impl Control {
 
     pub fn portal(&self) -> Option<&str> {
         self.portal.as_deref()
+    }
+
+    /// The HTTP client calls to peers and the portal leave from.
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     /// Puts the node in the overlay: from now on it takes watches and publications,
@@ -380,6 +392,7 @@ impl Node {
                 let _ = http::unlist_stream(&self.control.client, portal, &stream).await;
             }
         }
+        place::forget_place(self).await;
         self.overlay_input(Input::Leave);
         let grace = self
             .control

@@ -75,6 +75,8 @@ pub struct HeldReport {
     pub flowing: bool,
     pub slots: u8,
     pub tickets: Vec<TicketReport>,
+    /// Players from beyond the box's network, each in a slot.
+    pub viewers: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,6 +107,7 @@ impl HeldReport {
                     moving: t.moving,
                 })
                 .collect(),
+            viewers: h.viewers,
         }
     }
 }

@@ -87,6 +87,11 @@ impl Node {
         lock(&self.control.drafts).insert(stream, listing);
     }
 
+    /// The streams published here.
+    pub fn published_streams(&self) -> Vec<StreamId> {
+        lock(&self.control.published).keys().cloned().collect()
+    }
+
     /// The directory listing of a stream published here.
     pub fn listing(&self, stream: &StreamId) -> Option<StreamUpdate> {
         lock(&self.control.published).get(stream).cloned()

@@ -28,7 +28,7 @@ use super::meta::{self, MetaSender};
 use super::outbox::Outbox;
 use super::{handshake, RtmpError, APP, BEFORE_HANDSHAKE};
 use crate::auth::constant_time_eq;
-use crate::control::{ChildGuard, PublishGuard};
+use crate::control::{ChildGuard, PublishGuard, ViewerSlot};
 use crate::hub::{Feed, Packet, Publisher, Subscription};
 use crate::Node;
 
@@ -85,6 +85,8 @@ enum Role {
         subscription: Subscription,
         /// A child box playing with a ticket: ended when the ticket ends.
         child: Option<(oneshot::Receiver<()>, ChildGuard)>,
+        /// The slot of a player from beyond the box's network.
+        _viewer: Option<ViewerSlot>,
     },
 }
 
@@ -293,29 +295,37 @@ impl Connection {
         let token = url::form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == "ticket")
             .map(|(_, v)| v.into_owned());
-        let child = match token {
+        // A child box's ticket, or a viewer's (a player from beyond the box's network).
+        let (child, viewer) = match token {
             Some(token) => {
                 let ticket = StreamId::new(stream).ok().and_then(|id| {
                     let ticket = self.node.control().ticket_for_token(&id, &token)?;
                     Some((id, ticket))
                 });
-                let Some((id, ticket)) = ticket else {
-                    return self.refuse(
-                        request_id,
-                        "NetStream.Play.Failed",
-                        format!("no live ticket for {stream:?} with that token; ask for a new one"),
-                    );
-                };
-                Some(self.node.child_connected(id, ticket))
+                match ticket {
+                    Some((id, ticket)) => (Some(self.node.child_connected(id, ticket)), None),
+                    None => match self.node.redeem_viewer_ticket(stream, &token) {
+                        Some(slot) => (None, Some(slot)),
+                        None => {
+                            return self.refuse(
+                                request_id,
+                                "NetStream.Play.Failed",
+                                format!(
+                                "no live ticket for {stream:?} with that token; ask for a new one"
+                            ),
+                            )
+                        }
+                    },
+                }
             }
-            None if self.node.plays_without_ticket(self.peer.ip()) => None,
+            None if self.node.plays_without_ticket(self.peer.ip()) => (None, None),
             None => {
                 return self.refuse(
                     request_id,
                     "NetStream.Play.Failed",
                     format!(
-                        "{stream:?} is forwarded only to boxes with a ticket; play from this box, \
-                         or list your network in play_without_ticket"
+                        "{stream:?} is forwarded only with a ticket: boxes get one from the \
+                         overlay, players from POST /streams/{stream}/viewers"
                     ),
                 )
             }
@@ -335,6 +345,7 @@ impl Connection {
             stream_id,
             subscription,
             child,
+            _viewer: viewer,
         };
         Ok(())
     }

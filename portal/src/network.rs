@@ -1,0 +1,154 @@
+//! The map's routes: boxes report their place in the network, browsers read it whole
+//! or follow it live over a WebSocket, and a browser with no box of its own is told
+//! where to play.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, State as Axum};
+use axum::http::StatusCode;
+use axum::response::Response as HttpResponse;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use proto::overlay::NodeId;
+use proto::portal::{MapEvent, NodeReport, PlayAt};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::routes::{check_caller, stream_id, ApiError, Caller, Result};
+use crate::State;
+
+pub fn routes() -> Router<State> {
+    Router::new()
+        .route("/api/nodes/{id}", put(report).delete(leave))
+        .route("/api/map", get(map))
+        .route("/api/map/ws", get(map_ws))
+        .route("/api/streams/{id}/play", get(play))
+}
+
+fn node_id(id: String) -> Result<NodeId> {
+    NodeId::new(id).map_err(ApiError::BadRequest)
+}
+
+async fn report(
+    Axum(state): Axum<State>,
+    ConnectInfo(caller): Caller,
+    Path(id): Path<String>,
+    body: std::result::Result<Json<NodeReport>, JsonRejection>,
+) -> Result<StatusCode> {
+    let id = node_id(id)?;
+    let Json(report) = body?;
+    if report.peer.id != id {
+        return Err(ApiError::BadRequest(format!(
+            "the report is about {}, not {id}",
+            report.peer.id
+        )));
+    }
+    report.check().map_err(ApiError::BadRequest)?;
+    check_caller(caller, &report.peer, "the report")?;
+    state.live.report(report, state.now());
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn leave(
+    Axum(state): Axum<State>,
+    ConnectInfo(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let id = node_id(id)?;
+    let known = state
+        .live
+        .node(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no box {id} on the map")))?;
+    check_caller(caller, &known.peer, "the box")?;
+    state.live.remove(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn snapshot(state: &State, nodes: Vec<NodeReport>) -> Result<MapEvent> {
+    Ok(MapEvent::Snapshot {
+        nodes,
+        streams: state.store.streams(state.now()).await?,
+    })
+}
+
+/// `GET /api/map`: every box's report and every live stream.
+async fn map(Axum(state): Axum<State>) -> Result<Json<MapEvent>> {
+    let nodes = state.live.nodes();
+    Ok(Json(snapshot(&state, nodes).await?))
+}
+
+/// `GET /api/map/ws`: the map, then each change as it happens. Only the portal
+/// speaks; what a browser sends is ignored.
+async fn map_ws(Axum(state): Axum<State>, ws: WebSocketUpgrade) -> HttpResponse {
+    ws.on_upgrade(move |socket| feed(socket, state))
+}
+
+async fn feed(mut socket: WebSocket, state: State) {
+    loop {
+        let (nodes, mut changes) = state.live.subscribe();
+        let first = match snapshot(&state, nodes).await {
+            Ok(first) => first,
+            Err(e) => {
+                tracing::warn!("map feed: {e}");
+                return;
+            }
+        };
+        let Ok(first) = serde_json::to_string(&first) else {
+            return;
+        };
+        if socket.send(Message::Text(first.into())).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Ok(json) => {
+                        if socket.send(Message::Text(json.as_ref().into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Too far behind to catch up change by change: start again.
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return,
+                },
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
+}
+
+/// `GET /api/streams/{id}/play`: the shallowest box holding the stream with a forward
+/// slot to spare, for a browser with no box of its own.
+async fn play(Axum(state): Axum<State>, Path(id): Path<String>) -> Result<Json<PlayAt>> {
+    let id = stream_id(id)?;
+    if state.store.stream(&id, state.now()).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no live stream {id}")));
+    }
+    let best = state
+        .live
+        .nodes()
+        .into_iter()
+        .filter_map(|node| {
+            let place = node.streams.iter().find(|p| p.stream == id)?;
+            let free = place.free();
+            let depth = place.depth;
+            (place.flowing && free > 0).then_some((depth, std::cmp::Reverse(free), node))
+        })
+        .min_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let Some((depth, _, node)) = best else {
+        return Err(ApiError::Rejected(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no box holding {id} has a slot free right now; try again soon, \
+                 or run a box of your own"
+            ),
+        ));
+    };
+    Ok(Json(PlayAt {
+        ticket_url: format!("http://{}/streams/{id}/viewers", node.peer.api),
+        depth,
+        node: node.peer,
+    }))
+}

@@ -1,0 +1,253 @@
+//! What the web pages stand on, over plain HTTP: viewer tickets for players beyond a
+//! box's network, the admin page's session and whose pages may use it, the box's own
+//! map, and Chrome's Private Network Access preflight.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const STREAM: &str = "cam";
+
+/// A call with extra headers; the status, the headers asked for, and the body.
+fn call(
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    want: &[&str],
+) -> (u16, Vec<Option<String>>, String) {
+    let mut request = ureq::request(method, url).timeout(Duration::from_secs(10));
+    for (k, v) in headers {
+        request = request.set(k, v);
+    }
+    let result = match body {
+        Some(body) => request
+            .set("content-type", "application/json")
+            .send_string(body),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let got = want
+        .iter()
+        .map(|h| response.header(h).map(String::from))
+        .collect();
+    (
+        response.status(),
+        got,
+        response.into_string().unwrap_or_default(),
+    )
+}
+
+/// A source with one forward slot, in an overlay, to which this test's process
+/// (127.0.0.1) is a stranger.
+fn source() -> (PortalProc, NodeProc) {
+    let portal = PortalProc::start();
+    let node = NodeProc::start_at(
+        "src",
+        [127, 0, 0, 20],
+        "",
+        &[
+            "--portal",
+            &portal.url(),
+            "--max-forwards",
+            "1",
+            "--play-without-ticket",
+            "127.0.0.2/32",
+            "--source",
+            "test-pattern",
+            "--source-stream",
+            STREAM,
+            "--size",
+            "320x240",
+            "--fps",
+            "15",
+            "--bitrate-kbps",
+            "300",
+        ],
+    );
+    eventually(Duration::from_secs(15), || {
+        (portal.get("/api/streams")[0]["id"] == STREAM).then_some(())
+    });
+    (portal, node)
+}
+
+fn viewers(node: &NodeProc) -> Value {
+    node.status()["overlay"]["streams"][0]["viewers"].clone()
+}
+
+#[test]
+fn a_viewer_ticket_takes_a_free_slot_plays_once_and_lapses_unused() {
+    let (_portal, node) = source();
+    let (code, body) = node.http_anon("GET", &format!("/live/{STREAM}.flv"), None);
+    assert_eq!(code, 403, "a stranger without a ticket: {body}");
+    assert!(
+        body.contains("/viewers"),
+        "the error says what to do: {body}"
+    );
+
+    let (code, body) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), None);
+    assert_eq!(code, 201, "{body}");
+    let ticket: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(viewers(&node), 1, "the ticket holds the slot");
+    let (code, body) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), None);
+    assert_eq!(code, 503, "one slot, taken: {body}");
+    let (code, _) = node.http_anon("GET", &format!("/live/{STREAM}.flv?ticket=forged"), None);
+    assert_eq!(code, 403);
+
+    // It plays, once.
+    let flv = ticket["flv"].as_str().unwrap();
+    let probe = probe_stream(flv, 2);
+    assert!(
+        probe.pts.len() >= 20,
+        "{} frames through the ticket",
+        probe.pts.len()
+    );
+    assert_eq!((probe.width, probe.height), (320, 240));
+    eventually(Duration::from_secs(5), || {
+        (viewers(&node) == 0).then_some(())
+    });
+    let (code, _) = node.http_anon(
+        "GET",
+        &flv.replace(&format!("http://{}", node.api), ""),
+        None,
+    );
+    assert_eq!(code, 403, "a ticket is good for one play");
+
+    // Over RTMP too.
+    let (_, body) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), None);
+    let ticket: Value = serde_json::from_str(&body).unwrap();
+    let probe = probe_stream(ticket["rtmp"].as_str().unwrap(), 2);
+    assert!(
+        probe.pts.len() >= 20,
+        "{} frames over RTMP",
+        probe.pts.len()
+    );
+
+    // A ticket nobody plays with gives its slot back.
+    eventually(Duration::from_secs(5), || {
+        (viewers(&node) == 0).then_some(())
+    });
+    let (code, _) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), None);
+    assert_eq!(code, 201);
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(viewers(&node), 0, "an unused ticket lapsed");
+    let (code, _) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), None);
+    assert_eq!(code, 201, "the slot is free again");
+}
+
+#[test]
+fn the_admin_session_works_only_on_the_boxs_own_pages() {
+    let node = NodeProc::start("box", "", &[]);
+    let base = format!("http://{}", node.api);
+    let own = base.as_str();
+
+    let (code, _, page) = call(&format!("{base}/"), "GET", &[], None, &[]);
+    assert_eq!(code, 200);
+    assert!(page.contains("/assets/admin.js"));
+    let (code, _, _) = call(&format!("{base}/logs"), "GET", &[], None, &[]);
+    assert_eq!(code, 401);
+
+    let login = |token: &str, origin: &str| {
+        call(
+            &format!("{base}/session"),
+            "POST",
+            &[("origin", origin)],
+            Some(&format!(r#"{{"token": "{token}"}}"#)),
+            &["set-cookie"],
+        )
+    };
+    let (code, cookie, _) = login("wrong", own);
+    assert_eq!((code, cookie[0].clone()), (401, None));
+    let (code, _, _) = login(&node.admin_token(), "http://evil.example");
+    assert_eq!(code, 403, "no login from another site's page");
+    let (code, cookie, _) = login(&node.admin_token(), own);
+    assert_eq!(code, 204);
+    let cookie = cookie[0].clone().expect("a session cookie");
+    assert!(cookie.starts_with("astral-box="), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+
+    let with = |origin: Option<&str>| {
+        let mut headers = vec![("cookie", cookie.as_str())];
+        if let Some(origin) = origin {
+            headers.push(("origin", origin));
+        }
+        call(&format!("{base}/config"), "GET", &headers, None, &[]).0
+    };
+    assert_eq!(with(None), 200);
+    assert_eq!(with(Some(own)), 200);
+    assert_eq!(with(Some("http://evil.example")), 403);
+    assert_eq!(
+        with(Some("http://127.0.0.1:1")),
+        403,
+        "another port is another page"
+    );
+    let (_, _, session) = call(
+        &format!("{base}/session"),
+        "GET",
+        &[("cookie", &cookie)],
+        None,
+        &[],
+    );
+    assert_eq!(session, r#"{"name":"box","admin":true}"#);
+    let (code, _, lines) = call(
+        &format!("{base}/logs"),
+        "GET",
+        &[("cookie", &cookie)],
+        None,
+        &[],
+    );
+    assert_eq!(code, 200);
+    assert!(lines.contains("lines"));
+
+    // Watching for local players needs no token from a trusted page; another site's
+    // page may not steer the box. (This box is in no overlay: past the gate, 409.)
+    let watch = |origin: &str| {
+        call(
+            &format!("{base}/streams/{STREAM}/watch"),
+            "POST",
+            &[("origin", origin)],
+            Some("{}"),
+            &[],
+        )
+        .0
+    };
+    assert_eq!(watch("http://localhost:8080"), 409);
+    assert_eq!(watch("http://evil.example"), 403);
+
+    // A portal on the internet may call a box on a private network: Chrome asks first.
+    let (code, allowed, _) = call(
+        &format!("{base}/streams/{STREAM}/watch"),
+        "OPTIONS",
+        &[
+            ("origin", "http://localhost:8080"),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "content-type"),
+            ("access-control-request-private-network", "true"),
+        ],
+        None,
+        &[
+            "access-control-allow-origin",
+            "access-control-allow-private-network",
+        ],
+    );
+    assert_eq!(code, 200);
+    assert_eq!(allowed[0].as_deref(), Some("http://localhost:8080"));
+    assert_eq!(allowed[1].as_deref(), Some("true"));
+
+    let (code, _, _) = call(&format!("{base}/session"), "DELETE", &[], None, &[]);
+    assert_eq!(code, 204);
+    let (_, _, map) = call(&format!("{base}/map"), "GET", &[], None, &[]);
+    let map: Value = serde_json::from_str(&map).unwrap();
+    assert_eq!(map["type"], "snapshot");
+    assert_eq!(map["nodes"][0]["peer"]["id"], "box");
+}

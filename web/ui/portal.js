@@ -1,0 +1,472 @@
+// The portal's pages: the live streams, a stream's watch page, the network map. One
+// WebSocket (/api/map/ws) keeps the state current: a snapshot, then each change; the
+// page in view is drawn again from the state after every change.
+
+import mpegts from "mpegts.js";
+import { h, s, call, duration, kbps, now } from "./lib.js";
+
+const state = {
+  streams: new Map(), // id → StreamEntry
+  nodes: new Map(), // id → NodeReport
+  thumbnails: new Map(), // stream id → version
+  connected: false,
+};
+
+// ---- the feed -------------------------------------------------------------
+
+function apply(event) {
+  switch (event.type) {
+    case "snapshot":
+      state.streams = new Map(event.streams.map((e) => [e.id, e]));
+      state.nodes = new Map(event.nodes.map((n) => [n.peer.id, n]));
+      break;
+    case "node":
+      state.nodes.set(event.node.peer.id, event.node);
+      break;
+    case "node_gone":
+      state.nodes.delete(event.id);
+      break;
+    case "stream":
+      state.streams.set(event.stream.id, event.stream);
+      break;
+    case "stream_gone":
+      state.streams.delete(event.id);
+      break;
+    case "thumbnail":
+      state.thumbnails.set(event.id, event.version);
+      break;
+  }
+}
+
+function connect(backoff = 500) {
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/map/ws`;
+  const ws = new WebSocket(url);
+  ws.onopen = () => {
+    backoff = 500;
+    state.connected = true;
+  };
+  ws.onmessage = (msg) => {
+    apply(JSON.parse(msg.data));
+    redraw();
+  };
+  ws.onclose = () => {
+    state.connected = false;
+    redraw();
+    setTimeout(() => connect(Math.min(backoff * 2, 8000)), backoff);
+  };
+}
+
+let pending = false;
+function redraw() {
+  if (pending) return;
+  pending = true;
+  requestAnimationFrame(() => {
+    pending = false;
+    document.getElementById("feed-state").textContent = state.connected
+      ? `${state.streams.size} live · ${state.nodes.size} boxes`
+      : "reconnecting…";
+    view.draw(document.getElementById("app"));
+  });
+}
+
+// ---- derived facts --------------------------------------------------------
+
+/** Boxes holding a stream, apart from its source: the viewers' boxes and seeders. */
+function holders(id) {
+  let n = 0;
+  for (const node of state.nodes.values()) {
+    if (node.streams.some((p) => p.stream === id && p.depth > 0)) n++;
+  }
+  return n;
+}
+
+function thumbnailUrl(id) {
+  const v = state.thumbnails.get(id);
+  return v ? `/api/streams/${encodeURIComponent(id)}/thumbnail.jpg?v=${v}` : null;
+}
+
+// ---- the stream list ------------------------------------------------------
+
+const list = {
+  draw(app) {
+    const streams = [...state.streams.values()].sort(
+      (a, b) => holders(b.id) - holders(a.id) || a.id.localeCompare(b.id),
+    );
+    app.replaceChildren(
+      h("h1", {}, "Live now"),
+      streams.length
+        ? h("div", { class: "grid" }, streams.map(card))
+        : h("p", { class: "empty" }, "Nothing is live right now. Plug a camera into a box, or run ", h("code", {}, "./dev demo"), "."),
+    );
+  },
+  tick() {
+    for (const el of document.querySelectorAll("[data-uptime]")) {
+      el.textContent = `live ${duration(now() - Number(el.dataset.uptime))}`;
+    }
+  },
+};
+
+function card(e) {
+  const thumb = thumbnailUrl(e.id);
+  const viewers = holders(e.id) || e.viewers;
+  return h(
+    "article",
+    { class: "card", "data-stream": e.id },
+    h(
+      "a",
+      { class: "thumb", href: `/watch/${encodeURIComponent(e.id)}`, "data-nav": true },
+      thumb ? h("img", { src: thumb, alt: `Still of ${e.title}`, "data-thumbnail": e.id }) : null,
+      h("span", { class: "badge" }, "LIVE"),
+    ),
+    h(
+      "div",
+      { class: "body" },
+      h("div", { class: "title" }, e.title),
+      h(
+        "div",
+        { class: "facts" },
+        h("span", { title: "source box" }, `from ${e.source.id}`),
+        h("span", { "data-viewers": viewers }, `${viewers} watching`),
+        h("span", { "data-uptime": e.started }, `live ${duration(now() - e.started)}`),
+        e.width ? h("span", {}, `${e.width}×${e.height}`) : null,
+        e.bitrate_kbps ? h("span", {}, kbps(e.bitrate_kbps)) : null,
+      ),
+      e.description ? h("p", { class: "dim" }, e.description) : null,
+      h("div", { class: "actions" }, h("a", { href: `/watch/${encodeURIComponent(e.id)}`, "data-nav": true }, h("button", {}, "Watch"))),
+    ),
+  );
+}
+
+// ---- the watch page -------------------------------------------------------
+
+/** The viewer's own box: `?node=URL` sets it, the browser remembers it. */
+function localNode() {
+  const given = new URLSearchParams(location.search).get("node");
+  if (given) localStorage.setItem("astral.node", given);
+  return (localStorage.getItem("astral.node") || "http://localhost:8000").replace(/\/$/, "");
+}
+
+function watchPage(id) {
+  let player = null;
+  let via = null; // { kind: "local" | "public", api, flv, rtmp, id }
+  let status = "Looking for your box…";
+  let facts = {};
+  let stopped = false;
+  let timer = null;
+
+  async function start() {
+    const local = localNode();
+    try {
+      const me = await call(`${local}/status`, { timeout: 1500 });
+      status = `Asking your box (${me.name}) to join the stream…`;
+      redraw();
+      const w = await call(`${local}/streams/${encodeURIComponent(id)}/watch`, { method: "POST", body: {} });
+      via = { kind: "local", api: local, id: me.name, flv: `${local}/live/${encodeURIComponent(id)}.flv`, rtmp: w.rtmp };
+      await flowing(local);
+    } catch (err) {
+      if (stopped) return;
+      if (err.status) {
+        status = `Your box at ${local} said no: ${err.message}`;
+        redraw();
+        return;
+      }
+      status = "No box of yours answered; finding a public box with a free slot…";
+      redraw();
+      if (!(await usePublicBox())) return;
+    }
+    if (stopped) return;
+    play(via.flv);
+    timer = setInterval(poll, 1000);
+  }
+
+  /** Plays from a box the portal picks, with a viewer ticket from it (which takes
+   * its slot); false, and why in the status, if there is none. */
+  async function usePublicBox() {
+    try {
+      const at = await call(`/api/streams/${encodeURIComponent(id)}/play`);
+      const t = await call(at.ticket_url, { method: "POST", body: {} });
+      via = { kind: "public", api: `http://${at.node.api}`, id: at.node.id, flv: t.flv, rtmp: t.rtmp, ticketUrl: at.ticket_url };
+      return true;
+    } catch (e) {
+      status = e.message;
+      redraw();
+      return false;
+    }
+  }
+
+  /** Waits until the box gets the stream's video, up to 20 s. */
+  async function flowing(api) {
+    for (let i = 0; i < 80 && !stopped; i++) {
+      const st = await call(`${api}/status`);
+      const place = st.overlay.streams.find((p) => p.stream === id);
+      if (place && place.flowing) return;
+      status = place ? `Your box joined the tree at depth ${place.depth}; waiting for video…` : status;
+      redraw();
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+
+  function play(url) {
+    const video = document.getElementById("video");
+    player = mpegts.createPlayer(
+      { type: "flv", isLive: true, url, hasAudio: undefined },
+      {
+        enableWorker: false,
+        enableStashBuffer: false,
+        lazyLoad: false,
+        liveBufferLatencyChasing: true,
+        liveBufferLatencyMaxLatency: 0.9,
+        liveBufferLatencyMinRemain: 0.15,
+      },
+    );
+    player.attachMediaElement(video);
+    player.on(mpegts.Events.ERROR, (type, detail) => {
+      status = `Playback stopped (${type}: ${detail}); retrying…`;
+      redraw();
+      setTimeout(async () => {
+        if (stopped) return;
+        player.destroy();
+        player = null;
+        // A viewer ticket is good for one play: a public box is asked again.
+        if (via.kind === "public" && !(await usePublicBox())) return;
+        if (!stopped) play(via.flv);
+      }, 1000);
+    });
+    player.load();
+    video.muted = true;
+    Promise.resolve(player.play()).catch(() => {});
+    status = via.kind === "local" ? `Playing through your box, ${via.id}` : `Playing from public box ${via.id}`;
+  }
+
+  /** Depth, parent and latency, once a second. */
+  async function poll() {
+    const video = document.getElementById("video");
+    if (video && video.buffered.length) {
+      facts.latency = Math.max(0, video.buffered.end(video.buffered.length - 1) - video.currentTime);
+    }
+    let place = null;
+    if (via.kind === "local") {
+      try {
+        const st = await call(`${via.api}/status`, { timeout: 900 });
+        place = st.overlay.streams.find((p) => p.stream === id) || null;
+      } catch {
+        /* the box may be busy: keep the last facts */
+      }
+    } else {
+      const node = state.nodes.get(via.id);
+      place = node && node.streams.find((p) => p.stream === id);
+    }
+    if (place) {
+      facts.depth = place.depth;
+      facts.parent = place.parent || "(the source)";
+    }
+    redraw();
+  }
+
+  return {
+    draw(app) {
+      const e = state.streams.get(id);
+      if (!document.getElementById("video")) {
+        app.replaceChildren(
+          h(
+            "div",
+            { class: "watch" },
+            h("section", {}, h("h1", { id: "watch-title" }), h("video", { id: "video", controls: true, muted: true, playsinline: true }), h("p", { class: "status", id: "watch-status" })),
+            h("aside", {}, h("h2", {}, "This stream"), h("dl", { class: "facts", id: "watch-facts" })),
+          ),
+        );
+        start();
+      }
+      document.getElementById("watch-title").textContent = e ? e.title : id;
+      document.getElementById("watch-status").textContent = status;
+      const flv = via && via.flv;
+      const rows = [
+        ["Source box", e ? e.source.id : "–"],
+        ["Resolution", e && e.width ? `${e.width}×${e.height}` : "–"],
+        ["Bitrate", e && e.bitrate_kbps ? kbps(e.bitrate_kbps) : "–"],
+        ["Watching", e ? String(holders(id) || e.viewers) : "–"],
+        ["Playing via", via ? `${via.id} (${via.kind === "local" ? "your box" : "public box"})` : "–"],
+        ["Depth in tree", facts.depth ?? "–"],
+        ["Parent", facts.parent ?? "–"],
+        ["Latency", facts.latency != null ? `${Math.round(facts.latency * 1000)} ms buffered` : "–"],
+        ...(via && via.kind === "public"
+          ? [
+              ["HTTP-FLV", h("code", {}, `ffplay "$(curl -s -X POST ${via.ticketUrl} | jq -r .flv)"`)],
+              ["RTMP", h("code", {}, `vlc "$(curl -s -X POST ${via.ticketUrl} | jq -r .rtmp)"`)],
+            ]
+          : [
+              ["HTTP-FLV", flv ? h("code", {}, `ffplay ${flv}`) : "–"],
+              ["RTMP", via ? h("code", {}, `vlc ${via.rtmp}`) : "–"],
+            ]),
+      ];
+      document.getElementById("watch-facts").replaceChildren(
+        ...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", { "data-fact": k }, v)]),
+      );
+    },
+    close() {
+      stopped = true;
+      clearInterval(timer);
+      if (player) {
+        player.destroy();
+        player = null;
+      }
+    },
+  };
+}
+
+// ---- the network map ------------------------------------------------------
+
+const ROW = 80;
+const COL = 90;
+
+/** One tree per stream, from each box's report of its parent (the ticket's grantor). */
+function trees() {
+  const out = [];
+  for (const stream of new Set([...state.nodes.values()].flatMap((n) => n.streams.map((p) => p.stream)))) {
+    const children = new Map();
+    const places = new Map();
+    for (const node of state.nodes.values()) {
+      const place = node.streams.find((p) => p.stream === stream);
+      if (!place) continue;
+      places.set(node.peer.id, place);
+    }
+    for (const [id, place] of places) {
+      const parent = place.parent && places.has(place.parent) ? place.parent : null;
+      if (!children.has(parent)) children.set(parent, []);
+      children.get(parent).push(id);
+    }
+    for (const list of children.values()) list.sort();
+    out.push({ stream, places, children, roots: children.get(null) || [] });
+  }
+  return out.sort((a, b) => a.stream.localeCompare(b.stream));
+}
+
+/** A tidy layout: leaves side by side, each parent over the middle of its children. */
+function layout(tree) {
+  const pos = new Map();
+  let next = 0;
+  const place = (id, depth) => {
+    const kids = tree.children.get(id) || [];
+    if (!kids.length) {
+      pos.set(id, { x: next++, y: depth });
+    } else {
+      kids.forEach((k) => place(k, depth + 1));
+      const xs = kids.map((k) => pos.get(k).x);
+      pos.set(id, { x: (Math.min(...xs) + Math.max(...xs)) / 2, y: depth });
+    }
+  };
+  // Sources first: a box whose parent is off the map is a root of its own.
+  const roots = [...tree.roots].sort((a, b) => tree.places.get(a).depth - tree.places.get(b).depth);
+  roots.forEach((r) => {
+    place(r, 0);
+    next += 0.5;
+  });
+  return { pos, width: Math.max(next, 1) };
+}
+
+function drawTree(tree) {
+  const { pos, width } = layout(tree);
+  const depth = Math.max(0, ...[...pos.values()].map((p) => p.y));
+  const X = (p) => 50 + p.x * COL;
+  const Y = (p) => 30 + p.y * ROW;
+  const edges = [];
+  for (const [id, place] of tree.places) {
+    if (place.parent && pos.has(place.parent)) {
+      const a = pos.get(place.parent), b = pos.get(id);
+      edges.push(s("line", { class: "edge", x1: X(a), y1: Y(a), x2: X(b), y2: Y(b), "data-edge": `${place.parent}>${id}` }));
+    }
+  }
+  const nodes = [...pos].map(([id, p]) => {
+    const place = tree.places.get(id);
+    const report = state.nodes.get(id);
+    const cls = ["node", place.depth === 0 ? "source" : "", place.flowing ? "" : "stalled"].join(" ");
+    const shape = report && report.is_supernode
+      ? s("rect", { x: X(p) - 13, y: Y(p) - 13, width: 26, height: 26, rx: 4 })
+      : s("circle", { cx: X(p), cy: Y(p), r: 13 });
+    const free = place.slots - place.children.length;
+    return s(
+      "g",
+      { class: cls, "data-node": id },
+      s("title", {}, `${id}: depth ${place.depth}, ${place.children.length}/${place.slots} forwards${report && report.is_supernode ? ", supernode" : ""}`),
+      shape,
+      s("text", { x: X(p), y: Y(p) + 30 }, id),
+      s("text", { x: X(p), y: Y(p) + 4, "font-size": 10 }, free > 0 ? `+${free}` : ""),
+    );
+  });
+  return h(
+    "section",
+    { "data-tree": tree.stream },
+    h("h2", {}, `${tree.stream} · ${tree.places.size} boxes · depth ${depth}`),
+    svgBox(Math.max(100 + (width - 1) * COL, 300), ROW * (depth + 1) + 30, edges, nodes),
+  );
+}
+
+/** An SVG drawn at its own size, shrunk to fit narrow screens. */
+function svgBox(w, h_, ...children) {
+  return s("svg", { viewBox: `0 0 ${w} ${h_}`, width: w, height: h_, style: "max-width: 100%; height: auto" }, ...children);
+}
+
+const map = {
+  draw(app) {
+    const all = trees();
+    const idle = [...state.nodes.values()].filter((n) => !n.streams.length);
+    const supernodes = [...state.nodes.values()].filter((n) => n.is_supernode);
+    app.replaceChildren(
+      h(
+        "div",
+        { class: "map" },
+        h("h1", {}, "The network"),
+        h(
+          "p",
+          { class: "legend" },
+          `${state.nodes.size} boxes, ${supernodes.length} supernodes (square), ${state.streams.size} live streams. `,
+          "Lines are tickets, parent above child; red: a source; orange: waiting for video; +N: free forward slots.",
+        ),
+        all.length ? all.map(drawTree) : h("p", { class: "empty" }, "No stream is relayed right now."),
+        idle.length ? [h("h2", {}, "Boxes holding no stream"), h("p", { "data-idle": true }, idle.map((n) => n.peer.id).join(", "))] : null,
+        supernodes.length
+          ? [
+              h("h2", {}, "Supernodes and their boxes"),
+              h(
+                "ul",
+                {},
+                supernodes.map((sn) => {
+                  const members = [...state.nodes.values()].filter((n) => n.supernode === sn.peer.id && n.peer.id !== sn.peer.id);
+                  return h("li", { "data-supernode": sn.peer.id }, h("b", {}, sn.peer.id), `: ${members.map((m) => m.peer.id).join(", ") || "no boxes"}`);
+                }),
+              ),
+            ]
+          : null,
+      ),
+    );
+  },
+};
+
+// ---- navigation -----------------------------------------------------------
+
+let view = { draw() {} };
+
+function route() {
+  if (view.close) view.close();
+  const path = location.pathname;
+  const watch = path.match(/^\/watch\/([^/]+)$/);
+  view = watch ? watchPage(decodeURIComponent(watch[1])) : path === "/map" ? map : list;
+  document.getElementById("app").replaceChildren();
+  for (const a of document.querySelectorAll("header a")) {
+    a.classList.toggle("here", a.getAttribute("href") === path);
+  }
+  redraw();
+}
+
+document.addEventListener("click", (ev) => {
+  const a = ev.target.closest("a[data-nav]");
+  if (!a || ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button !== 0) return;
+  ev.preventDefault();
+  history.pushState(null, "", a.getAttribute("href") + location.search);
+  route();
+});
+window.addEventListener("popstate", route);
+setInterval(() => view.tick && view.tick(), 1000);
+
+route();
+connect();
