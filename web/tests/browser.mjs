@@ -71,7 +71,9 @@ function readClock() {
     if (digit < 0) return null;
     value = value * 10 + digit;
   }
-  return { shown: value, now: Date.now() % 1e8 };
+  // What the player holds back on purpose: frames that arrived, not yet shown.
+  const buffered = video.buffered.length ? video.buffered.end(video.buffered.length - 1) - video.currentTime : 0;
+  return { shown: value, now: Date.now() % 1e8, buffered: Math.round(buffered * 1000) };
 }
 
 /** How much the picture varies: a blank (black or one-colour) picture does not. */
@@ -142,9 +144,13 @@ const scenarios = {
     if (cfg.clock) {
       // Glass to glass: the clock the source drew into the picture, against this one.
       result.latencies = [];
+      result.buffered = [];
       for (let i = 0; i < 40; i++) {
         const r = await page.evaluate(readClock);
-        if (r) result.latencies.push((((r.now - r.shown) % 1e8) + 1e8) % 1e8);
+        if (r) {
+          result.latencies.push((((r.now - r.shown) % 1e8) + 1e8) % 1e8);
+          result.buffered.push(r.buffered);
+        }
         await sleep(97);
       }
     }

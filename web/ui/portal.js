@@ -214,9 +214,10 @@ function watchPage(id) {
         enableWorker: false,
         enableStashBuffer: false,
         lazyLoad: false,
+        // Live, not smooth at any cost: past half a second behind, skip ahead.
         liveBufferLatencyChasing: true,
-        liveBufferLatencyMaxLatency: 0.9,
-        liveBufferLatencyMinRemain: 0.15,
+        liveBufferLatencyMaxLatency: 0.5,
+        liveBufferLatencyMinRemain: 0.1,
       },
     );
     player.attachMediaElement(video);

@@ -31,6 +31,8 @@ pub enum Which {
     Relay(RelayArgs),
     /// Capture and encoding of the box's own source, against the ffmpeg CLI
     Capture(crate::capture_bench::CaptureArgs),
+    /// Glass-to-glass latency in Chromium down a chain of boxes, against the source
+    Latency(crate::latency_bench::LatencyArgs),
 }
 
 #[derive(clap::Args)]
@@ -57,11 +59,12 @@ pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Relay(args) => relay(args),
         Which::Capture(args) => crate::capture_bench::capture(args),
+        Which::Latency(args) => crate::latency_bench::latency(args),
     }
 }
 
 /// A child process killed when dropped.
-struct Proc {
+pub(crate) struct Proc {
     name: String,
     child: Child,
 }
@@ -74,6 +77,13 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    pub(crate) fn new(name: &str, child: Child) -> Proc {
+        Proc {
+            name: name.into(),
+            child,
+        }
+    }
+
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -103,18 +113,13 @@ fn relay(args: RelayArgs) -> anyhow::Result<()> {
         "source",
         api_port(0),
         rtmp_port(0, 0),
-        &[
-            "--source",
+        &source_args(
             "test-pattern",
-            "--source-stream",
             STREAM,
-            "--size",
             &args.size,
-            "--fps",
-            &args.fps.to_string(),
-            "--bitrate-kbps",
-            &args.bitrate_kbps.to_string(),
-        ],
+            args.fps,
+            args.bitrate_kbps,
+        ),
     )?);
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
@@ -245,7 +250,31 @@ fn relay(args: RelayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_astral() -> anyhow::Result<PathBuf> {
+/// The flags of a source box publishing a test pattern.
+pub(crate) fn source_args(
+    source: &str,
+    stream: &str,
+    size: &str,
+    fps: u32,
+    bitrate_kbps: u32,
+) -> Vec<String> {
+    [
+        "--source",
+        source,
+        "--source-stream",
+        stream,
+        "--size",
+        size,
+        "--fps",
+        &fps.to_string(),
+        "--bitrate-kbps",
+        &bitrate_kbps.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+pub(crate) fn build_astral() -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--release", "--bin", "astral"])
@@ -257,13 +286,13 @@ fn build_astral() -> anyhow::Result<PathBuf> {
     Ok(target.join("release/astral"))
 }
 
-fn start_astral(
+pub(crate) fn start_astral(
     bin: &Path,
     work: &Path,
     name: &str,
     api: u16,
     rtmp: u16,
-    extra: &[&str],
+    extra: &[impl AsRef<std::ffi::OsStr>],
 ) -> anyhow::Result<Proc> {
     let dir = work.join(name);
     std::fs::create_dir_all(&dir)?;

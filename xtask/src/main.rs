@@ -6,6 +6,7 @@ mod capture_bench;
 mod cross;
 mod image;
 mod image_test;
+mod latency_bench;
 mod package;
 mod util;
 
