@@ -10,7 +10,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
@@ -18,6 +19,20 @@ use serde_json::{json, Value};
 
 const STREAM: &str = "cam";
 const CHAIN: usize = 5;
+
+/// One browser test at a time: each runs Chromium and a handful of boxes, and the
+/// demo takes a block of ports that another test's boxes could hold.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// `astral demo`, stopped when dropped.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 struct Chain {
     portal: PortalProc,
@@ -152,7 +167,32 @@ fn latency(seen: &Value) -> (i64, i64) {
 }
 
 #[test]
+fn the_demo_shows_in_the_browser() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let port = free_port();
+    let _demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_astral"))
+            .args(["demo", "--nodes", "3", "--port", &port.to_string()])
+            .args(["--size", "640x360", "--fps", "25", "--bitrate-kbps", "800"])
+            .args(["--seconds", "120"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("astral demo starts"),
+    );
+    let portal = format!("http://127.0.0.1:{port}");
+    let list = browser("list", json!({"portal": portal, "stream": "demo"}));
+    assert_eq!(list["streams"], json!(["demo"]));
+    assert_eq!(list["title"], "Astral demo: a test pattern");
+    assert_eq!(list["thumbnail"], json!({"width": 320, "height": 180}));
+    let nodes = ["box1", "box2", "box3", "source"];
+    let map = browser("map", json!({"portal": portal, "nodes": nodes}));
+    assert_eq!(map["before"]["nodes"], json!(nodes));
+    assert_eq!(map["before"]["edges"].as_array().unwrap().len(), 3, "{map}");
+}
+
+#[test]
 fn the_portal_and_the_box_pages_work_in_chromium() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let chain = Chain::start();
     let portal = chain.portal.url();
     let (first, last) = (&chain.boxes[0], &chain.boxes[CHAIN - 1]);

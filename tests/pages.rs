@@ -251,3 +251,61 @@ fn the_admin_session_works_only_on_the_boxs_own_pages() {
     assert_eq!(map["type"], "snapshot");
     assert_eq!(map["nodes"][0]["peer"]["id"], "box");
 }
+
+#[test]
+fn a_stream_a_viewer_asked_for_is_dropped_when_no_one_plays_it() {
+    let (portal, _source) = source();
+    let node = NodeProc::start_at(
+        "home",
+        [127, 0, 0, 21],
+        "[relay]\nview_idle_secs = 5\n",
+        &[
+            "--portal",
+            &portal.url(),
+            "--play-without-ticket",
+            "127.0.0.1/32",
+        ],
+    );
+    let role = || node.status()["overlay"]["streams"][0]["role"].clone();
+    let (code, _, body) = call(
+        &format!("http://{}/streams/{STREAM}/watch", node.api),
+        "POST",
+        &[("origin", &portal.url())],
+        Some("{}"),
+        &[],
+    );
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(role(), "view");
+    eventually(Duration::from_secs(15), || {
+        (node.status()["overlay"]["streams"][0]["flowing"] == true).then_some(())
+    });
+    // Kept while someone here plays it...
+    let probe = probe_stream(&node.flv_url(STREAM), 7);
+    assert!(probe.pts.len() >= 90, "{} frames", probe.pts.len());
+    assert_eq!(role(), "view");
+    // ...and dropped a few seconds after the last player went.
+    let started = std::time::Instant::now();
+    eventually(Duration::from_secs(15), || {
+        node.status()["overlay"]["streams"]
+            .as_array()
+            .is_some_and(|s| s.is_empty())
+            .then_some(())
+    });
+    let idle = started.elapsed();
+    assert!(idle >= Duration::from_secs(4), "dropped after {idle:?}");
+
+    // What the owner asks for stays, whoever asks after.
+    let (code, _) = node.http("POST", &format!("/streams/{STREAM}/watch"), None);
+    assert_eq!(code, 202);
+    let (code, _, _) = call(
+        &format!("http://{}/streams/{STREAM}/watch", node.api),
+        "POST",
+        &[],
+        Some("{}"),
+        &[],
+    );
+    assert_eq!(code, 202);
+    assert_eq!(role(), "watch");
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(role(), "watch", "the owner's watch does not idle out");
+}

@@ -484,6 +484,7 @@ fn role_name(role: Role) -> &'static str {
     match role {
         Role::Source => "source",
         Role::Watch => "watch",
+        Role::View => "view",
         Role::Seed => "seed",
     }
 }

@@ -191,6 +191,7 @@ struct RawHub {
 #[serde(deny_unknown_fields)]
 struct RawRelay {
     stall_timeout_ms: Option<u64>,
+    view_idle_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +230,9 @@ pub struct Config {
     pub pulls: Vec<PullConfig>,
     pub hub: HubConfig,
     pub stall_timeout: Duration,
+    /// A stream relayed because a player here asked (`Role::View`) is dropped once no
+    /// one here has played it for this long.
+    pub view_idle: Duration,
     /// Supernodes to try before the portal's list.
     pub supernodes: Vec<SocketAddr>,
     pub advertise: Option<IpAddr>,
@@ -563,6 +567,14 @@ impl Config {
             ));
         }
 
+        let view_idle_secs = raw.relay.view_idle_secs.unwrap_or(60);
+        if !(5..=86_400).contains(&view_idle_secs) {
+            return Err(invalid(
+                "relay.view_idle_secs",
+                "must be between 5 and 86400",
+            ));
+        }
+
         let play_without_ticket = match (&args.play_without_ticket[..], raw.play_without_ticket) {
             ([], None) => vec![Cidr::LOOPBACK_V4, Cidr::LOOPBACK_V6],
             ([], Some(list)) => parse_cidrs("play_without_ticket", &list)?,
@@ -630,6 +642,7 @@ impl Config {
             pulls,
             hub,
             stall_timeout: Duration::from_millis(stall_ms),
+            view_idle: Duration::from_secs(view_idle_secs),
             supernodes,
             advertise: args.advertise.or(raw.advertise),
             play_without_ticket,
@@ -855,6 +868,7 @@ mod tests {
             ("source = \"webcam\"", "source"),
             ("[hub]\nqueue_len = 1", "hub.queue_len"),
             ("[relay]\nstall_timeout_ms = 5", "relay.stall_timeout_ms"),
+            ("[relay]\nview_idle_secs = 1", "relay.view_idle_secs"),
             ("[[pull]]\nupstreams = [\"http://x/live/a\"]", "pull[0]"),
         ] {
             match load(text) {

@@ -369,6 +369,7 @@ pub async fn run(
         tasks.push(tokio::spawn(control::drive(Arc::clone(&node))));
         tasks.push(tokio::spawn(control::list_streams(Arc::clone(&node))));
         tasks.push(tokio::spawn(control::report_place(Arc::clone(&node))));
+        tasks.push(tokio::spawn(control::drop_idle_views(Arc::clone(&node))));
         tasks.push(tokio::spawn(stills::send_stills(Arc::clone(&node))));
         let joining = Arc::clone(&node);
         tasks.push(tokio::spawn(async move {

@@ -65,7 +65,9 @@ impl FromRequestParts<Arc<Node>> for Admin {
 /// The owner, or someone watching on this box or its network (`play_without_ticket`)
 /// from a page the box trusts (its portal's, its own, or one served on this machine):
 /// who may ask the box to watch a stream for local players.
-pub struct Viewer;
+pub struct Viewer {
+    pub owner: bool,
+}
 
 impl FromRequestParts<Arc<Node>> for Viewer {
     type Rejection = ApiError;
@@ -74,7 +76,9 @@ impl FromRequestParts<Arc<Node>> for Viewer {
         let has_credentials = parts.headers.contains_key(header::AUTHORIZATION)
             || session_token(&parts.headers, node).is_some();
         if has_credentials {
-            return Admin::from_request_parts(parts, node).await.map(|_| Viewer);
+            return Admin::from_request_parts(parts, node)
+                .await
+                .map(|_| Viewer { owner: true });
         }
         let local = parts
             .extensions
@@ -92,7 +96,7 @@ impl FromRequestParts<Arc<Node>> for Viewer {
             }
         };
         match (local, trusted) {
-            (true, true) => Ok(Viewer),
+            (true, true) => Ok(Viewer { owner: false }),
             (false, _) => Err(ApiError::Unauthorized(
                 "only players on this box or its network may ask it to watch; \
                  others need the admin token"
@@ -191,13 +195,19 @@ pub struct Watching {
     pub rtmp: String,
 }
 
-/// `POST /streams/{id}/watch`: relay a stream for players here. A viewer may ask.
+/// `POST /streams/{id}/watch`: relay a stream for players here. The owner's watch
+/// lasts until stopped; a viewer's, while someone here plays it.
 pub async fn watch(
-    _: Viewer,
+    viewer: Viewer,
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Watching>), ApiError> {
-    start(node, id, Role::Watch).await
+    let role = if viewer.owner {
+        Role::Watch
+    } else {
+        Role::View
+    };
+    start(node, id, role).await
 }
 
 /// `POST /streams/{id}/seed`: relay a stream to help the network. The owner decides.

@@ -31,7 +31,7 @@ pub use http::PortalError;
 pub use place::{forget_place, report_place};
 use pull::SteeredPull;
 pub use report::{EventLine, HeldReport, Report, TicketReport};
-pub use streams::{list_streams, PublishGuard, RelistError, Role, WatchError};
+pub use streams::{drop_idle_views, list_streams, PublishGuard, RelistError, Role, WatchError};
 pub use viewers::{ViewerSlot, UNUSED_FOR as VIEWER_TICKET_LIFETIME};
 
 use crate::{lock, Node};

@@ -1,6 +1,7 @@
 //! Streams as the box's owner sees them: published here (listed on the portal),
 //! watched or seeded from the network.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +19,11 @@ use crate::{lock, Node};
 pub enum Role {
     /// Published here: this box is the root of the stream's tree.
     Source,
-    /// Relayed for local players.
+    /// Relayed for local players, as the owner asked: kept until the owner says stop.
     Watch,
+    /// Relayed because a player on the box's network asked (the portal's watch page):
+    /// dropped once no one here has played it for `relay.view_idle_secs`.
+    View,
     /// Relayed only to help the network.
     Seed,
 }
@@ -106,7 +110,13 @@ impl Node {
         {
             let mut state = lock(&self.control.state);
             if state.engine.held().iter().any(|h| h.stream == stream) {
-                if state.roles.get(&stream) != Some(&Role::Source) {
+                // A viewer's ask never overrides what the owner decided.
+                let keep = match state.roles.get(&stream) {
+                    Some(Role::Source) => true,
+                    Some(_) => role == Role::View,
+                    None => false,
+                };
+                if !keep {
                     state.roles.insert(stream, role);
                 }
                 return Ok(());
@@ -142,7 +152,7 @@ impl Node {
         let known = {
             let mut state = lock(&self.control.state);
             match state.roles.get(stream) {
-                Some(Role::Watch | Role::Seed) => {
+                Some(Role::Watch | Role::View | Role::Seed) => {
                     state.roles.remove(stream);
                     true
                 }
@@ -155,6 +165,45 @@ impl Node {
             });
         }
         known
+    }
+}
+
+/// Drops streams relayed for players here (`Role::View`) once no one here has played
+/// them for `relay.view_idle_secs`: a viewer who closed the page leaves no relay behind.
+/// Players here are the stream's subscribers other than child boxes.
+pub async fn drop_idle_views(node: Arc<Node>) {
+    let mut idle_since: BTreeMap<StreamId, tokio::time::Instant> = BTreeMap::new();
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let report = node.control.report();
+        let views: Vec<(StreamId, usize)> = report
+            .streams
+            .iter()
+            .filter(|h| h.role == Role::View)
+            .map(|h| {
+                let children = h.tickets.iter().filter(|t| t.connected).count();
+                (h.stream.clone(), children)
+            })
+            .collect();
+        idle_since.retain(|s, _| views.iter().any(|(v, _)| v == s));
+        for (stream, children) in views {
+            let subscribers = node
+                .hub(stream.as_str())
+                .map_or(0, |hub| hub.snapshot().subscribers);
+            if subscribers > children {
+                idle_since.remove(&stream);
+                continue;
+            }
+            let since = *idle_since
+                .entry(stream.clone())
+                .or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= node.config().view_idle {
+                tracing::info!(%stream, "no one here plays it any more: stopped relaying it");
+                idle_since.remove(&stream);
+                node.unwatch(&stream);
+            }
+        }
     }
 }
 
