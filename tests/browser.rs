@@ -264,10 +264,10 @@ fn the_portal_and_the_box_pages_work_in_chromium() {
     eventually(Duration::from_secs(15), || {
         (place(last)["viewers"] == 0).then_some(())
     });
-    let (code, body) = last.http_anon("POST", &format!("/streams/{STREAM}/viewers"), None);
+    let (code, body) = last.http_anon("POST", &format!("/streams/{STREAM}/viewers"), Some("{}"));
     assert_eq!(code, 201, "{body}");
     assert_eq!(place(last)["viewers"], 1);
-    let (code, body) = last.http_anon("POST", &format!("/streams/{STREAM}/viewers"), None);
+    let (code, body) = last.http_anon("POST", &format!("/streams/{STREAM}/viewers"), Some("{}"));
     assert_eq!(code, 503, "the slot is taken: {body}");
 
     // The source's admin page: log in, lower the bitrate; the relays carry the change.

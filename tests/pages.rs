@@ -44,9 +44,9 @@ fn call(
     )
 }
 
-/// A source with one forward slot, in an overlay, to which this test's process
+/// A source with `slots` forward slots, in an overlay, to which this test's process
 /// (127.0.0.1) is a stranger.
-fn source() -> (PortalProc, NodeProc) {
+fn source(slots: &str) -> (PortalProc, NodeProc) {
     let portal = PortalProc::start();
     let node = NodeProc::start_at(
         "src",
@@ -56,7 +56,7 @@ fn source() -> (PortalProc, NodeProc) {
             "--portal",
             &portal.url(),
             "--max-forwards",
-            "1",
+            slots,
             "--play-without-ticket",
             "127.0.0.2/32",
             "--source",
@@ -77,13 +77,20 @@ fn source() -> (PortalProc, NodeProc) {
     (portal, node)
 }
 
+/// Waits until the box gets the stream's video.
+fn wait_flowing(node: &NodeProc) {
+    eventually(Duration::from_secs(15), || {
+        (node.status()["overlay"]["streams"][0]["flowing"] == true).then_some(())
+    });
+}
+
 fn viewers(node: &NodeProc) -> Value {
     node.status()["overlay"]["streams"][0]["viewers"].clone()
 }
 
 #[test]
 fn a_viewer_ticket_takes_a_free_slot_plays_once_and_lapses_unused() {
-    let (_portal, node) = source();
+    let (_portal, node) = source("1");
     let (code, body) = node.http_anon("GET", &format!("/live/{STREAM}.flv"), None);
     assert_eq!(code, 403, "a stranger without a ticket: {body}");
     assert!(
@@ -91,11 +98,13 @@ fn a_viewer_ticket_takes_a_free_slot_plays_once_and_lapses_unused() {
         "the error says what to do: {body}"
     );
 
-    let (code, body) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), None);
+    let (code, _) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), None);
+    assert_eq!(code, 415, "a JSON body, so that browsers ask first (CORS)");
+    let (code, body) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), Some("{}"));
     assert_eq!(code, 201, "{body}");
     let ticket: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(viewers(&node), 1, "the ticket holds the slot");
-    let (code, body) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), None);
+    let (code, body) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), Some("{}"));
     assert_eq!(code, 503, "one slot, taken: {body}");
     let (code, _) = node.http_anon("GET", &format!("/live/{STREAM}.flv?ticket=forged"), None);
     assert_eq!(code, 403);
@@ -120,7 +129,7 @@ fn a_viewer_ticket_takes_a_free_slot_plays_once_and_lapses_unused() {
     assert_eq!(code, 403, "a ticket is good for one play");
 
     // Over RTMP too.
-    let (_, body) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), None);
+    let (_, body) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), Some("{}"));
     let ticket: Value = serde_json::from_str(&body).unwrap();
     let probe = probe_stream(ticket["rtmp"].as_str().unwrap(), 2);
     assert!(
@@ -133,11 +142,11 @@ fn a_viewer_ticket_takes_a_free_slot_plays_once_and_lapses_unused() {
     eventually(Duration::from_secs(5), || {
         (viewers(&node) == 0).then_some(())
     });
-    let (code, _) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), None);
+    let (code, _) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), Some("{}"));
     assert_eq!(code, 201);
     std::thread::sleep(Duration::from_secs(11));
     assert_eq!(viewers(&node), 0, "an unused ticket lapsed");
-    let (code, _) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), None);
+    let (code, _) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), Some("{}"));
     assert_eq!(code, 201, "the slot is free again");
 }
 
@@ -244,8 +253,19 @@ fn the_admin_session_works_only_on_the_boxs_own_pages() {
     assert_eq!(allowed[0].as_deref(), Some("http://localhost:8080"));
     assert_eq!(allowed[1].as_deref(), Some("true"));
 
-    let (code, _, _) = call(&format!("{base}/session"), "DELETE", &[], None, &[]);
+    assert!(
+        !cookie.contains(&node.admin_token()),
+        "the cookie is not the token"
+    );
+    let (code, _, _) = call(
+        &format!("{base}/session"),
+        "DELETE",
+        &[("cookie", &cookie)],
+        None,
+        &[],
+    );
     assert_eq!(code, 204);
+    assert_eq!(with(None), 401, "logging out ends the session on the box");
     let (_, _, map) = call(&format!("{base}/map"), "GET", &[], None, &[]);
     let map: Value = serde_json::from_str(&map).unwrap();
     assert_eq!(map["type"], "snapshot");
@@ -254,7 +274,7 @@ fn the_admin_session_works_only_on_the_boxs_own_pages() {
 
 #[test]
 fn a_stream_a_viewer_asked_for_is_dropped_when_no_one_plays_it() {
-    let (portal, _source) = source();
+    let (portal, _source) = source("1");
     let node = NodeProc::start_at(
         "home",
         [127, 0, 0, 21],
@@ -276,9 +296,7 @@ fn a_stream_a_viewer_asked_for_is_dropped_when_no_one_plays_it() {
     );
     assert_eq!(code, 202, "{body}");
     assert_eq!(role(), "view");
-    eventually(Duration::from_secs(15), || {
-        (node.status()["overlay"]["streams"][0]["flowing"] == true).then_some(())
-    });
+    wait_flowing(&node);
     // Kept while someone here plays it...
     let probe = probe_stream(&node.flv_url(STREAM), 7);
     assert!(probe.pts.len() >= 90, "{} frames", probe.pts.len());
@@ -308,4 +326,60 @@ fn a_stream_a_viewer_asked_for_is_dropped_when_no_one_plays_it() {
     assert_eq!(role(), "watch");
     std::thread::sleep(Duration::from_secs(7));
     assert_eq!(role(), "watch", "the owner's watch does not idle out");
+}
+
+#[test]
+fn one_address_cannot_take_every_slot() {
+    let (_portal, node) = source("3");
+    let ask = || node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), Some("{}"));
+    assert_eq!(ask().0, 201);
+    assert_eq!(ask().0, 201);
+    let (code, body) = ask();
+    assert_eq!(code, 429, "{body}");
+    assert_eq!(viewers(&node), 2, "one slot is left for others");
+}
+
+#[test]
+fn viewers_are_sent_away_when_the_box_drops_the_stream() {
+    let (portal, _source) = source("1");
+    let node = NodeProc::start_at(
+        "relay",
+        [127, 0, 0, 22],
+        "",
+        &[
+            "--portal",
+            &portal.url(),
+            "--max-forwards",
+            "2",
+            "--play-without-ticket",
+            "127.0.0.2/32",
+        ],
+    );
+    let watch = format!("/streams/{STREAM}/watch");
+    assert_eq!(node.http("POST", &watch, None).0, 202);
+    wait_flowing(&node);
+    let (code, body) = node.http_anon("POST", &format!("/streams/{STREAM}/viewers"), Some("{}"));
+    assert_eq!(code, 201, "{body}");
+    let flv = serde_json::from_str::<Value>(&body).unwrap()["flv"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let player = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let probe = probe_stream(&flv, 15);
+        (started.elapsed(), probe.pts.len())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(viewers(&node), 1);
+    assert_eq!(node.http("DELETE", &watch, None).0, 204);
+    let (played, frames) = player.join().unwrap();
+    assert!(frames > 20, "{frames} frames before the stream was dropped");
+    assert!(
+        played < Duration::from_secs(10),
+        "the viewer was not sent away: it played {played:?}"
+    );
+    // Watched again, the box counts no viewer it sent away.
+    assert_eq!(node.http("POST", &watch, None).0, 202);
+    wait_flowing(&node);
+    assert_eq!(viewers(&node), 0);
 }

@@ -32,7 +32,8 @@ pub fn jpeg(video_header: &[u8], keyframe: &[u8], max_width: u32) -> Result<Vec<
 
     ff::init().map_err(ffmpeg_failed("initialising FFmpeg"))?;
     // swscale warns of YUVJ's range on every still; errors are what matter here.
-    ff::util::log::set_level(ff::util::log::Level::Error);
+    static QUIET: std::sync::Once = std::sync::Once::new();
+    QUIET.call_once(|| ff::util::log::set_level(ff::util::log::Level::Error));
     let mut decoder = ff::codec::context::Context::new()
         .decoder()
         .open_as(ff::codec::Id::H264)

@@ -98,3 +98,43 @@ mod tests {
         assert!(format!("{err:#}").contains("damaged"), "{err:#}");
     }
 }
+
+/// The admin page's logins: a random id per login, traded for the admin token and kept
+/// in memory, so that the token itself never travels in a cookie, and logging out
+/// ends a session for good. A restart logs every page out.
+#[derive(Default)]
+pub struct Sessions(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+/// Most sessions at once; the one ending soonest makes room for a new one.
+const MAX_SESSIONS: usize = 32;
+
+impl Sessions {
+    /// A new session lasting `lifetime`.
+    pub fn open(&self, lifetime: std::time::Duration) -> String {
+        let id = new_secret(32);
+        let now = std::time::Instant::now();
+        let mut sessions = crate::lock(&self.0);
+        sessions.retain(|_, until| *until > now);
+        if sessions.len() >= MAX_SESSIONS {
+            if let Some(first) = sessions
+                .iter()
+                .min_by_key(|(_, until)| **until)
+                .map(|(id, _)| id.clone())
+            {
+                sessions.remove(&first);
+            }
+        }
+        sessions.insert(id.clone(), now + lifetime);
+        id
+    }
+
+    pub fn is_open(&self, id: &str) -> bool {
+        crate::lock(&self.0)
+            .iter()
+            .any(|(known, until)| constant_time_eq(known, id) && *until > std::time::Instant::now())
+    }
+
+    pub fn close(&self, id: &str) {
+        crate::lock(&self.0).remove(id);
+    }
+}

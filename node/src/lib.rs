@@ -65,6 +65,8 @@ pub struct Node {
     /// Asked to leave and stop (`POST /leave`).
     stop: tokio::sync::Notify,
     stills: stills::Stills,
+    /// The admin page's logins.
+    pub sessions: auth::Sessions,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -101,6 +103,7 @@ impl Node {
             admin_token,
             stop: tokio::sync::Notify::new(),
             stills: stills::Stills::default(),
+            sessions: auth::Sessions::default(),
         });
         // Streams this node knows it may carry exist from the start, so players may
         // connect before the publisher does.

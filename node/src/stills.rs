@@ -18,9 +18,13 @@ pub const MAX_WIDTH: u32 = 320;
 const SEND_EVERY: Duration = Duration::from_secs(10);
 
 /// The latest still of each stream, by the timestamp of the keyframe it shows: a
-/// keyframe is decoded once, however often its still is asked for.
+/// keyframe is decoded once, however often and by however many its still is asked
+/// for at once (each stream's still is made under a lock of its own).
 #[derive(Default)]
-pub struct Stills(std::sync::Mutex<HashMap<String, (u32, Bytes)>>);
+pub struct Stills(std::sync::Mutex<HashMap<String, Arc<Latest>>>);
+
+/// A stream's latest still and the timestamp of its keyframe; held while one is made.
+type Latest = tokio::sync::Mutex<Option<(u32, Bytes)>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StillError {
@@ -38,10 +42,12 @@ impl Node {
         let hub = self
             .hub(stream)
             .ok_or_else(|| StillError::NoStream(stream.into()))?;
+        let slot = Arc::clone(lock(&self.stills.0).entry(stream.into()).or_default());
+        let mut latest = slot.lock().await;
         let (at, header, keyframe) = hub
             .still()
             .ok_or_else(|| StillError::NoKeyframe(stream.into()))?;
-        if let Some((made, jpeg)) = lock(&self.stills.0).get(stream) {
+        if let Some((made, jpeg)) = latest.as_ref() {
             if *made == at {
                 return Ok(jpeg.clone());
             }
@@ -57,7 +63,7 @@ impl Node {
             error,
         })?;
         let jpeg = Bytes::from(jpeg);
-        lock(&self.stills.0).insert(stream.into(), (at, jpeg.clone()));
+        *latest = Some((at, jpeg.clone()));
         Ok(jpeg)
     }
 }

@@ -16,6 +16,17 @@ use tokio::sync::broadcast;
 
 /// Changes a browser may fall behind by before it is sent everything again.
 const FEED_BACKLOG: usize = 1024;
+/// Most boxes on the map from one address (a household behind one router, the demo).
+pub const PER_ADDRESS: usize = 64;
+
+/// Why a report is not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("box {0} is on the map from another address; a box speaks only for itself")]
+    Taken(NodeId),
+    #[error("{0} already has {PER_ADDRESS} boxes on the map")]
+    Crowded(std::net::IpAddr),
+}
 
 pub struct Live {
     inner: Mutex<Inner>,
@@ -31,7 +42,17 @@ struct Inner {
     next_version: u64,
 }
 
+/// The version of each stream's latest still.
+pub type Versions = std::collections::BTreeMap<StreamId, u64>;
+
 impl Inner {
+    fn versions(&self) -> Versions {
+        self.thumbnails
+            .iter()
+            .map(|(id, t)| (id.clone(), t.version))
+            .collect()
+    }
+
     fn sorted(&self) -> Vec<NodeReport> {
         let mut nodes: Vec<NodeReport> = self.nodes.values().map(|(r, _)| r.clone()).collect();
         nodes.sort_by(|a, b| a.peer.id.cmp(&b.peer.id));
@@ -65,10 +86,29 @@ impl Live {
         }
     }
 
-    /// A box's report; browsers hear of it only if something changed.
-    pub fn report(&self, report: NodeReport, now: u64) {
+    /// A box's report; browsers hear of it only if something changed. A box on the
+    /// map stays bound to its address until it leaves or expires, and one address
+    /// holds at most `PER_ADDRESS` boxes.
+    pub fn report(&self, report: NodeReport, now: u64) -> Result<(), Refused> {
         let expires = now + self.ttl;
         let mut inner = self.lock();
+        let ip = report.peer.api.ip().to_canonical();
+        match inner.nodes.get(&report.peer.id) {
+            Some((known, _)) if known.peer.api.ip().to_canonical() != ip => {
+                return Err(Refused::Taken(report.peer.id.clone()))
+            }
+            Some(_) => {}
+            None => {
+                let here = inner
+                    .nodes
+                    .values()
+                    .filter(|(n, _)| n.peer.api.ip().to_canonical() == ip)
+                    .count();
+                if here >= PER_ADDRESS {
+                    return Err(Refused::Crowded(ip));
+                }
+            }
+        }
         let changed = match inner.nodes.get_mut(&report.peer.id) {
             Some((known, until)) => {
                 *until = expires;
@@ -91,6 +131,7 @@ impl Live {
             tracing::debug!(node = %report.peer.id, "map: node changed");
             self.emit(&MapEvent::Node { node: report });
         }
+        Ok(())
     }
 
     pub fn node(&self, id: &NodeId) -> Option<NodeReport> {
@@ -125,11 +166,15 @@ impl Live {
         self.lock().sorted()
     }
 
-    /// The map as it stands, and the changes from that moment on: nothing falls
-    /// between the two.
-    pub fn subscribe(&self) -> (Vec<NodeReport>, broadcast::Receiver<Arc<str>>) {
+    pub fn versions(&self) -> Versions {
+        self.lock().versions()
+    }
+
+    /// The map as it stands (boxes, and the version of each still), and the changes
+    /// from that moment on: nothing falls between the two.
+    pub fn subscribe(&self) -> (Vec<NodeReport>, Versions, broadcast::Receiver<Arc<str>>) {
         let inner = self.lock();
-        (inner.sorted(), self.feed.subscribe())
+        (inner.sorted(), inner.versions(), self.feed.subscribe())
     }
 
     pub fn stream_listed(&self, entry: StreamEntry) {

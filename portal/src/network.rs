@@ -13,6 +13,7 @@ use proto::overlay::NodeId;
 use proto::portal::{MapEvent, NodeReport, PlayAt};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::live::Versions;
 use crate::routes::{check_caller, stream_id, ApiError, Caller, Result};
 use crate::State;
 
@@ -44,7 +45,15 @@ async fn report(
     }
     report.check().map_err(ApiError::BadRequest)?;
     check_caller(caller, &report.peer, "the report")?;
-    state.live.report(report, state.now());
+    state
+        .live
+        .report(report, state.now())
+        .map_err(|e| match e {
+            crate::live::Refused::Taken(_) => ApiError::Conflict(e.to_string()),
+            crate::live::Refused::Crowded(_) => {
+                ApiError::Rejected(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+            }
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -63,17 +72,18 @@ async fn leave(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn snapshot(state: &State, nodes: Vec<NodeReport>) -> Result<MapEvent> {
+async fn snapshot(state: &State, nodes: Vec<NodeReport>, thumbnails: Versions) -> Result<MapEvent> {
     Ok(MapEvent::Snapshot {
         nodes,
         streams: state.store.streams(state.now()).await?,
+        thumbnails,
     })
 }
 
 /// `GET /api/map`: every box's report and every live stream.
 async fn map(Axum(state): Axum<State>) -> Result<Json<MapEvent>> {
-    let nodes = state.live.nodes();
-    Ok(Json(snapshot(&state, nodes).await?))
+    let (nodes, thumbnails) = (state.live.nodes(), state.live.versions());
+    Ok(Json(snapshot(&state, nodes, thumbnails).await?))
 }
 
 /// `GET /api/map/ws`: the map, then each change as it happens. Only the portal
@@ -84,8 +94,8 @@ async fn map_ws(Axum(state): Axum<State>, ws: WebSocketUpgrade) -> HttpResponse 
 
 async fn feed(mut socket: WebSocket, state: State) {
     loop {
-        let (nodes, mut changes) = state.live.subscribe();
-        let first = match snapshot(&state, nodes).await {
+        let (nodes, thumbnails, mut changes) = state.live.subscribe();
+        let first = match snapshot(&state, nodes, thumbnails).await {
             Ok(first) => first,
             Err(e) => {
                 tracing::warn!("map feed: {e}");

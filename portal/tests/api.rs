@@ -410,7 +410,7 @@ async fn the_map_follows_the_boxes_reports_live() {
     let mut feed = Feed::open(&portal).await;
     assert_eq!(
         feed.next().await,
-        json!({"type": "snapshot", "nodes": [], "streams": []})
+        json!({"type": "snapshot", "nodes": [], "streams": [], "thumbnails": {}})
     );
 
     let a = report("a", [127, 0, 0, 2], Some("src"), 1, 2, &["b"]);
@@ -454,6 +454,11 @@ async fn the_map_follows_the_boxes_reports_live() {
     assert_eq!(status, 400);
     let (status, _) = portal.call(LOCAL, "DELETE", "/api/nodes/a", None).await;
     assert_eq!(status, 403);
+    let impostor = report("a", [127, 0, 0, 9], None, 0, 8, &[]);
+    let (status, body) = portal
+        .call([127, 0, 0, 9], "PUT", "/api/nodes/a", Some(impostor))
+        .await;
+    assert_eq!(status, 409, "a box on the map keeps its address: {body}");
     assert_eq!(
         portal.get("/api/map").await["nodes"]
             .as_array()
@@ -530,6 +535,11 @@ async fn stills_come_from_the_source_only() {
     let event = feed.next().await;
     assert_eq!(event["type"], "thumbnail");
     assert_eq!(event["id"], "cam");
+    let mut late = Feed::open(&portal).await;
+    assert_eq!(
+        late.next().await["thumbnails"],
+        json!({"cam": event["version"]})
+    );
     let got = reqwest::get(format!("{}/api/streams/cam/thumbnail.jpg", portal.url))
         .await
         .unwrap();

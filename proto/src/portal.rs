@@ -158,6 +158,9 @@ pub enum MapEvent {
     Snapshot {
         nodes: Vec<NodeReport>,
         streams: Vec<StreamEntry>,
+        /// The version of each stream's latest still (see `Thumbnail`).
+        #[serde(default)]
+        thumbnails: std::collections::BTreeMap<StreamId, u64>,
     },
     /// A box joined, or its place changed.
     Node {

@@ -19,6 +19,7 @@ function apply(event) {
     case "snapshot":
       state.streams = new Map(event.streams.map((e) => [e.id, e]));
       state.nodes = new Map(event.nodes.map((n) => [n.peer.id, n]));
+      state.thumbnails = new Map(Object.entries(event.thumbnails || {}));
       break;
     case "node":
       state.nodes.set(event.node.peer.id, event.node);
@@ -139,11 +140,23 @@ function card(e) {
 
 // ---- the watch page -------------------------------------------------------
 
-/** The viewer's own box: `?node=URL` sets it, the browser remembers it. */
+const DEFAULT_BOX = "http://localhost:8000";
+
+/** An http(s) URL with a host, without its trailing slash; null otherwise. */
+function boxUrl(text) {
+  try {
+    const u = new URL(text);
+    return /^https?:$/.test(u.protocol) && u.host ? u.origin : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The viewer's own box: `?node=URL` for this visit, else the one the viewer saved
+ * on the watch page. A link cannot change what the browser remembers. */
 function localNode() {
-  const given = new URLSearchParams(location.search).get("node");
-  if (given) localStorage.setItem("astral.node", given);
-  return (localStorage.getItem("astral.node") || "http://localhost:8000").replace(/\/$/, "");
+  const given = boxUrl(new URLSearchParams(location.search).get("node") || "");
+  return given || boxUrl(localStorage.getItem("astral.node") || "") || DEFAULT_BOX;
 }
 
 function watchPage(id) {
@@ -165,12 +178,9 @@ function watchPage(id) {
       await flowing(local);
     } catch (err) {
       if (stopped) return;
-      if (err.status) {
-        status = `Your box at ${local} said no: ${err.message}`;
-        redraw();
-        return;
-      }
-      status = "No box of yours answered; finding a public box with a free slot…";
+      status = err.status
+        ? `Your box at ${local} said no (${err.message}); finding a public box with a free slot…`
+        : "No box of yours answered; finding a public box with a free slot…";
       redraw();
       if (!(await usePublicBox())) return;
     }
@@ -228,8 +238,13 @@ function watchPage(id) {
         if (stopped) return;
         player.destroy();
         player = null;
-        // A viewer ticket is good for one play: a public box is asked again.
+        // A viewer ticket is good for one play: a public box is asked again. Your
+        // own box may have dropped the stream meanwhile, or restarted: asked again.
         if (via.kind === "public" && !(await usePublicBox())) return;
+        if (via.kind === "local") {
+          await call(`${via.api}/streams/${encodeURIComponent(id)}/watch`, { method: "POST", body: {} }).catch(() => {});
+          await flowing(via.api).catch(() => {});
+        }
         if (!stopped) play(via.flv);
       }, 1000);
     });
@@ -264,6 +279,33 @@ function watchPage(id) {
     redraw();
   }
 
+  /** Where the viewer keeps the address of a box of their own. */
+  function yourBoxForm() {
+    const input = h("input", { name: "box", value: localNode(), size: 26, "aria-label": "your box" });
+    const note = h("p", { class: "dim" }, "The page plays through this box when it answers.");
+    return h(
+      "form",
+      {
+        class: "your-box",
+        onsubmit: (ev) => {
+          ev.preventDefault();
+          const url = boxUrl(input.value.trim());
+          if (!url) {
+            note.textContent = "An address like http://192.168.1.20:8000, please.";
+            return;
+          }
+          localStorage.setItem("astral.node", url);
+          location.search = "";
+        },
+      },
+      h("h2", {}, "Your box"),
+      input,
+      " ",
+      h("button", { type: "submit" }, "Use it"),
+      note,
+    );
+  }
+
   return {
     draw(app) {
       const e = state.streams.get(id);
@@ -273,7 +315,7 @@ function watchPage(id) {
             "div",
             { class: "watch" },
             h("section", {}, h("h1", { id: "watch-title" }), h("video", { id: "video", controls: true, muted: true, playsinline: true }), h("p", { class: "status", id: "watch-status" })),
-            h("aside", {}, h("h2", {}, "This stream"), h("dl", { class: "facts", id: "watch-facts" })),
+            h("aside", {}, h("h2", {}, "This stream"), h("dl", { class: "facts", id: "watch-facts" }), yourBoxForm()),
           ),
         );
         start();
@@ -384,7 +426,7 @@ function drawTree(tree) {
     const shape = report && report.is_supernode
       ? s("rect", { x: X(p) - 13, y: Y(p) - 13, width: 26, height: 26, rx: 4 })
       : s("circle", { cx: X(p), cy: Y(p), r: 13 });
-    const free = place.slots - place.children.length;
+    const free = place.slots - place.children.length - (place.viewers || 0);
     return s(
       "g",
       { class: cls, "data-node": id },
@@ -397,9 +439,14 @@ function drawTree(tree) {
   return h(
     "section",
     { "data-tree": tree.stream },
-    h("h2", {}, `${tree.stream} · ${tree.places.size} boxes · depth ${depth}`),
+    h("h2", {}, `${tree.stream} · ${count(tree.places.size, "box", "boxes")} · depth ${depth}`),
     svgBox(Math.max(100 + (width - 1) * COL, 300), ROW * (depth + 1) + 30, edges, nodes),
   );
+}
+
+/** "1 box", "2 boxes". */
+function count(n, one, many = `${one}s`) {
+  return `${n} ${n === 1 ? one : many}`;
 }
 
 /** An SVG drawn at its own size, shrunk to fit narrow screens. */
@@ -420,7 +467,7 @@ const map = {
         h(
           "p",
           { class: "legend" },
-          `${state.nodes.size} boxes, ${supernodes.length} supernodes (square), ${state.streams.size} live streams. `,
+          `${count(state.nodes.size, "box", "boxes")}, ${count(supernodes.length, "supernode")} (square), ${count(state.streams.size, "live stream")}. `,
           "Lines are tickets, parent above child; red: a source; orange: waiting for video; +N: free forward slots.",
         ),
         all.length ? all.map(drawTree) : h("p", { class: "empty" }, "No stream is relayed right now."),
@@ -451,7 +498,13 @@ function route() {
   if (view.close) view.close();
   const path = location.pathname;
   const watch = path.match(/^\/watch\/([^/]+)$/);
-  view = watch ? watchPage(decodeURIComponent(watch[1])) : path === "/map" ? map : list;
+  let id = null;
+  try {
+    id = watch && decodeURIComponent(watch[1]);
+  } catch {
+    /* not a stream's id: the list instead */
+  }
+  view = id ? watchPage(id) : path === "/map" ? map : list;
   document.getElementById("app").replaceChildren();
   for (const a of document.querySelectorAll("header a")) {
     a.classList.toggle("here", a.getAttribute("href") === path);

@@ -41,17 +41,17 @@ impl FromRequestParts<Arc<Node>> for Admin {
             None => {}
         }
         // The admin page's session, good only on the box's own pages.
-        if let Some(token) = session_token(&parts.headers, node) {
+        if let Some(id) = session_token(&parts.headers, node) {
             if !from_own_page(&parts.headers) {
                 return Err(ApiError::Forbidden(
                     "the box's session works only on its own pages".into(),
                 ));
             }
-            return if node.is_admin_token(&token) {
+            return if node.sessions.is_open(&id) {
                 Ok(Admin)
             } else {
                 Err(ApiError::Unauthorized(
-                    "the session ended (the admin token changed); log in again".into(),
+                    "the session ended (logged out, or the box restarted); log in again".into(),
                 ))
             };
         }

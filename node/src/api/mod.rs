@@ -271,6 +271,7 @@ async fn partial_map(State(node): Node_) -> Json<proto::portal::MapEvent> {
     Json(proto::portal::MapEvent::Snapshot {
         nodes: node.control().partial_map(),
         streams: Vec::new(),
+        thumbnails: Default::default(),
     })
 }
 
@@ -288,8 +289,7 @@ async fn get_stream(
     Ok(Json(node.stream_info(&hub)))
 }
 
-/// `POST /streams/{id}/viewers`: a ticket for a player from beyond this box's
-/// network, if a forward slot is free; it lapses unused after a few seconds.
+/// The answer to `POST /streams/{id}/viewers`.
 #[derive(Serialize, Deserialize)]
 pub struct ViewerTicket {
     pub ticket: String,
@@ -299,21 +299,35 @@ pub struct ViewerTicket {
     pub rtmp: String,
 }
 
+/// The body of `POST /streams/{id}/viewers`: empty for now. A JSON body makes a
+/// browser ask first (CORS), so no page of another site can spend the box's slots.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ViewerAsk {}
+
+/// `POST /streams/{id}/viewers`: a ticket for a player from beyond this box's
+/// network, if a forward slot is free; it lapses unused after a few seconds.
 async fn viewer_ticket(
     State(node): Node_,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
+    body: Result<Json<ViewerAsk>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ViewerTicket>), ApiError> {
+    let Json(ViewerAsk {}) = body?;
     let stream = admin::stream_id(name)?;
     if node.hub(stream.as_str()).is_none() {
         return Err(ApiError::NotFound(format!(
             "no stream {stream} on this node"
         )));
     }
-    let ticket = node.viewer_ticket(&stream).ok_or_else(|| {
-        ApiError::Unavailable(format!(
-            "this box has no forward slot free for {stream}; ask the portal for another box"
-        ))
-    })?;
+    let ticket = node
+        .viewer_ticket(&stream, peer.ip())
+        .map_err(|e| match e {
+            crate::control::TicketRefused::NoSlot(_) => ApiError::Unavailable(e.to_string()),
+            crate::control::TicketRefused::TooMany(_) => {
+                ApiError::Rejected(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+            }
+        })?;
     let me = node.control().me();
     Ok((
         StatusCode::CREATED,
@@ -378,13 +392,14 @@ async fn metrics(State(node): Node_) -> impl IntoResponse {
     )
 }
 
-/// `GET /live/STREAM.flv`: an endless FLV file, chunked: header, then what a new
-/// subscriber gets (metadata, sequence headers, the cached GOP), then live tags.
+/// `?ticket=`: a viewer ticket, for a player from beyond the box's network.
 #[derive(Deserialize)]
 struct PlayQuery {
     ticket: Option<String>,
 }
 
+/// `GET /live/STREAM.flv`: an endless FLV file, chunked: header, then what a new
+/// subscriber gets (metadata, sequence headers, the cached GOP), then live tags.
 async fn http_flv(
     State(node): Node_,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -398,10 +413,10 @@ async fn http_flv(
     // Players from beyond the box's network play with a viewer ticket, and hold its
     // forward slot while they play.
     let local = node.plays_without_ticket(peer.ip());
-    let slot = match query.ticket {
+    let viewer = match query.ticket {
         // A ticket is redeemed even here, or its slot would stay taken until it lapses.
         Some(token) => match node.redeem_viewer_ticket(hub.name(), &token) {
-            Some(slot) => Some(slot),
+            Some(viewer) => Some(viewer),
             None if local => None,
             None => {
                 return Err(ApiError::Forbidden(format!(
@@ -425,13 +440,24 @@ async fn http_flv(
         snap.has_video || !snap.has_audio,
     ));
     let subscription = hub.subscribe();
+    // A viewer plays until the box no longer holds the stream.
+    let (ended, slot) = match viewer {
+        Some((ended, slot)) => (Some(ended), Some(slot)),
+        None => (None, None),
+    };
     let body = futures_util::stream::unfold(
-        (subscription, Some(header), slot),
-        |(mut sub, header, slot)| async move {
+        (subscription, Some(header), ended, slot),
+        |(mut sub, header, mut ended, slot)| async move {
             if let Some(header) = header {
-                return Some((Ok::<_, Infallible>(header), (sub, None, slot)));
+                return Some((Ok::<_, Infallible>(header), (sub, None, ended, slot)));
             }
-            let first = sub.recv().await?;
+            let first = match ended.as_mut() {
+                Some(ended) => tokio::select! {
+                    _ = ended => return None,
+                    packet = sub.recv() => packet?,
+                },
+                None => sub.recv().await?,
+            };
             let mut out = BytesMut::new();
             write_packet(&sub, first, &mut out);
             // Whatever else is queued goes out in the same chunk.
@@ -441,7 +467,7 @@ async fn http_flv(
                     None => break,
                 }
             }
-            Some((Ok(out.freeze()), (sub, None, slot)))
+            Some((Ok(out.freeze()), (sub, None, ended, slot)))
         },
     );
     Ok((

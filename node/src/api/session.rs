@@ -1,11 +1,12 @@
 //! The box's own page (`GET /`): the admin page's files, its login session and what
 //! it shows besides the API (the log's latest lines, stills).
 //!
-//! Logging in trades the admin token for an HttpOnly, SameSite=Strict cookie, so that
-//! the token never sits in a URL or in the page's script. Cookies are not kept apart
-//! by port, so the cookie carries the box's name: boxes on one host (the demo) do not
-//! read each other's. A request carrying the cookie must come from the box's own
-//! pages: another page (even on this host) cannot use it.
+//! Logging in trades the admin token for a session: a random id the box keeps in
+//! memory (`auth::Sessions`), in an HttpOnly, SameSite=Strict cookie, so that the token
+//! never sits in a URL, in the page's script or in a cookie. Cookies are not kept
+//! apart by port, so the cookie carries the box's name: boxes on one host (the demo)
+//! do not read each other's. A request carrying the cookie must come from the box's
+//! own pages: another page (even on this host) cannot use it.
 
 use std::sync::Arc;
 
@@ -35,7 +36,7 @@ fn cookie_name(node: &Node) -> String {
     format!("astral-{}", node.config().name)
 }
 
-/// The token the session cookie carries, if the request has one.
+/// The session id the cookie carries, if the request has one.
 pub(super) fn session_token(headers: &HeaderMap, node: &Node) -> Option<String> {
     let name = cookie_name(node);
     headers
@@ -76,7 +77,7 @@ struct Session {
 
 /// `GET /session`: whether the page is logged in.
 async fn session(State(node): State<Arc<Node>>, headers: HeaderMap) -> Json<Session> {
-    let admin = session_token(&headers, &node).is_some_and(|t| node.is_admin_token(&t))
+    let admin = session_token(&headers, &node).is_some_and(|id| node.sessions.is_open(&id))
         && from_own_page(&headers);
     Json(Session {
         name: node.config().name.clone(),
@@ -105,16 +106,21 @@ async fn login(
         return Err(ApiError::Unauthorized("wrong admin token".into()));
     }
     tracing::info!("admin page: logged in");
+    let id = node
+        .sessions
+        .open(std::time::Duration::from_secs(SESSION_SECS.into()));
     let cookie = format!(
-        "{}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={SESSION_SECS}",
+        "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={SESSION_SECS}",
         cookie_name(&node),
-        login.token.trim()
     );
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response())
 }
 
-/// `DELETE /session`: logs the page out.
-async fn logout(State(node): State<Arc<Node>>) -> Response {
+/// `DELETE /session`: logs the page out, and ends its session on the box.
+async fn logout(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    if let Some(id) = session_token(&headers, &node) {
+        node.sessions.close(&id);
+    }
     let cookie = format!(
         "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
         cookie_name(&node)

@@ -32,7 +32,7 @@ pub use place::{forget_place, report_place};
 use pull::SteeredPull;
 pub use report::{EventLine, HeldReport, Report, TicketReport};
 pub use streams::{drop_idle_views, list_streams, PublishGuard, RelistError, Role, WatchError};
-pub use viewers::{ViewerSlot, UNUSED_FOR as VIEWER_TICKET_LIFETIME};
+pub use viewers::{TicketRefused, ViewerSlot, UNUSED_FOR as VIEWER_TICKET_LIFETIME};
 
 use crate::{lock, Node};
 
@@ -53,6 +53,8 @@ pub struct Control {
     started: Instant,
     me: Peer,
     left: watch::Sender<bool>,
+    /// Set once a graceful leave begins: the box no longer reports its place.
+    leaving: std::sync::atomic::AtomicBool,
     /// Calls on their way; a leaving node waits for its goodbyes to arrive.
     in_flight: watch::Sender<usize>,
     /// Streams published here, with their directory listing.
@@ -60,8 +62,6 @@ pub struct Control {
     /// Listings of streams given a publish key, for when their publisher comes.
     drafts: Mutex<BTreeMap<StreamId, StreamUpdate>>,
     publish_changed: Notify,
-    /// Viewer tickets handed out and not yet played with, by token.
-    viewer_tickets: Mutex<HashMap<String, StreamId>>,
 }
 
 struct State {
@@ -75,6 +75,7 @@ struct State {
     next_player: u64,
     events: VecDeque<EventLine>,
     running: bool,
+    viewers: viewers::Viewers,
 }
 
 impl Control {
@@ -98,6 +99,7 @@ impl Control {
                 next_player: 0,
                 events: VecDeque::new(),
                 running: false,
+                viewers: viewers::Viewers::default(),
             }),
             wake: Notify::new(),
             client: http::client(client_address),
@@ -105,11 +107,11 @@ impl Control {
             started,
             me,
             left: watch::Sender::new(false),
+            leaving: std::sync::atomic::AtomicBool::new(false),
             in_flight: watch::Sender::new(0),
             published: Mutex::default(),
             drafts: Mutex::default(),
             publish_changed: Notify::new(),
-            viewer_tickets: Mutex::default(),
         }
     }
 
@@ -177,16 +179,24 @@ impl Node {
     }
 
     fn with_engine(self: &Arc<Self>, f: impl FnOnce(&mut overlay::Node, Time)) {
+        self.with_state(|state, now| f(&mut state.engine, now));
+    }
+
+    /// Runs `f` on the driver's state under its lock, then carries out what the
+    /// engine asked for meanwhile.
+    fn with_state<R>(self: &Arc<Self>, f: impl FnOnce(&mut State, Time) -> R) -> R {
         let control = &self.control;
-        let outputs: Vec<Output> = {
+        let (result, outputs): (R, Vec<Output>) = {
             let mut state = lock(&control.state);
-            f(&mut state.engine, control.now());
-            std::iter::from_fn(|| state.engine.poll_output()).collect()
+            let result = f(&mut state, control.now());
+            let outputs = std::iter::from_fn(|| state.engine.poll_output()).collect();
+            (result, outputs)
         };
         for output in outputs {
             self.execute(output);
         }
         control.wake.notify_one();
+        result
     }
 
     /// A peer's request: the engine's answer, or why there is none.
@@ -392,6 +402,9 @@ impl Node {
                 let _ = http::unlist_stream(&self.control.client, portal, &stream).await;
             }
         }
+        self.control
+            .leaving
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         place::forget_place(self).await;
         self.overlay_input(Input::Leave);
         let grace = self

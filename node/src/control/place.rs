@@ -2,6 +2,7 @@
 //! supernode it registered with, and in each stream's tree its parent, depth and
 //! children (the tickets it granted).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,7 +100,8 @@ pub async fn report_place(node: Arc<Node>) {
     let mut every = tokio::time::interval(LOOK_EVERY);
     loop {
         every.tick().await;
-        if !node.control.is_running() {
+        // A leaving box took itself off the map: it does not come back as a ghost.
+        if !node.control.is_running() || node.control.leaving.load(Ordering::Relaxed) {
             continue;
         }
         let place = node.control.place();

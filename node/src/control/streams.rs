@@ -57,6 +57,7 @@ impl Node {
         self.overlay_input(Input::Unpublish {
             stream: stream.clone(),
         });
+        self.end_viewers(stream);
     }
 
     /// Updates the directory listing of a stream published here, or to be.
@@ -110,15 +111,7 @@ impl Node {
         {
             let mut state = lock(&self.control.state);
             if state.engine.held().iter().any(|h| h.stream == stream) {
-                // A viewer's ask never overrides what the owner decided.
-                let keep = match state.roles.get(&stream) {
-                    Some(Role::Source) => true,
-                    Some(_) => role == Role::View,
-                    None => false,
-                };
-                if !keep {
-                    state.roles.insert(stream, role);
-                }
+                set_role(&mut state.roles, stream, role);
                 return Ok(());
             }
         }
@@ -138,7 +131,8 @@ impl Node {
             return Err(WatchError::OwnStream);
         }
         self.hub_or_create(stream.as_str());
-        lock(&self.control.state).roles.insert(stream.clone(), role);
+        // Another ask may have come while the portal answered.
+        set_role(&mut lock(&self.control.state).roles, stream.clone(), role);
         self.overlay_input(Input::Watch {
             stream,
             kbps,
@@ -163,8 +157,22 @@ impl Node {
             self.overlay_input(Input::Unwatch {
                 stream: stream.clone(),
             });
+            self.end_viewers(stream);
         }
         known
+    }
+}
+
+/// Records why the box holds `stream`; a viewer's ask never overrides what the owner
+/// decided, and nothing overrides the source.
+fn set_role(roles: &mut BTreeMap<StreamId, Role>, stream: StreamId, role: Role) {
+    let keep = match roles.get(&stream) {
+        Some(Role::Source) => true,
+        Some(_) => role == Role::View,
+        None => false,
+    };
+    if !keep {
+        roles.insert(stream, role);
     }
 }
 

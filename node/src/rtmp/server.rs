@@ -83,9 +83,11 @@ enum Role {
     Playing {
         stream_id: u32,
         subscription: Subscription,
-        /// A child box playing with a ticket: ended when the ticket ends.
-        child: Option<(oneshot::Receiver<()>, ChildGuard)>,
-        /// The slot of a player from beyond the box's network.
+        /// Completes when the player must go: a child box whose ticket ended, a
+        /// viewer of a stream the box no longer holds.
+        ended: Option<oneshot::Receiver<()>>,
+        /// A child box's ticket, or the slot of a player from beyond the box's network.
+        _child: Option<ChildGuard>,
         _viewer: Option<ViewerSlot>,
     },
 }
@@ -296,16 +298,19 @@ impl Connection {
             .find(|(k, _)| k == "ticket")
             .map(|(_, v)| v.into_owned());
         // A child box's ticket, or a viewer's (a player from beyond the box's network).
-        let (child, viewer) = match token {
+        let (ended, child, viewer) = match token {
             Some(token) => {
                 let ticket = StreamId::new(stream).ok().and_then(|id| {
                     let ticket = self.node.control().ticket_for_token(&id, &token)?;
                     Some((id, ticket))
                 });
                 match ticket {
-                    Some((id, ticket)) => (Some(self.node.child_connected(id, ticket)), None),
+                    Some((id, ticket)) => {
+                        let (ended, guard) = self.node.child_connected(id, ticket);
+                        (Some(ended), Some(guard), None)
+                    }
                     None => match self.node.redeem_viewer_ticket(stream, &token) {
-                        Some(slot) => (None, Some(slot)),
+                        Some((ended, slot)) => (Some(ended), None, Some(slot)),
                         None => {
                             return self.refuse(
                                 request_id,
@@ -318,7 +323,7 @@ impl Connection {
                     },
                 }
             }
-            None if self.node.plays_without_ticket(self.peer.ip()) => (None, None),
+            None if self.node.plays_without_ticket(self.peer.ip()) => (None, None, None),
             None => {
                 return self.refuse(
                     request_id,
@@ -340,11 +345,17 @@ impl Connection {
         let subscription = hub.subscribe();
         let results = self.session.accept_request(request_id)?;
         self.handle_results(results)?;
-        tracing::info!(stream, child = child.is_some(), "playing");
+        tracing::info!(
+            stream,
+            child = child.is_some(),
+            viewer = viewer.is_some(),
+            "playing"
+        );
         self.role = Role::Playing {
             stream_id,
             subscription,
-            child,
+            ended,
+            _child: child,
             _viewer: viewer,
         };
         Ok(())
@@ -392,7 +403,7 @@ async fn next_packet(role: &mut Role) -> Result<Packet, RtmpError> {
     match role {
         Role::Playing {
             subscription,
-            child: Some((ended, _)),
+            ended: Some(ended),
             ..
         } => tokio::select! {
             biased;
