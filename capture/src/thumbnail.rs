@@ -157,6 +157,7 @@ mod tests {
             },
             realtime: false,
             clock: false,
+            noise: false,
         })
         .expect("libx264 opens");
         let mut tags = Vec::new();

@@ -44,8 +44,9 @@ pub struct NodeArgs {
     /// State directory [default: /var/lib/astral]
     #[arg(long, env = "ASTRAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Publish from a local source: `test-pattern`, `test-pattern:clock` (the wall
-    /// clock burned in, for measuring glass-to-glass latency) or `v4l2:/dev/videoN`
+    /// Publish from a local source: `test-pattern`, with `:clock` (the wall clock
+    /// burned in, for glass-to-glass latency), `:noise` (as heavy as its bitrate) or
+    /// `:clock,noise`; or `v4l2:/dev/videoN`
     #[arg(long, env = "ASTRAL_SOURCE")]
     pub source: Option<String>,
     /// Stream name the local source publishes as [default: the node's name]
@@ -212,6 +213,25 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
         field: field.into(),
         message: message.into(),
     }
+}
+
+/// `test-pattern`, or `test-pattern:` with `clock` (the wall clock burned in),
+/// `noise` (a picture as costly as its bitrate) or both, comma-separated: whether
+/// each is on, or `None` for a spec that is not a test pattern.
+fn pattern_options(spec: &str) -> Option<(bool, bool)> {
+    let options = match spec.strip_prefix("test-pattern")? {
+        "" => return Some((false, false)),
+        rest => rest.strip_prefix(':')?,
+    };
+    let (mut clock, mut noise) = (false, false);
+    for option in options.split(',') {
+        match option {
+            "clock" if !clock => clock = true,
+            "noise" if !noise => noise = true,
+            _ => return None,
+        }
+    }
+    Some((clock, noise))
 }
 
 /// A validated node configuration.
@@ -429,16 +449,12 @@ impl Config {
                     })?;
                     v
                 };
-                let clock = match spec.as_str() {
-                    "test-pattern" => Some(false),
-                    "test-pattern:clock" => Some(true),
-                    _ => None,
-                };
-                let kind = if let Some(clock) = clock {
+                let kind = if let Some((clock, noise)) = pattern_options(&spec) {
                     SourceKind::TestPattern(TestPatternConfig {
                         video: video_config,
                         realtime: true,
                         clock,
+                        noise,
                     })
                 } else if let Some(device) = spec.strip_prefix("v4l2:") {
                     if !device.starts_with('/') {
@@ -455,8 +471,8 @@ impl Config {
                     return Err(invalid(
                         "source",
                         format!(
-                            "{spec:?} is not a source; use test-pattern, test-pattern:clock \
-                             or v4l2:/dev/videoN"
+                            "{spec:?} is not a source; use test-pattern (or test-pattern:clock, \
+                             test-pattern:noise, test-pattern:clock,noise) or v4l2:/dev/videoN"
                         ),
                     ));
                 };
@@ -911,23 +927,38 @@ mod tests {
     }
 
     #[test]
-    fn the_test_pattern_shows_the_clock_only_when_asked() {
-        for (spec, clock) in [("test-pattern", false), ("test-pattern:clock", true)] {
+    fn the_test_pattern_shows_the_clock_and_noise_only_when_asked() {
+        for (spec, clock, noise) in [
+            ("test-pattern", false, false),
+            ("test-pattern:clock", true, false),
+            ("test-pattern:noise", false, true),
+            ("test-pattern:clock,noise", true, true),
+            ("test-pattern:noise,clock", true, true),
+        ] {
             let config = load(&format!("source = {spec:?}")).unwrap();
             let source = config.source.expect("a source");
             match &source.kind {
-                SourceKind::TestPattern(pattern) => assert_eq!(pattern.clock, clock, "{spec}"),
+                SourceKind::TestPattern(pattern) => {
+                    assert_eq!((pattern.clock, pattern.noise), (clock, noise), "{spec}")
+                }
                 other => panic!("{spec}: expected the test pattern, got {other:?}"),
             }
             // Shown back (GET /config) as written.
             assert_eq!(source.spec, spec);
         }
-        match load("source = \"test-pattern:clok\"") {
-            Err(ConfigError::Invalid { field, message }) => {
-                assert_eq!(field, "source");
-                assert!(message.contains("test-pattern:clock"), "{message}");
+        for bad in [
+            "test-pattern:clok",
+            "test-pattern:clock,clock",
+            "test-pattern:",
+            "test-patterns",
+        ] {
+            match load(&format!("source = {bad:?}")) {
+                Err(ConfigError::Invalid { field, message }) => {
+                    assert_eq!(field, "source");
+                    assert!(message.contains("test-pattern:clock"), "{message}");
+                }
+                other => panic!("{bad}: expected an error on source, got {other:?}"),
             }
-            other => panic!("expected an error on source, got {other:?}"),
         }
     }
 

@@ -16,6 +16,8 @@
 //! The lock is a plain mutex held for a few pointer copies per tag and never across an
 //! `.await`.
 
+mod continuity;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -125,6 +127,7 @@ struct State {
     subscribers: Vec<Slot>,
     next_subscriber_id: u64,
     rates: Rates,
+    continuity: continuity::Tracker,
 }
 
 struct Slot {
@@ -206,6 +209,7 @@ pub struct Snapshot {
     pub fps: f32,
     pub keyframe_interval_ms: Option<u32>,
     pub last_timestamp_ms: Option<u32>,
+    pub continuity: proto::Continuity,
 }
 
 impl Hub {
@@ -317,6 +321,7 @@ impl Hub {
                 (Some(v), Some(a)) => Some(v.max(a)),
                 (v, a) => v.or(a),
             },
+            continuity: state.continuity.seen(),
         }
     }
 
@@ -392,6 +397,7 @@ impl Hub {
                     );
                     state.last_video = None;
                     state.last_audio = None;
+                    state.continuity.restart();
                 } else {
                     // Already forwarded: a replayed GOP after a reconnect.
                     self.metrics.repeats_dropped.inc();
@@ -406,6 +412,9 @@ impl Hub {
         }
 
         state.rates.record(&tag);
+        if tag.kind == TagKind::Video {
+            state.continuity.record(tag.timestamp, Instant::now());
+        }
         let sync_point =
             tag.is_keyframe() || (tag.kind == TagKind::Audio && state.video_header.is_none());
         let keyframe = tag.is_keyframe();

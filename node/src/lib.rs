@@ -215,6 +215,7 @@ impl Node {
             tags_in: metrics.tags_in.get(),
             tags_dropped: metrics.tags_dropped.get(),
             reconnects: metrics.reconnects.get(),
+            continuity: snap.continuity,
         }
     }
 }

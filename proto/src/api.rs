@@ -44,6 +44,41 @@ pub struct StreamInfo {
     pub tags_in: u64,
     pub tags_dropped: u64,
     pub reconnects: u64,
+    /// How a player here would have seen the video so far.
+    #[serde(default)]
+    pub continuity: Continuity,
+}
+
+/// Playback continuity of a stream's video at one box, as a player that started with
+/// the first frame and plays in source time would see it: a frame is due its source
+/// timestamp's distance after the first one's arrival, plus the player's buffer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Continuity {
+    /// Video frames that arrived.
+    pub frames: u64,
+    /// Frames that never arrived: gaps in the source timestamps.
+    pub missing: u64,
+    /// Frames later than their due time with a player buffer of 0.5, 1 and 2 s.
+    pub late_500ms: u64,
+    pub late_1s: u64,
+    pub late_2s: u64,
+}
+
+impl Continuity {
+    /// The share of frames on time with a buffer of `buffer_ms` (500, 1000 or 2000):
+    /// the continuity index. 1 before any frame.
+    pub fn index(&self, buffer_ms: u32) -> f64 {
+        let late = match buffer_ms {
+            ..=500 => self.late_500ms,
+            501..=1000 => self.late_1s,
+            _ => self.late_2s,
+        };
+        let expected = self.frames + self.missing;
+        if expected == 0 {
+            return 1.0;
+        }
+        (self.frames - late.min(self.frames)) as f64 / expected as f64
+    }
 }
 
 /// `POST /streams/{name}/pull`: make this node a relay of `upstreams`, tried in order.

@@ -104,6 +104,7 @@ fn run_ours(args: &CaptureArgs, video: &VideoConfig) -> anyhow::Result<Ours> {
                 video: video.clone(),
                 realtime: true,
                 clock: false,
+                noise: false,
             })?;
             (Instant::now(), Box::new(pattern))
         }
@@ -169,6 +170,7 @@ fn run_ffmpeg(args: &CaptureArgs, video: &VideoConfig) -> anyhow::Result<f64> {
                 video: video.clone(),
                 realtime: false,
                 clock: false,
+                noise: false,
             })?;
             let mut frames = Vec::new();
             for index in 0..u64::from(fps) * 2 {

@@ -14,6 +14,7 @@ fn small(keyframe_interval_frames: u32) -> TestPattern {
         },
         realtime: false,
         clock: false,
+        noise: false,
     })
     .expect("libx264 opens")
 }
@@ -153,6 +154,7 @@ fn clock_mode_shows_the_wall_clock_when_drawn() {
         },
         realtime: false,
         clock: true,
+        noise: false,
     })
     .expect("libx264 opens");
     let out = tags(&mut source, 10);
@@ -193,6 +195,7 @@ fn realtime_pacing_holds_frames_until_due() {
         },
         realtime: true,
         clock: false,
+        noise: false,
     })
     .unwrap();
     let started = Instant::now();
@@ -244,10 +247,34 @@ fn invalid_configs_name_the_field() {
             video: config,
             realtime: false,
             clock: false,
+            noise: false,
         };
         match TestPattern::open(config) {
             Err(CaptureError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
             other => panic!("expected an error on {field}, got {:?}", other.err()),
         }
     }
+}
+
+#[test]
+fn noise_makes_the_stream_as_heavy_as_its_bitrate() {
+    let bytes = |noise: bool| {
+        let mut pattern = TestPattern::open(TestPatternConfig {
+            noise,
+            ..small(30).config
+        })
+        .expect("libx264 opens");
+        let mut out = Vec::new();
+        for _ in 0..60 {
+            pattern.next_tags(&mut out).unwrap();
+        }
+        out.iter().map(|t| t.data.len()).sum::<usize>()
+    };
+    let (plain, noisy) = (bytes(false), bytes(true));
+    // 2 s at 500 kbit/s is 125 kB; rate control lands near it, give or take.
+    assert!(
+        (80_000..200_000).contains(&noisy),
+        "{noisy} bytes in 2 s at 500 kbit/s"
+    );
+    assert!(noisy > plain * 5, "noise {noisy} bytes, plain {plain}");
 }
