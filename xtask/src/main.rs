@@ -8,6 +8,7 @@ mod image;
 mod image_test;
 mod latency_bench;
 mod package;
+mod testbed_cmd;
 mod util;
 
 use std::io::{BufRead, BufReader};
@@ -46,6 +47,8 @@ enum Task {
     Image(image::ImageArgs),
     /// Build an image, boot it under QEMU and check it joins a portal and streams
     ImageTest(image_test::ImageTestArgs),
+    /// Many boxes in network namespaces with household uploads (needs root)
+    Testbed(testbed_cmd::TestbedArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Task::Deb(args) => package::deb_command(args),
         Task::Image(args) => image::image_command(args),
         Task::ImageTest(args) => image_test::image_test(args),
+        Task::Testbed(args) => testbed_cmd::testbed(args),
     }
 }
 

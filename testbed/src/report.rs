@@ -1,0 +1,215 @@
+//! What the testbed measures at every box, from the box's own API: its place in the
+//! tree, when it began to play, playback continuity from source timestamps (the hub
+//! counts frames late for a player's buffer, and frames missing), what it forwards
+//! against its upload, and the bytes it sent, so that the share served by peers
+//! rather than by the source comes out.
+
+use std::fmt::Write;
+
+use crate::{Host, Testbed, STREAM};
+
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub name: String,
+    pub uplink_kbps: u32,
+    pub playing: bool,
+    pub depth: Option<u64>,
+    pub parent: Option<String>,
+    pub join_ms: Option<u128>,
+    pub frames: u64,
+    pub missing: u64,
+    pub late: u64,
+    /// Frames on time with a 1 s buffer, of all the source sent since the box joined.
+    pub continuity: f64,
+    pub slots: u64,
+    pub children: u64,
+    /// What it forwards, at the stream's measured bitrate, against its upload.
+    pub forward_kbps: u64,
+    pub bytes_out: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub stream_kbps: u64,
+    pub viewers: Vec<Viewer>,
+    pub source_bytes_out: f64,
+}
+
+impl Report {
+    /// What happened between `before` and this report: frames, losses, lateness and
+    /// bytes counted over that window only (the joins before it left out).
+    pub fn since(&self, before: &Report) -> Report {
+        let viewers = self
+            .viewers
+            .iter()
+            .map(|v| {
+                let mut window = v.clone();
+                if let Some(b) = before.viewers.iter().find(|b| b.name == v.name) {
+                    window.frames = v.frames.saturating_sub(b.frames);
+                    window.missing = v.missing.saturating_sub(b.missing);
+                    window.late = v.late.saturating_sub(b.late);
+                    window.bytes_out = (v.bytes_out - b.bytes_out).max(0.0);
+                }
+                window.continuity = continuity(window.frames, window.missing, window.late);
+                window
+            })
+            .collect();
+        Report {
+            stream_kbps: self.stream_kbps,
+            viewers,
+            source_bytes_out: (self.source_bytes_out - before.source_bytes_out).max(0.0),
+        }
+    }
+
+    /// The share of the stream's bytes that boxes sent to boxes, rather than the source.
+    pub fn peer_share(&self) -> f64 {
+        let peers: f64 = self.viewers.iter().map(|v| v.bytes_out).sum();
+        let all = peers + self.source_bytes_out;
+        if all > 0.0 {
+            peers / all
+        } else {
+            0.0
+        }
+    }
+
+    pub fn worst_continuity(&self) -> f64 {
+        self.viewers
+            .iter()
+            .filter(|v| v.playing)
+            .map(|v| v.continuity)
+            .fold(1.0, f64::min)
+    }
+
+    /// Boxes forwarding beyond their slots or their upload.
+    pub fn over_capacity(&self) -> Vec<&Viewer> {
+        self.viewers
+            .iter()
+            .filter(|v| v.children > v.slots || v.forward_kbps > u64::from(v.uplink_kbps))
+            .collect()
+    }
+
+    /// How many boxes sit at each depth, from 1.
+    pub fn depths(&self) -> Vec<usize> {
+        let deepest = self
+            .viewers
+            .iter()
+            .filter_map(|v| v.depth)
+            .max()
+            .unwrap_or(0);
+        (1..=deepest)
+            .map(|d| self.viewers.iter().filter(|v| v.depth == Some(d)).count())
+            .collect()
+    }
+
+    /// The table the testbed prints.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<8} {:>7} {:>5} {:<8} {:>8} {:>7} {:>6} {:>6} {:>10} {:>9}",
+            "box",
+            "uplink",
+            "depth",
+            "parent",
+            "join ms",
+            "frames",
+            "lost",
+            "late",
+            "continuity",
+            "fwd kbps"
+        );
+        for v in &self.viewers {
+            let _ = writeln!(
+                out,
+                "{:<8} {:>7} {:>5} {:<8} {:>8} {:>7} {:>6} {:>6} {:>10.4} {:>4}/{:<4}",
+                v.name,
+                v.uplink_kbps,
+                v.depth.map_or("-".into(), |d| d.to_string()),
+                v.parent.as_deref().unwrap_or("-"),
+                v.join_ms.map_or("-".into(), |j| j.to_string()),
+                v.frames,
+                v.missing,
+                v.late,
+                v.continuity,
+                v.forward_kbps,
+                v.uplink_kbps,
+            );
+        }
+        let joins: Vec<u128> = {
+            let mut j: Vec<u128> = self.viewers.iter().filter_map(|v| v.join_ms).collect();
+            j.sort_unstable();
+            j
+        };
+        let _ = writeln!(
+            out,
+            "\n{} boxes, stream {} kbit/s; playing {}; depth per level {:?}; join p50 {} ms, max {} ms",
+            self.viewers.len(),
+            self.stream_kbps,
+            self.viewers.iter().filter(|v| v.playing).count(),
+            self.depths(),
+            joins.get(joins.len() / 2).copied().unwrap_or(0),
+            joins.last().copied().unwrap_or(0),
+        );
+        let _ = writeln!(
+            out,
+            "worst continuity {:.4} (1 s buffer); bytes served by peers {:.1} %; over slots or upload: {}",
+            self.worst_continuity(),
+            self.peer_share() * 100.0,
+            self.over_capacity().len(),
+        );
+        out
+    }
+}
+
+pub(crate) fn gather(bed: &Testbed) -> anyhow::Result<Report> {
+    let info = bed.source.get(&format!("/streams/{STREAM}"))?;
+    let stream_kbps = info["bitrate_kbps"].as_u64().unwrap_or(0);
+    let viewers = bed
+        .viewers
+        .iter()
+        .zip(&bed.joined)
+        .map(|(host, joined)| viewer(host, joined.map(|j| j.as_millis()), stream_kbps))
+        .collect();
+    Ok(Report {
+        stream_kbps,
+        viewers,
+        source_bytes_out: Testbed::bytes_out(&bed.source),
+    })
+}
+
+fn viewer(host: &Host, join_ms: Option<u128>, stream_kbps: u64) -> Viewer {
+    let status = host.get("/status").unwrap_or_default();
+    let place = &status["overlay"]["streams"][0];
+    let info = host.get(&format!("/streams/{STREAM}")).unwrap_or_default();
+    let seen = &info["continuity"];
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let (frames, missing, late) = (n(&seen["frames"]), n(&seen["missing"]), n(&seen["late_1s"]));
+    let children = place["tickets"].as_array().map_or(0, |t| t.len() as u64) + n(&place["viewers"]);
+    Viewer {
+        name: host.name.clone(),
+        uplink_kbps: host.uplink_kbps,
+        playing: place["flowing"] == true
+            && place["depth"].as_u64() >= Some(1)
+            && host.pid().is_some(),
+        depth: place["depth"].as_u64(),
+        parent: place["parent"].as_str().map(String::from),
+        join_ms,
+        frames,
+        missing,
+        late,
+        continuity: continuity(frames, missing, late),
+        slots: n(&place["slots"]),
+        children,
+        forward_kbps: children * stream_kbps,
+        bytes_out: Testbed::bytes_out(host),
+    }
+}
+
+/// Frames on time of all the source sent; 0 when nothing was due.
+fn continuity(frames: u64, missing: u64, late: u64) -> f64 {
+    let expected = frames + missing;
+    if expected == 0 {
+        return 0.0;
+    }
+    (frames - late.min(frames)) as f64 / expected as f64
+}
