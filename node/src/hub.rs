@@ -356,7 +356,7 @@ impl Hub {
         let meta = Arc::new(meta);
         state.meta = Some(Arc::clone(&meta));
         state.headers_gen += 1;
-        self.fan_out(&mut state, Packet::Meta(meta), false);
+        self.fan_out(&mut state, Packet::Meta(meta), false, Instant::now());
     }
 
     fn push(&self, tag: Tag) {
@@ -377,7 +377,7 @@ impl Hub {
             let frame = Frame::new(tag);
             *slot = Some(Arc::clone(&frame));
             state.headers_gen += 1;
-            self.fan_out(&mut state, Packet::Media(frame), false);
+            self.fan_out(&mut state, Packet::Media(frame), false, Instant::now());
             return;
         }
 
@@ -411,9 +411,11 @@ impl Hub {
             TagKind::Script => {}
         }
 
+        // One clock read per tag: its arrival, for continuity and for lagging players.
+        let now = Instant::now();
         state.rates.record(&tag);
         if tag.kind == TagKind::Video {
-            state.continuity.record(tag.timestamp, Instant::now());
+            state.continuity.record(tag.timestamp, now);
         }
         let sync_point =
             tag.is_keyframe() || (tag.kind == TagKind::Audio && state.video_header.is_none());
@@ -430,13 +432,12 @@ impl Hub {
                 state.gop.push(Arc::clone(&frame));
             }
         }
-        self.fan_out(&mut state, Packet::Media(frame), sync_point);
+        self.fan_out(&mut state, Packet::Media(frame), sync_point, now);
     }
 
     /// Sends `packet` to every subscriber without ever waiting. `sync_point` says a
     /// subscriber that is behind may resume here.
-    fn fan_out(&self, state: &mut State, packet: Packet, sync_point: bool) {
-        let now = Instant::now();
+    fn fan_out(&self, state: &mut State, packet: Packet, sync_point: bool, now: Instant) {
         let headers_gen = state.headers_gen;
         let mut dropped = 0;
         let mut disconnected = 0;

@@ -205,11 +205,17 @@ fn viewer(host: &Host, join_ms: Option<u128>, stream_kbps: u64) -> Viewer {
     }
 }
 
-/// Frames on time of all the source sent; 0 when nothing was due.
-fn continuity(frames: u64, missing: u64, late: u64) -> f64 {
-    let expected = frames + missing;
-    if expected == 0 {
+/// Frames on time for a 1 s buffer of all the source sent (the hubs' own index); 0
+/// when nothing was due, so that a box that got nothing counts as the worst.
+fn continuity(frames: u64, missing: u64, late_1s: u64) -> f64 {
+    if frames + missing == 0 {
         return 0.0;
     }
-    (frames - late.min(frames)) as f64 / expected as f64
+    proto::Continuity {
+        frames,
+        missing,
+        late_1s,
+        ..proto::Continuity::default()
+    }
+    .index(1000)
 }

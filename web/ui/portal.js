@@ -173,9 +173,8 @@ function watchPage(id) {
       const me = await call(`${local}/status`, { timeout: 1500 });
       status = `Asking your box (${me.name}) to join the stream…`;
       redraw();
-      const w = await call(`${local}/streams/${encodeURIComponent(id)}/watch`, { method: "POST", body: {} });
+      const w = await join(local);
       via = { kind: "local", api: local, id: me.name, flv: `${local}/live/${encodeURIComponent(id)}.flv`, rtmp: w.rtmp };
-      await flowing(local);
     } catch (err) {
       if (stopped) return;
       status = err.status
@@ -204,6 +203,14 @@ function watchPage(id) {
     }
   }
 
+  /** Asks the viewer's box to watch, and waits until its video flows: the box's
+   * answer (where it plays the stream). */
+  async function join(api) {
+    const w = await call(`${api}/streams/${encodeURIComponent(id)}/watch`, { method: "POST", body: {} });
+    await flowing(api);
+    return w;
+  }
+
   /** Waits until the box gets the stream's video, up to 20 s. */
   async function flowing(api) {
     for (let i = 0; i < 80 && !stopped; i++) {
@@ -219,7 +226,7 @@ function watchPage(id) {
   function play(url) {
     const video = document.getElementById("video");
     player = mpegts.createPlayer(
-      { type: "flv", isLive: true, url, hasAudio: undefined },
+      { type: "flv", isLive: true, url },
       {
         enableWorker: false,
         enableStashBuffer: false,
@@ -242,8 +249,7 @@ function watchPage(id) {
         // own box may have dropped the stream meanwhile, or restarted: asked again.
         if (via.kind === "public" && !(await usePublicBox())) return;
         if (via.kind === "local") {
-          await call(`${via.api}/streams/${encodeURIComponent(id)}/watch`, { method: "POST", body: {} }).catch(() => {});
-          await flowing(via.api).catch(() => {});
+          await join(via.api).catch(() => {});
         }
         if (!stopped) play(via.flv);
       }, 1000);

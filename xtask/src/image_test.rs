@@ -17,7 +17,7 @@
 //! 6. the boot partition now holds `astral.toml.applied`.
 
 use std::fs;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,7 +28,7 @@ use anyhow::{bail, ensure, Context};
 use crate::cross::target_dir;
 use crate::image::{self, ImageArch, BOOT_OFFSET};
 use crate::run;
-use crate::util::{probe_video, Guard};
+use crate::util::{http_get, probe_video, Guard};
 
 const NAME: &str = "imagebox";
 /// How much bigger the test's disk is than the image.
@@ -312,17 +312,6 @@ pub fn image_test(args: ImageTestArgs) -> anyhow::Result<()> {
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A GET on loopback; the body of a 200, else an error.
-fn http_get(url: &str) -> anyhow::Result<String> {
-    let response = ureq::get(url).timeout(Duration::from_secs(5)).call()?;
-    let mut body = String::new();
-    response
-        .into_reader()
-        .take(1 << 20)
-        .read_to_string(&mut body)?;
-    Ok(body)
 }
 
 /// An mtools command on the disk's boot partition.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 
 use crate::bench::{build_astral, pct, source_args, start_astral, Proc};
+use crate::util::http_get;
 
 const STREAM: &str = "clock";
 
@@ -205,11 +206,7 @@ fn watch(portal: &str, node: &str) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
 }
 
 fn get(url: &str) -> anyhow::Result<serde_json::Value> {
-    let body = ureq::get(url)
-        .timeout(Duration::from_secs(2))
-        .call()?
-        .into_string()?;
-    Ok(serde_json::from_str(&body)?)
+    Ok(serde_json::from_str(&http_get(url)?)?)
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {

@@ -13,6 +13,20 @@ pub fn host_deb_arch() -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// A GET on loopback; the body of a 200 (at most 1 MiB), else an error.
+pub fn http_get(url: &str) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let response = ureq::get(url)
+        .timeout(std::time::Duration::from_secs(5))
+        .call()?;
+    let mut body = String::new();
+    response
+        .into_reader()
+        .take(1 << 20)
+        .read_to_string(&mut body)?;
+    Ok(body)
+}
+
 /// A child process, killed when dropped.
 pub struct Guard(pub Child);
 

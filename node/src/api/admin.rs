@@ -15,7 +15,7 @@ use proto::overlay::StreamId;
 use proto::portal::StreamUpdate;
 use serde::{Deserialize, Serialize};
 
-use super::session::{from_own_page, session_token};
+use super::session::{from_own_page, page_session, session_token};
 use super::ApiError;
 use crate::config::ConfigError;
 use crate::control::{PortalError, Role, WatchError};
@@ -40,20 +40,8 @@ impl FromRequestParts<Arc<Node>> for Admin {
             Some(_) => return Err(ApiError::Unauthorized("wrong admin token".into())),
             None => {}
         }
-        // The admin page's session, good only on the box's own pages.
-        if let Some(id) = session_token(&parts.headers, node) {
-            if !from_own_page(&parts.headers) {
-                return Err(ApiError::Forbidden(
-                    "the box's session works only on its own pages".into(),
-                ));
-            }
-            return if node.sessions.is_open(&id) {
-                Ok(Admin)
-            } else {
-                Err(ApiError::Unauthorized(
-                    "the session ended (logged out, or the box restarted); log in again".into(),
-                ))
-            };
+        if let Some(checked) = page_session(&parts.headers, node) {
+            return checked.map(|()| Admin);
         }
         Err(ApiError::Unauthorized(format!(
             "admin calls need the node's token: Authorization: Bearer $(cat {})",

@@ -69,6 +69,23 @@ pub(super) fn from_own_page(headers: &HeaderMap) -> bool {
     }
 }
 
+/// The admin page's session on this request: `None` without its cookie; else whether
+/// it is open and comes from one of the box's own pages.
+pub(super) fn page_session(headers: &HeaderMap, node: &Node) -> Option<Result<(), ApiError>> {
+    let id = session_token(headers, node)?;
+    Some(if !from_own_page(headers) {
+        Err(ApiError::Forbidden(
+            "the box's session works only on its own pages".into(),
+        ))
+    } else if node.sessions.is_open(&id) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(
+            "the session ended (logged out, or the box restarted); log in again".into(),
+        ))
+    })
+}
+
 #[derive(Serialize)]
 struct Session {
     name: String,
@@ -77,8 +94,7 @@ struct Session {
 
 /// `GET /session`: whether the page is logged in.
 async fn session(State(node): State<Arc<Node>>, headers: HeaderMap) -> Json<Session> {
-    let admin = session_token(&headers, &node).is_some_and(|id| node.sessions.is_open(&id))
-        && from_own_page(&headers);
+    let admin = matches!(page_session(&headers, &node), Some(Ok(())));
     Json(Session {
         name: node.config().name.clone(),
         admin,

@@ -6,36 +6,33 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::overlay::{NodeId, Peer};
+use proto::overlay::Peer;
 use proto::portal::{NodeReport, TreePlace, MAP_REFRESH_SECS};
 use tokio::time::Instant;
 
 use super::{http, Control};
-use crate::Node;
+use crate::{lock, Node};
 
 /// How often the place is looked at for a change worth reporting at once.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 impl Control {
-    /// This box's own report.
+    /// This box's own report, read from the engine under one lock.
     pub fn place(&self) -> NodeReport {
-        let report = self.report();
+        let state = lock(&self.state);
+        let engine = &state.engine;
         NodeReport {
-            peer: report.me,
-            supernode: report.supernode.and_then(|s| NodeId::new(s).ok()),
-            is_supernode: report.is_supernode,
-            streams: report
-                .streams
+            peer: self.me.clone(),
+            supernode: engine.supernode_id().cloned(),
+            is_supernode: engine.is_supernode(),
+            streams: engine
+                .held()
                 .into_iter()
                 .map(|held| TreePlace {
-                    parent: held.parent.and_then(|p| NodeId::new(p).ok()),
-                    depth: held.depth as u32,
+                    parent: held.parent,
+                    depth: held.path.len() as u32,
                     slots: held.slots,
-                    children: held
-                        .tickets
-                        .iter()
-                        .filter_map(|t| NodeId::new(t.child.clone()).ok())
-                        .collect(),
+                    children: held.children.into_iter().map(|t| t.child).collect(),
                     flowing: held.flowing,
                     viewers: held.viewers,
                     stream: held.stream,

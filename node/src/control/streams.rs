@@ -184,16 +184,24 @@ pub async fn drop_idle_views(node: Arc<Node>) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         every.tick().await;
-        let report = node.control.report();
-        let views: Vec<(StreamId, usize)> = report
-            .streams
-            .iter()
-            .filter(|h| h.role == Role::View)
-            .map(|h| {
-                let children = h.tickets.iter().filter(|t| t.connected).count();
-                (h.stream.clone(), children)
-            })
-            .collect();
+        // Each stream relayed for a viewer, and its child boxes' players.
+        let views: Vec<(StreamId, usize)> = {
+            let state = lock(&node.control.state);
+            if state.roles.values().any(|r| *r == Role::View) {
+                state
+                    .engine
+                    .held()
+                    .into_iter()
+                    .filter(|h| state.roles.get(&h.stream) == Some(&Role::View))
+                    .map(|h| {
+                        let children = h.children.iter().filter(|t| t.connected).count();
+                        (h.stream, children)
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
         idle_since.retain(|s, _| views.iter().any(|(v, _)| v == s));
         for (stream, children) in views {
             let subscribers = node
