@@ -192,6 +192,12 @@ pub(crate) enum Pending {
     /// is that parent alive?
     Claim(u64),
     Flood(u64),
+    /// A leaving supernode handed its children to a successor: once it has them,
+    /// they are sent there.
+    Adopt {
+        successor: Peer,
+        children: Vec<Peer>,
+    },
     /// Fire and forget: the answer changes nothing.
     Quiet,
 }
@@ -554,6 +560,10 @@ impl Node {
             Pending::Probe(stream) => self.on_probe(call, &stream, result),
             Pending::Claim(key) => self.on_claim(key, result),
             Pending::Flood(query) => self.on_flood_reply(query, result),
+            Pending::Adopt {
+                successor,
+                children,
+            } => self.on_adopt(successor, children, result),
             Pending::Quiet => {}
         }
     }

@@ -438,8 +438,26 @@ impl Node {
             children: others,
             neighbours: sn.neighbours.clone(),
         };
-        self.call(Target::Node(successor.clone()), request, Pending::Quiet);
-        for peer in rehome {
+        let pending = Pending::Adopt {
+            successor: successor.clone(),
+            children: rehome,
+        };
+        self.call(Target::Node(successor), request, pending);
+    }
+
+    /// The successor has adopted our children (or not): send them there. Sent only
+    /// once it answered, so that their registration never arrives first. Refused, the
+    /// children find out when their lease here fails and join again.
+    pub(crate) fn on_adopt(
+        &mut self,
+        successor: Peer,
+        children: Vec<Peer>,
+        result: Result<Response, CallError>,
+    ) {
+        if !matches!(result, Ok(Response::Done)) {
+            return;
+        }
+        for peer in children {
             let request = Request::Rehome {
                 supernode: successor.clone(),
             };
