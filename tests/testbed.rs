@@ -1,21 +1,26 @@
-//! The network-namespace testbed (tier 4): a portal, a noisy 2 Mbit/s source and
+//! The network-namespace testbed (tier 4): a portal, a noisy 2 Mbit/s source and 24
 //! boxes with household uploads (1.5, 3 and 6 Mbit/s, `tc tbf`), each in a namespace
-//! of its own. Every box joins at once; then, over 20 s of steady play after the
-//! joins, every box plays and boxes, not the source, send the bytes.
+//! of its own, sampled twice a second throughout.
 //!
-//! Continuity and capacity are measured and printed, not yet asserted: a box that
-//! takes a weaker child's place (capacity-first placement) makes its new parent
-//! forward to one box more than its slots until the displaced child has moved, which
-//! on a household upload congests the parent's whole subtree (issue 7's work).
+//! - A flash crowd: every box is asked to watch within a few hundred milliseconds, and
+//!   every one plays.
+//! - 20 s of steady play: every box plays, and boxes rather than the source send the
+//!   bytes.
+//! - 60 s of faults (`testbed::Chaos`): relays killed with SIGKILL (one comes back), a
+//!   box leaving, a supernode's power cut; then every box still running plays.
+//!
+//! Continuity, stalls and forwards against slots and upload are printed, not yet
+//! asserted: on this debug build a box can still be late after the joins, while the
+//! GOPs sent to joining boxes congest household uploads (issue 7's work).
 //! Needs root; elsewhere it says so and does nothing.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const HOSTS: usize = 24;
 
 #[test]
-fn a_household_network_of_boxes_plays_steadily() {
+fn a_household_network_of_boxes_plays_through_faults() {
     if !testbed::can_run() {
         eprintln!("skipped: the testbed needs root (network namespaces, tc)");
         return;
@@ -23,13 +28,22 @@ fn a_household_network_of_boxes_plays_steadily() {
     let astral = PathBuf::from(env!("CARGO_BIN_EXE_astral"));
     let mut bed =
         testbed::Testbed::start(testbed::Options::new(astral, HOSTS)).expect("the testbed starts");
+    let sampler = bed.sample(Duration::from_millis(500));
+    let asked = Instant::now();
     bed.watch_all().expect("every box is asked to watch");
+    let crowd = asked.elapsed();
+    assert!(crowd < Duration::from_secs(5), "the asks took {crowd:?}");
     if let Err(e) = bed.wait_all_playing(Duration::from_secs(60)) {
         let report = bed.report().map(|r| r.table()).unwrap_or_default();
         panic!("{e}\n{report}\nlogs in {}", bed.work_dir().display());
     }
     let joined = bed.report().expect("a report");
-    eprintln!("after the joins:\n{}", joined.table());
+    eprintln!(
+        "{HOSTS} boxes asked within {crowd:?}; after the joins:\n{}",
+        joined.table()
+    );
+
+    let steady_from = sampler.start_instant().elapsed();
     std::thread::sleep(Duration::from_secs(20));
     let report = bed.report().expect("a report").since(&joined);
     eprintln!("20 s of steady play:\n{}", report.table());
@@ -39,13 +53,8 @@ fn a_household_network_of_boxes_plays_steadily() {
         report.stream_kbps
     );
     assert!(
-        report.viewers.iter().all(|v| v.playing),
-        "{}",
-        report.table()
-    );
-    assert!(
-        report.viewers.iter().all(|v| v.frames > 0),
-        "a box got no video in 20 s\n{}",
+        report.viewers.iter().all(|v| v.playing && v.frames > 0),
+        "a box does not play\n{}",
         report.table()
     );
     // Boxes feed boxes: the source sends only to its own children.
@@ -60,5 +69,47 @@ fn a_household_network_of_boxes_plays_steadily() {
         "peers served {:.3} of the bytes, {fed_by_peers:.3} of the boxes\n{}",
         report.peer_share(),
         report.table()
+    );
+
+    let chaos_from = sampler.start_instant().elapsed();
+    bed.chaos(&testbed::Chaos::new(Duration::from_secs(60)))
+        .expect("the faults run");
+    let after_faults = Instant::now();
+    loop {
+        let report = bed.report().expect("a report");
+        let running: Vec<_> = report
+            .viewers
+            .iter()
+            .zip(&bed.viewers)
+            .filter(|(_, host)| host.pid().is_some())
+            .collect();
+        if running.iter().all(|(v, _)| v.playing) {
+            break;
+        }
+        assert!(
+            after_faults.elapsed() < Duration::from_secs(30),
+            "boxes still running do not play after the faults\n{}",
+            report.table()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let timeline = sampler.finish(bed.faults.clone());
+    let uplinks = bed.uplinks();
+    let steady = timeline.summary(steady_from, &uplinks);
+    eprintln!(
+        "samples in steady play with a box beyond its slots or upload: {:?}",
+        steady.overruns
+    );
+    let faults = timeline.summary(chaos_from, &uplinks);
+    eprintln!("over 60 s of faults:\n{}", faults.table());
+    assert!(
+        faults.kills >= 2 && faults.supernode_kills + faults.leaves >= 1,
+        "the faults happened: {:?}",
+        timeline.events
+    );
+    assert!(
+        faults.survivors.len() >= HOSTS - 4,
+        "{} boxes ran throughout",
+        faults.survivors.len()
     );
 }

@@ -122,6 +122,10 @@ struct State {
     /// skipping can be given the new ones before its next keyframe.
     headers_gen: u64,
     gop: Vec<Arc<Frame>>,
+    /// The GOP before `gop`: a box that lost its parent resumes from here, from
+    /// after the last frame it has, so a failover loses no frame (see
+    /// [`Hub::subscribe_after`]).
+    previous_gop: Vec<Arc<Frame>>,
     last_video: Option<u32>,
     last_audio: Option<u32>,
     subscribers: Vec<Slot>,
@@ -247,6 +251,7 @@ impl Hub {
             state.last_video = None;
             state.last_audio = None;
             state.gop.clear();
+            state.previous_gop.clear();
             state.video_header = None;
             state.audio_header = None;
             state.meta = None;
@@ -265,6 +270,14 @@ impl Hub {
     /// Subscribes to the stream: the returned packets start with everything needed to
     /// decode at once (metadata, sequence headers, the cached GOP), then follow live.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        self.subscribe_after(None)
+    }
+
+    /// Like [`Hub::subscribe`], for a box that already has the stream up to source
+    /// timestamp `after` (it lost its parent, or moves): it gets only the frames after
+    /// that, from the last two GOPs, so it loses none and is sent no GOP it has. When
+    /// `after` is not within them (too old, or another clock), the current GOP.
+    pub fn subscribe_after(self: &Arc<Self>, after: Option<u32>) -> Subscription {
         let mut state = self.lock();
         let (tx, rx) = mpsc::channel(self.config.queue_len);
         let id = state.next_subscriber_id;
@@ -273,7 +286,21 @@ impl Hub {
         initial.extend(state.meta.clone().map(Packet::Meta));
         initial.extend(state.video_header.clone().map(Packet::Media));
         initial.extend(state.audio_header.clone().map(Packet::Media));
-        initial.extend(state.gop.iter().cloned().map(Packet::Media));
+        let history = state.previous_gop.iter().chain(&state.gop);
+        let oldest = history.clone().next().map(|f| f.tag.timestamp);
+        let covered = after.filter(|&after| {
+            oldest.is_some_and(|oldest| oldest <= after)
+                && state.last_video.is_some_and(|last| after <= last)
+        });
+        match covered {
+            Some(after) => initial.extend(
+                history
+                    .filter(|f| f.tag.timestamp > after)
+                    .cloned()
+                    .map(Packet::Media),
+            ),
+            None => initial.extend(state.gop.iter().cloned().map(Packet::Media)),
+        }
         let headers_gen = state.headers_gen;
         state.subscribers.push(Slot {
             id,
@@ -288,6 +315,12 @@ impl Hub {
             initial: initial.into(),
             rx,
         }
+    }
+
+    /// The newest video timestamp forwarded (in this epoch): where a resumed pull
+    /// continues from.
+    pub fn last_video(&self) -> Option<u32> {
+        self.lock().last_video
     }
 
     /// What a still is decoded from: the AVC sequence header and the latest keyframe
@@ -398,6 +431,8 @@ impl Hub {
                     state.last_video = None;
                     state.last_audio = None;
                     state.continuity.restart();
+                    state.previous_gop.clear();
+                    state.gop.clear();
                 } else {
                     // Already forwarded: a replayed GOP after a reconnect.
                     self.metrics.repeats_dropped.inc();
@@ -422,12 +457,13 @@ impl Hub {
         let keyframe = tag.is_keyframe();
         let frame = Frame::new(tag);
         if keyframe {
-            state.gop.clear();
+            state.previous_gop = std::mem::take(&mut state.gop);
         }
         if !state.gop.is_empty() || keyframe {
             if state.gop.len() >= self.config.max_gop_tags {
                 tracing::warn!(stream = %self.name, "no keyframe in {} tags; GOP cache dropped", self.config.max_gop_tags);
                 state.gop.clear();
+                state.previous_gop.clear();
             } else {
                 state.gop.push(Arc::clone(&frame));
             }

@@ -502,13 +502,22 @@ impl Node {
         child.connected = connected;
         child.idle_since = now;
         // An adopter that now plays from us holds the stream: the child it displaced
-        // moves to it, keeping ours until it plays from there (make-before-break).
+        // moves to it. Break-before-make, so that this node never forwards more than
+        // its slots: the displaced child's player goes once it heard where to go, and
+        // the adopter's cached GOP fills the gap (its hub drops what it already has).
         if connected {
             if let Some(displaced) = child.evicts.take() {
                 let adopter = child.card.peer.clone();
-                self.send_child_away(stream, displaced, Some(adopter));
+                let pending = Pending::Displaced(stream.clone(), displaced);
+                self.send_child_away(stream, displaced, Some(adopter), pending);
             }
         }
+    }
+
+    /// The displaced child heard where to go (or cannot be reached): its slot is the
+    /// adopter's now.
+    pub(crate) fn on_displaced(&mut self, stream: &StreamId, id: TicketId) {
+        self.remove_child(stream, id);
     }
 
     /// The ticket of the player presenting `token` for `stream`, if it has one.
@@ -648,7 +657,7 @@ impl Node {
                 .filter(|id| *id != successor)
                 .collect();
             for id in others {
-                self.send_child_away(&stream, id, hint.clone());
+                self.send_child_away(&stream, id, hint.clone(), Pending::Quiet);
             }
         }
         self.announce_soon();
@@ -663,7 +672,14 @@ impl Node {
             .map(|(id, _)| *id)
     }
 
-    fn send_child_away(&mut self, stream: &StreamId, id: TicketId, handover: Option<Peer>) {
+    /// Ends a child's ticket, naming where it may go; it is `moving` until it has.
+    fn send_child_away(
+        &mut self,
+        stream: &StreamId,
+        id: TicketId,
+        handover: Option<Peer>,
+        pending: Pending,
+    ) {
         let now = self.now;
         let Some(child) = self.child_mut(stream, id) else {
             return;
@@ -675,7 +691,7 @@ impl Node {
             handover,
         };
         let peer = child.card.peer.clone();
-        self.call(Target::Node(peer), request, Pending::Quiet);
+        self.call(Target::Node(peer), request, pending);
     }
 
     /// Called after every input: the next step of a graceful leave.
@@ -727,7 +743,7 @@ impl Node {
                     self.call(Target::Node(t.parent), request, Pending::Quiet);
                 }
                 for id in ids {
-                    self.send_child_away(&stream, id, parent.clone());
+                    self.send_child_away(&stream, id, parent.clone(), Pending::Quiet);
                 }
             }
         }

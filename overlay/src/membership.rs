@@ -256,8 +256,21 @@ impl Node {
         };
         match result {
             Ok(Response::Supernodes { supernodes }) => {
+                let new: Vec<Peer> = supernodes
+                    .iter()
+                    .filter(|p| p.id != me && !sn.knows(&p.id))
+                    .cloned()
+                    .collect();
                 sn.set_neighbours(supernodes.into_iter().filter(|p| p.id != me).collect());
                 sn.next_refresh = refresh;
+                // The ones new to us may not know us yet: the portal tells them only
+                // at their next refresh.
+                let hello = Request::Neighbour {
+                    peer: self.me.peer.clone(),
+                };
+                for peer in new {
+                    self.call(Target::Node(peer), hello.clone(), Pending::Quiet);
+                }
             }
             _ => sn.next_refresh = retry,
         }

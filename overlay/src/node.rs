@@ -192,6 +192,8 @@ pub(crate) enum Pending {
     /// is that parent alive?
     Claim(u64),
     Flood(u64),
+    /// A child displaced by a stronger one was told to move: its player goes.
+    Displaced(StreamId, TicketId),
     /// A leaving supernode handed its children to a successor: once it has them,
     /// they are sent there.
     Adopt {
@@ -533,6 +535,7 @@ impl Node {
                 neighbours,
             } => self.sn_adopt(children, neighbours),
             Request::Rehome { supernode } => self.rehome(supernode),
+            Request::Neighbour { peer } => self.sn_neighbour(peer),
             Request::Bootstrap
             | Request::PromoteSupernode { .. }
             | Request::RetireSupernode { .. } => Err(Refusal::new(
@@ -560,6 +563,7 @@ impl Node {
             Pending::Probe(stream) => self.on_probe(call, &stream, result),
             Pending::Claim(key) => self.on_claim(key, result),
             Pending::Flood(query) => self.on_flood_reply(query, result),
+            Pending::Displaced(stream, id) => self.on_displaced(&stream, id),
             Pending::Adopt {
                 successor,
                 children,

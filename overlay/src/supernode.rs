@@ -88,6 +88,10 @@ impl Supernode {
         viewers
     }
 
+    pub(crate) fn knows(&self, id: &NodeId) -> bool {
+        self.neighbours.iter().any(|n| &n.id == id)
+    }
+
     pub(crate) fn set_neighbours(&mut self, mut neighbours: Vec<Peer>) {
         neighbours.truncate(MAX_NEIGHBOURS);
         self.neighbours = neighbours;
@@ -95,6 +99,19 @@ impl Supernode {
 }
 
 impl Node {
+    /// `POST /supernode/neighbours`: a supernode that is new introduces itself, so
+    /// that searches flood to it before the next refresh from the portal.
+    pub(crate) fn sn_neighbour(&mut self, peer: Peer) -> Result<Response, Refusal> {
+        let me = self.me.peer.id.clone();
+        let sn = self.sn()?;
+        if peer.id != me && !sn.knows(&peer.id) {
+            let mut all = sn.neighbours.clone();
+            all.push(peer);
+            sn.set_neighbours(all);
+        }
+        Ok(Response::Done)
+    }
+
     /// Children registered here, when this node is a supernode.
     pub fn registered(&self) -> Option<usize> {
         self.supernode.as_ref().map(|sn| sn.children.len())

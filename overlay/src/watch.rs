@@ -715,6 +715,14 @@ impl Node {
             return;
         }
         let dead = a.ticket.parent.id.clone();
+        if self.supernode_id() == Some(&dead) {
+            // Our parent was our supernode too: find another now, not when a search
+            // to the dead one times out.
+            self.supernode_lost();
+        }
+        let Some(a) = self.watch_mut(stream).and_then(|w| w.attached.as_ref()) else {
+            return;
+        };
         let queue: VecDeque<(Peer, Option<NodeId>)> = a
             .ticket
             .backup

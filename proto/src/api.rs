@@ -62,6 +62,18 @@ pub struct Continuity {
     pub late_500ms: u64,
     pub late_1s: u64,
     pub late_2s: u64,
+    /// The latest waits of half a second or more between two frames (a parent lost
+    /// and found again, a congested link), oldest first: the box's recoveries.
+    #[serde(default)]
+    pub stalls: Vec<Stall>,
+}
+
+/// A wait between two video frames arriving at a box.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stall {
+    /// When the frame that ended it arrived, Unix time in ms.
+    pub ended_unix_ms: u64,
+    pub ms: u64,
 }
 
 impl Continuity {

@@ -10,5 +10,5 @@ pub mod flv;
 pub mod overlay;
 pub mod portal;
 
-pub use api::{ApiError, Continuity, PullRequest, StreamInfo, StreamRole};
+pub use api::{ApiError, Continuity, PullRequest, Stall, StreamInfo, StreamRole};
 pub use flv::{StreamMeta, Tag, TagKind};

@@ -214,6 +214,9 @@ pub enum Request {
     },
     /// `PUT /supernode` to a child: register with this supernode from now on.
     Rehome { supernode: Peer },
+    /// `POST /supernode/neighbours` to a supernode: I am a supernode too, new to
+    /// the portal's list; flood searches to me. Answer: `Done`.
+    Neighbour { peer: Peer },
     /// Portal `GET /api/supernodes`: a partial list of supernodes. Answer: `Supernodes`.
     Bootstrap,
     /// Portal `POST /api/supernodes`: I am a supernode now, or still am (sent every

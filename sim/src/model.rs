@@ -42,12 +42,18 @@ pub struct Params {
     /// Minutes without churn at the end, where the steady state is measured
     #[arg(long, default_value_t = 2)]
     pub quiet_minutes: u64,
+    /// Seconds over which the boxes join [default: 1 ms a box, at least 30 s]
+    #[arg(long)]
+    pub join_secs: Option<u64>,
 }
 
 impl Params {
     /// Joins are spread over this window: 1 ms a box, at least 30 s.
     pub(crate) fn join_window(&self) -> Duration {
-        Duration::from_millis((self.nodes as u64).max(30_000))
+        self.join_secs.map_or(
+            Duration::from_millis((self.nodes as u64).max(30_000)),
+            Duration::from_secs,
+        )
     }
 
     pub(crate) fn churn_start(&self) -> Time {

@@ -14,6 +14,7 @@ fn params(nodes: usize, churn: f64, seed: u64) -> Params {
         max_children: 100,
         churn_minutes: 2,
         quiet_minutes: 2,
+        join_secs: None,
     }
 }
 
@@ -28,6 +29,27 @@ fn ten_thousand_boxes_with_churn_keep_their_invariants() {
     assert_eq!(
         report.playing, report.alive,
         "every box plays once the churn stops"
+    );
+    assert!(report.ok, "an invariant failed:\n{report}");
+}
+
+/// A flash crowd: a thousand boxes join within one minute, and no box leaves. Every
+/// one plays, and the tree stays within the depth bound.
+#[test]
+fn a_flash_crowd_of_a_thousand_all_play_within_the_depth_bound() {
+    let report = run(&Params {
+        join_secs: Some(60),
+        churn_minutes: 0,
+        quiet_minutes: 1,
+        ..params(1000, 0.0, 3)
+    });
+    println!("{report}");
+    assert_eq!(report.playing, report.alive, "{report}");
+    assert!(
+        report.max_depth <= report.depth_bound,
+        "depth {} over {}\n{report}",
+        report.max_depth,
+        report.depth_bound
     );
     assert!(report.ok, "an invariant failed:\n{report}");
 }
@@ -61,6 +83,7 @@ proptest! {
             max_children,
             churn_minutes: 2,
             quiet_minutes: 2,
+            join_secs: None,
         });
         prop_assert!(report.ok, "{}", report.text);
     }

@@ -9,7 +9,9 @@
 //! it makes is named after the driving process and removed when the testbed drops.
 //! `cargo xtask testbed` prints its report; `tests/testbed.rs` asserts on it.
 
+mod chaos;
 mod report;
+pub mod timeline;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 
+pub use chaos::Chaos;
 pub use report::{Report, Viewer};
+pub use timeline::{Fault, Sampler, Timeline};
 
 /// The stream the source publishes.
 pub const STREAM: &str = "tb";
@@ -37,6 +41,8 @@ pub struct Options {
     pub bitrate_kbps: u32,
     pub size: String,
     pub fps: u32,
+    /// Boxes per supernode: small, so that a testbed has several supernodes.
+    pub supernode_max_children: usize,
 }
 
 impl Options {
@@ -51,6 +57,7 @@ impl Options {
             bitrate_kbps: 2000,
             size: "640x360".into(),
             fps: 25,
+            supernode_max_children: 8,
         }
     }
 }
@@ -105,6 +112,8 @@ pub struct Testbed {
     /// When each viewer was asked to watch, and when it first played.
     pub asked: Vec<Option<Instant>>,
     pub joined: Vec<Option<Duration>>,
+    /// The faults caused so far: when, to which viewer, what.
+    pub faults: Vec<(Instant, usize, Fault)>,
     work: tempfile::TempDir,
     options: Options,
 }
@@ -179,6 +188,7 @@ impl Testbed {
             viewers: Vec::new(),
             asked: vec![None; options.hosts],
             joined: vec![None; options.hosts],
+            faults: Vec::new(),
             tag,
             switch,
             monitor,
@@ -348,6 +358,8 @@ impl Testbed {
             &host.uplink_kbps.to_string(),
             "--data-dir",
             &host.data_dir.display().to_string(),
+            "--supernode-max-children",
+            &self.options.supernode_max_children.to_string(),
         ]
         .map(String::from)
         .to_vec()
@@ -398,16 +410,89 @@ impl Testbed {
 
     /// Asks every box to watch the stream, all at once.
     pub fn watch_all(&mut self) -> anyhow::Result<()> {
-        for (i, host) in self.viewers.iter().enumerate() {
-            let token = host.admin_token()?;
-            ureq::post(&format!("{}/streams/{STREAM}/watch", host.api()))
-                .set("authorization", &format!("Bearer {token}"))
-                .timeout(Duration::from_secs(5))
-                .call()
-                .with_context(|| format!("{} does not watch", host.name))?;
-            self.asked[i] = Some(Instant::now());
+        for i in 0..self.viewers.len() {
+            self.watch(i)?;
         }
         Ok(())
+    }
+
+    /// Asks viewer `i` to watch the stream.
+    pub fn watch(&mut self, i: usize) -> anyhow::Result<()> {
+        let host = &self.viewers[i];
+        let token = host.admin_token()?;
+        ureq::post(&format!("{}/streams/{STREAM}/watch", host.api()))
+            .set("authorization", &format!("Bearer {token}"))
+            .timeout(Duration::from_secs(5))
+            .call()
+            .with_context(|| format!("{} does not watch", host.name))?;
+        self.asked[i] = Some(Instant::now());
+        self.joined[i] = None;
+        Ok(())
+    }
+
+    /// `kill -9` of viewer `i`, as a power cut would.
+    pub fn kill(&mut self, i: usize, fault: Fault) {
+        self.viewers[i].kill();
+        self.faults.push((Instant::now(), i, fault));
+    }
+
+    /// A power cut at viewer `i`: its link goes down first, so that no peer hears
+    /// its sockets close and every one of them must notice the silence; then the
+    /// process dies. [`Testbed::restart`] brings the link back.
+    pub fn cut_power(&mut self, i: usize, fault: Fault) -> anyhow::Result<()> {
+        ip(&["-n", &self.viewers[i].ns, "link", "set", "eth0", "down"])?;
+        self.kill(i, fault);
+        Ok(())
+    }
+
+    /// SIGTERM to viewer `i`: it leaves gracefully, in the background.
+    pub fn leave(&mut self, i: usize) -> anyhow::Result<()> {
+        let pid = self.viewers[i].pid().context("not running")?;
+        // `ip netns exec` execs the node, so the pid is the node's own.
+        run("kill", &["-TERM", &pid.to_string()])?;
+        self.faults.push((Instant::now(), i, Fault::Left));
+        Ok(())
+    }
+
+    /// Reaps viewers that left or died by themselves; returns which.
+    pub fn reap(&mut self) -> Vec<usize> {
+        let mut gone = Vec::new();
+        for (i, host) in self.viewers.iter_mut().enumerate() {
+            if let Some(child) = host.child.as_mut() {
+                if child.try_wait().is_ok_and(|s| s.is_some()) {
+                    host.child = None;
+                    gone.push(i);
+                }
+            }
+        }
+        gone
+    }
+
+    /// Starts a viewer that was killed or left again, with its data directory, and
+    /// asks it to watch once it serves.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.viewers[i].kill();
+        ip(&["-n", &self.viewers[i].ns, "link", "set", "eth0", "up"])?;
+        let child = self.spawn_node(&self.viewers[i], &[])?;
+        self.viewers[i].child = Some(child);
+        Testbed::wait_serving(&self.viewers[i])?;
+        self.watch(i)?;
+        self.faults.push((Instant::now(), i, Fault::Restarted));
+        Ok(())
+    }
+
+    /// Starts sampling every viewer every `period` (see [`Timeline`]).
+    pub fn sample(&self, period: Duration) -> Sampler {
+        Sampler::start(
+            self.viewers.iter().map(Host::api).collect(),
+            self.source.api(),
+            period,
+        )
+    }
+
+    /// Every viewer's upload, kbit/s, in order.
+    pub fn uplinks(&self) -> Vec<u32> {
+        self.viewers.iter().map(|h| h.uplink_kbps).collect()
     }
 
     /// Waits until every box plays the stream, noting when each began.

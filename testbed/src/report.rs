@@ -22,7 +22,8 @@ pub struct Viewer {
     /// Frames on time with a 1 s buffer, of all the source sent since the box joined.
     pub continuity: f64,
     pub slots: u64,
-    pub children: u64,
+    /// Players it sends the stream to: connected children and viewers.
+    pub forwards: u64,
     /// What it forwards, at the stream's measured bitrate, against its upload.
     pub forward_kbps: u64,
     pub bytes_out: f64,
@@ -84,7 +85,7 @@ impl Report {
     pub fn over_capacity(&self) -> Vec<&Viewer> {
         self.viewers
             .iter()
-            .filter(|v| v.children > v.slots || v.forward_kbps > u64::from(v.uplink_kbps))
+            .filter(|v| v.forwards > v.slots || v.forward_kbps > u64::from(v.uplink_kbps))
             .collect()
     }
 
@@ -178,29 +179,22 @@ pub(crate) fn gather(bed: &Testbed) -> anyhow::Result<Report> {
 }
 
 fn viewer(host: &Host, join_ms: Option<u128>, stream_kbps: u64) -> Viewer {
-    let status = host.get("/status").unwrap_or_default();
-    let place = &status["overlay"]["streams"][0];
-    let info = host.get(&format!("/streams/{STREAM}")).unwrap_or_default();
-    let seen = &info["continuity"];
-    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-    let (frames, missing, late) = (n(&seen["frames"]), n(&seen["missing"]), n(&seen["late_1s"]));
-    let children = place["tickets"].as_array().map_or(0, |t| t.len() as u64) + n(&place["viewers"]);
+    let state = crate::timeline::probe(&host.api()).unwrap_or_default();
+    let seen = &state.seen;
     Viewer {
         name: host.name.clone(),
         uplink_kbps: host.uplink_kbps,
-        playing: place["flowing"] == true
-            && place["depth"].as_u64() >= Some(1)
-            && host.pid().is_some(),
-        depth: place["depth"].as_u64(),
-        parent: place["parent"].as_str().map(String::from),
+        playing: state.flowing && host.pid().is_some(),
+        depth: state.depth,
+        parent: state.parent.clone(),
         join_ms,
-        frames,
-        missing,
-        late,
-        continuity: continuity(frames, missing, late),
-        slots: n(&place["slots"]),
-        children,
-        forward_kbps: children * stream_kbps,
+        frames: seen.frames,
+        missing: seen.missing,
+        late: seen.late_1s,
+        continuity: continuity(seen.frames, seen.missing, seen.late_1s),
+        slots: state.slots,
+        forwards: state.forwards,
+        forward_kbps: state.forwards * stream_kbps,
         bytes_out: Testbed::bytes_out(host),
     }
 }

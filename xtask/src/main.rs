@@ -8,6 +8,7 @@ mod image;
 mod image_test;
 mod latency_bench;
 mod package;
+mod plot;
 mod testbed_cmd;
 mod util;
 

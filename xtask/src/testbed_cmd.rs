@@ -1,5 +1,7 @@
 //! `cargo xtask testbed --hosts N`: the namespace testbed (`testbed/`) at any size,
-//! printing what every box saw after the joins and over a window of steady play.
+//! printing what every box saw after the joins and over a window of steady play; with
+//! `--chaos-secs`, then a run of faults (`testbed::Chaos`) and its table; with
+//! `--plots DIR`, the figures as SVG.
 
 use std::time::Duration;
 
@@ -19,6 +21,15 @@ pub struct TestbedArgs {
     /// Household uploads, kbit/s, dealt out in turn
     #[arg(long, value_delimiter = ',', default_value = "1500,3000,6000")]
     uplinks_kbps: Vec<u32>,
+    /// Then kill, restart and remove boxes for this many seconds
+    #[arg(long, default_value_t = 0)]
+    chaos_secs: u64,
+    /// Seed of the faults' choices and moments
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Write continuity.svg, depths.svg and stalls.svg here
+    #[arg(long)]
+    plots: Option<std::path::PathBuf>,
     /// Keep the boxes' data directories and logs
     #[arg(long)]
     keep: bool,
@@ -38,12 +49,44 @@ pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
         eprintln!("testbed: logs in {}", bed.work_dir().display());
         bed.keep();
     }
+    let sampler = bed.sample(Duration::from_millis(500));
     bed.watch_all()?;
     bed.wait_all_playing(Duration::from_secs(60 + args.hosts as u64))?;
     let joined = bed.report()?;
     println!("after the joins:\n{}", joined.table());
+    let steady_from = sampler.start_instant().elapsed();
     std::thread::sleep(Duration::from_secs(args.seconds));
     let window = bed.report()?.since(&joined);
     println!("{} s of steady play:\n{}", args.seconds, window.table());
+    let mut from = steady_from;
+    if args.chaos_secs > 0 {
+        from = sampler.start_instant().elapsed();
+        let mut plan = testbed::Chaos::new(Duration::from_secs(args.chaos_secs));
+        plan.seed = args.seed;
+        eprintln!("testbed: {} s of faults", args.chaos_secs);
+        bed.chaos(&plan)?;
+    }
+    let timeline = sampler.finish(bed.faults.clone());
+    let summary = timeline.summary(from, &bed.uplinks());
+    let what = if args.chaos_secs > 0 {
+        "the faults"
+    } else {
+        "steady play"
+    };
+    println!("over {what}:\n{}", summary.table());
+    for o in &summary.overruns {
+        println!(
+            "at {:.1} s {} forwarded to {} players with {} slots ({} kbit/s)",
+            o.at.as_secs_f64(),
+            bed.viewers[o.host].name,
+            o.forwards,
+            o.slots,
+            o.kbps
+        );
+    }
+    if let Some(dir) = &args.plots {
+        crate::plot::write(dir, &timeline, &summary)?;
+        eprintln!("testbed: plots in {}", dir.display());
+    }
     Ok(())
 }

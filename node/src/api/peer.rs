@@ -41,6 +41,12 @@ pub fn routes() -> Router<Arc<Node>> {
             post(plain("adopt", |r| matches!(r, Request::Adopt { .. })))
                 .put(plain("rehome", |r| matches!(r, Request::Rehome { .. }))),
         )
+        .route(
+            "/supernode/neighbours",
+            post(plain("neighbour", |r| {
+                matches!(r, Request::Neighbour { .. })
+            })),
+        )
 }
 
 type Body = Result<Json<Request>, JsonRejection>;

@@ -50,6 +50,7 @@ fn route(request: &Request) -> (Method, String) {
         ),
         Request::Adopt { .. } => (Method::POST, "/supernode".into()),
         Request::Rehome { .. } => (Method::PUT, "/supernode".into()),
+        Request::Neighbour { .. } => (Method::POST, "/supernode/neighbours".into()),
         Request::Bootstrap => (Method::GET, "/api/supernodes".into()),
         Request::PromoteSupernode { .. } => (Method::POST, "/api/supernodes".into()),
         Request::RetireSupernode { id } => (Method::DELETE, format!("/api/supernodes/{id}")),

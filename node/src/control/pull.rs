@@ -139,14 +139,14 @@ impl Puller {
                     }
                     Err(e) => {
                         let (_, lost) = current.take().expect("read only from a parent");
-                        self.lost(&lost, &e.to_string());
+                        self.lost(&lost, &e.to_string(), connecting.is_some());
                     }
                 },
                 () = &mut stall, if current.is_some() => {
                     if last_media.elapsed() >= self.stall_timeout {
                         let (_, lost) = current.take().expect("checked above");
                         let why = format!("no media for {} ms", self.stall_timeout.as_millis());
-                        self.lost(&lost, &why);
+                        self.lost(&lost, &why, connecting.is_some());
                     } else {
                         stall.as_mut().reset(last_media + self.stall_timeout);
                     }
@@ -155,10 +155,17 @@ impl Puller {
         }
     }
 
-    fn lost(&self, parent: &RtmpUrl, why: &str) {
+    /// The parent that fed the hub is gone. While a new parent is being connected
+    /// (a move: the old one let us go once we knew where to go), that connection
+    /// reports for itself, `Flowing` or `Stalled`.
+    fn lost(&self, parent: &RtmpUrl, why: &str, moving: bool) {
+        self.publisher.hub().metrics().reconnects.inc();
+        if moving {
+            tracing::info!(%parent, "left the previous parent: {why}");
+            return;
+        }
         tracing::warn!(%parent, "parent lost: {why}");
         self.publisher.set_upstream(parent.to_string(), false);
-        self.publisher.hub().metrics().reconnects.inc();
         self.report(Input::Stalled {
             stream: self.stream.clone(),
         });
@@ -171,8 +178,15 @@ impl Puller {
         }
     }
 
+    /// Connects to a parent; once the hub has frames, it asks for only the ones
+    /// after them, which the parent keeps for a while: a failover or a move then
+    /// loses no frame, and the parent sends no GOP that this box already has.
     fn connect(&self, url: RtmpUrl) -> Connecting {
         let bind = self.bind;
+        let url = match self.publisher.hub().last_video() {
+            Some(after) => url.resuming_after(after),
+            None => url,
+        };
         Box::pin(async move {
             timeout(CONNECT_TIMEOUT, async {
                 let socket = connect_from(bind, &url).await?;

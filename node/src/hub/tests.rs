@@ -80,6 +80,35 @@ fn late_joiner_gets_meta_headers_then_gop_from_the_last_keyframe() {
 }
 
 #[test]
+fn a_box_that_resumes_gets_every_frame_after_its_last_and_no_more() {
+    let hub = hub();
+    let publisher = hub.claim(local()).unwrap();
+    publisher.push(avc_header());
+    push_frames(&publisher, 0, 75, 30); // keyframes at 0, 30, 60: the last two GOPs kept
+    let ts = |n: u32| n * 1000 / 30;
+
+    // It has frames up to 50, in the GOP before the current one: 51..75 follow.
+    let tags = media(&drain(&mut hub.subscribe_after(Some(ts(50)))));
+    assert!(tags[0].is_sequence_header());
+    let stamps: Vec<u32> = tags[1..].iter().map(|t| t.timestamp).collect();
+    assert_eq!(stamps, (51..75).map(ts).collect::<Vec<_>>());
+
+    // Up to date: only the headers, then live frames.
+    let mut sub = hub.subscribe_after(Some(ts(74)));
+    assert_eq!(media(&drain(&mut sub)).len(), 1);
+    publisher.push(inter(ts(75)));
+    assert_eq!(media(&drain(&mut sub)), vec![inter(ts(75))]);
+
+    // Older than the kept GOPs, or ahead of this hub's clock: the current GOP.
+    for after in [ts(10), ts(2000)] {
+        hub.lock().previous_gop.clear();
+        let tags = media(&drain(&mut hub.subscribe_after(Some(after))));
+        assert_eq!(tags[1].timestamp, ts(60), "after {after}");
+        assert!(tags[1].is_keyframe());
+    }
+}
+
+#[test]
 fn a_subscriber_that_stops_reading_does_not_hold_back_a_fast_one() {
     let hub = hub_with(HubConfig {
         queue_len: 16,

@@ -294,9 +294,14 @@ impl Connection {
         stream_key: &str,
     ) -> Result<(), RtmpError> {
         let (stream, query) = stream_key.split_once('?').unwrap_or((stream_key, ""));
-        let token = url::form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == "ticket")
-            .map(|(_, v)| v.into_owned());
+        let param = |name: &str| {
+            url::form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let token = param("ticket");
+        // A box that has the stream up to here (it lost its parent, or moves).
+        let after = param("after").and_then(|v| v.parse::<u32>().ok());
         // A child box's ticket, or a viewer's (a player from beyond the box's network).
         let (ended, child, viewer) = match token {
             Some(token) => {
@@ -342,7 +347,7 @@ impl Connection {
                 format!("no stream {stream:?} on this node"),
             );
         };
-        let subscription = hub.subscribe();
+        let subscription = hub.subscribe_after(after);
         let results = self.session.accept_request(request_id)?;
         self.handle_results(results)?;
         tracing::info!(

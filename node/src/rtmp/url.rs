@@ -66,6 +66,20 @@ impl RtmpUrl {
         }
     }
 
+    /// The same URL asking to resume after source timestamp `after`, which the
+    /// player already has (see `Hub::subscribe_after`).
+    pub fn resuming_after(&self, after: u32) -> RtmpUrl {
+        let sep = if self.play_path.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        RtmpUrl {
+            play_path: format!("{}{sep}after={after}", self.play_path),
+            ..self.clone()
+        }
+    }
+
     /// The stream name without its query.
     pub fn stream_name(&self) -> &str {
         self.play_path.split('?').next().unwrap_or_default()

@@ -1,0 +1,438 @@
+//! The testbed over time: every box sampled a few times a second while something
+//! happens to the network (joins, kills, leaves), and the faults the driver caused,
+//! on one clock. From these come continuity over time, the forwards of every box at
+//! every moment against its slots and upload, and each box's stalls (which the box
+//! times itself, to the millisecond).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proto::{Continuity, Stall};
+
+use crate::{get, STREAM};
+
+/// One box as one sample saw it.
+#[derive(Debug, Clone, Default)]
+pub struct BoxState {
+    pub flowing: bool,
+    pub parent: Option<String>,
+    pub depth: Option<u64>,
+    pub is_supernode: bool,
+    pub slots: u64,
+    /// Children whose players are connected, and players from elsewhere: what the box
+    /// sends the stream to.
+    pub forwards: u64,
+    pub seen: Continuity,
+    /// A restart (or the stream dropped and watched again) starts the counts anew.
+    pub uptime_secs: u64,
+}
+
+impl BoxState {
+    /// Whether `later` counts on from this state, rather than from a restart.
+    fn continues(&self, later: &BoxState) -> bool {
+        later.uptime_secs >= self.uptime_secs && later.seen.frames >= self.seen.frames
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Since the timeline began.
+    pub at: Duration,
+    pub stream_kbps: u64,
+    /// In the testbed's order; `None` for a box that did not answer.
+    pub boxes: Vec<Option<BoxState>>,
+}
+
+/// A fault the driver caused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `kill -9` of a box that forwards.
+    Killed,
+    /// A supernode's power cut: link down, then `kill -9`.
+    SupernodeKilled,
+    /// SIGTERM: the box leaves gracefully.
+    Left,
+    /// A killed box started again and watches again.
+    Restarted,
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub at: Duration,
+    pub host: usize,
+    pub fault: Fault,
+}
+
+/// Samples every box in the background until [`Sampler::finish`].
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<Sample>>>,
+    start: Instant,
+    start_unix_ms: u64,
+}
+
+/// A box's state from its API at `api`; `None` when it does not answer.
+pub(crate) fn probe(api: &str) -> Option<BoxState> {
+    let status = get(&format!("{api}/status")).ok()?;
+    let overlay = &status["overlay"];
+    let place = &overlay["streams"][0];
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let connected = place["tickets"].as_array().map_or(0, |t| {
+        t.iter().filter(|t| t["connected"] == true).count() as u64
+    });
+    let seen = get(&format!("{api}/streams/{STREAM}"))
+        .ok()
+        .and_then(|info| serde_json::from_value(info["continuity"].clone()).ok())
+        .unwrap_or_default();
+    Some(BoxState {
+        flowing: place["flowing"] == true && place["depth"].as_u64() >= Some(1),
+        parent: place["parent"].as_str().map(String::from),
+        depth: place["depth"].as_u64(),
+        is_supernode: overlay["is_supernode"] == true,
+        slots: n(&place["slots"]),
+        forwards: connected + n(&place["viewers"]),
+        seen,
+        uptime_secs: n(&status["uptime_secs"]),
+    })
+}
+
+impl Sampler {
+    /// Samples the boxes at the APIs `boxes` every `period`, and the stream's bitrate
+    /// at the source's API.
+    pub(crate) fn start(boxes: Vec<String>, source: String, period: Duration) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let start = Instant::now();
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let began = Instant::now();
+                let stream_kbps = get(&format!("{source}/streams/{STREAM}"))
+                    .map_or(0, |i| i["bitrate_kbps"].as_u64().unwrap_or(0));
+                let boxes = boxes.iter().map(|api| probe(api)).collect();
+                samples.push(Sample {
+                    at: began - start,
+                    stream_kbps,
+                    boxes,
+                });
+                std::thread::sleep(period.saturating_sub(began.elapsed()));
+            }
+            samples
+        });
+        Sampler {
+            stop,
+            thread: Some(thread),
+            start,
+            start_unix_ms: unix_ms(),
+        }
+    }
+
+    pub fn start_instant(&self) -> Instant {
+        self.start
+    }
+
+    /// Stops sampling; `events` are the faults the driver caused meanwhile.
+    pub fn finish(mut self, events: Vec<(Instant, usize, Fault)>) -> Timeline {
+        self.stop.store(true, Ordering::Relaxed);
+        let samples = self
+            .thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        let events = events
+            .into_iter()
+            .map(|(at, host, fault)| Event {
+                at: at.saturating_duration_since(self.start),
+                host,
+                fault,
+            })
+            .collect();
+        Timeline {
+            samples,
+            events,
+            start_unix_ms: self.start_unix_ms,
+        }
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub struct Timeline {
+    pub samples: Vec<Sample>,
+    pub events: Vec<Event>,
+    start_unix_ms: u64,
+}
+
+/// A box forwarding beyond its slots or its upload at one sample.
+#[derive(Debug, Clone)]
+pub struct Overrun {
+    pub at: Duration,
+    pub host: usize,
+    pub forwards: u64,
+    pub slots: u64,
+    pub kbps: u64,
+}
+
+/// One box's stall, on the timeline's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct BoxStall {
+    pub host: usize,
+    /// When it ended, since the timeline began.
+    pub ended: Duration,
+    pub length: Duration,
+}
+
+impl Timeline {
+    /// Per interval between samples: the share of due frames that arrived on time
+    /// for a player with `buffer_ms`, over every box that answered both times (and
+    /// did not restart between them).
+    pub fn continuity_over_time(&self, buffer_ms: u32) -> Vec<(Duration, f64)> {
+        self.samples
+            .windows(2)
+            .filter_map(|w| {
+                let (mut on_time, mut due) = (0u64, 0u64);
+                for (a, b) in w[0].boxes.iter().zip(&w[1].boxes) {
+                    let (Some(a), Some(b)) = (a, b) else { continue };
+                    if !a.continues(b) {
+                        continue;
+                    }
+                    let d = delta(&a.seen, &b.seen);
+                    due += d.frames + d.missing;
+                    on_time += d.frames - late(&d, buffer_ms).min(d.frames);
+                }
+                (due > 0).then(|| (w[1].at, on_time as f64 / due as f64))
+            })
+            .collect()
+    }
+
+    /// Each box's continuity from `from` to the end, for the boxes that answered at
+    /// both ends without restarting between: the surviving viewers.
+    pub fn continuity_per_box(&self, from: Duration, buffer_ms: u32) -> Vec<(usize, f64)> {
+        let (Some(first), Some(last)) = (
+            self.samples.iter().find(|s| s.at >= from),
+            self.samples.last(),
+        ) else {
+            return Vec::new();
+        };
+        first
+            .boxes
+            .iter()
+            .zip(&last.boxes)
+            .enumerate()
+            .filter_map(|(i, (a, b))| {
+                let (a, b) = (a.as_ref()?, b.as_ref()?);
+                a.continues(b)
+                    .then(|| (i, delta(&a.seen, &b.seen).index(buffer_ms)))
+            })
+            .collect()
+    }
+
+    /// Every sample at which a box sent the stream to more players than its slots, or
+    /// more than its upload carries.
+    pub fn overruns(&self, uplinks_kbps: &[u32]) -> Vec<Overrun> {
+        let mut found = Vec::new();
+        for s in &self.samples {
+            for (i, b) in s.boxes.iter().enumerate() {
+                let Some(b) = b else { continue };
+                let kbps = b.forwards * s.stream_kbps;
+                if b.forwards > b.slots || kbps > u64::from(uplinks_kbps[i]) {
+                    found.push(Overrun {
+                        at: s.at,
+                        host: i,
+                        forwards: b.forwards,
+                        slots: b.slots,
+                        kbps,
+                    });
+                }
+            }
+        }
+        found
+    }
+
+    /// Every stall a box timed that ended while the timeline ran.
+    pub fn stalls(&self) -> Vec<BoxStall> {
+        let mut seen: Vec<(usize, Stall)> = Vec::new();
+        for s in &self.samples {
+            for (i, b) in s.boxes.iter().enumerate() {
+                let Some(b) = b else { continue };
+                for stall in &b.seen.stalls {
+                    if stall.ended_unix_ms >= self.start_unix_ms && !seen.contains(&(i, *stall)) {
+                        seen.push((i, *stall));
+                    }
+                }
+            }
+        }
+        seen.into_iter()
+            .map(|(host, s)| BoxStall {
+                host,
+                ended: Duration::from_millis(s.ended_unix_ms - self.start_unix_ms),
+                length: Duration::from_millis(s.ms),
+            })
+            .collect()
+    }
+
+    /// How many boxes sat at each depth (from 1) at the last sample.
+    pub fn depths(&self) -> Vec<usize> {
+        let Some(last) = self.samples.last() else {
+            return Vec::new();
+        };
+        let depths: Vec<u64> = last
+            .boxes
+            .iter()
+            .flatten()
+            .filter_map(|b| b.depth)
+            .collect();
+        let deepest = depths.iter().copied().max().unwrap_or(0);
+        (1..=deepest)
+            .map(|d| depths.iter().filter(|&&x| x == d).count())
+            .collect()
+    }
+}
+
+fn delta(a: &Continuity, b: &Continuity) -> Continuity {
+    Continuity {
+        frames: b.frames.saturating_sub(a.frames),
+        missing: b.missing.saturating_sub(a.missing),
+        late_500ms: b.late_500ms.saturating_sub(a.late_500ms),
+        late_1s: b.late_1s.saturating_sub(a.late_1s),
+        late_2s: b.late_2s.saturating_sub(a.late_2s),
+        stalls: Vec::new(),
+    }
+}
+
+fn late(c: &Continuity, buffer_ms: u32) -> u64 {
+    match buffer_ms {
+        ..=500 => c.late_500ms,
+        501..=1000 => c.late_1s,
+        _ => c.late_2s,
+    }
+}
+
+/// What a run with faults came to, from `from` (the faults' start) to the end.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub boxes: usize,
+    pub kills: usize,
+    pub supernode_kills: usize,
+    pub leaves: usize,
+    pub restarts: usize,
+    /// Viewers that ran throughout, and their continuity for a 0.5, 1 and 2 s buffer.
+    pub survivors: Vec<(usize, [f64; 3])>,
+    /// Every stall a box saw, longest last.
+    pub stalls: Vec<BoxStall>,
+    pub overruns: Vec<Overrun>,
+    pub samples: usize,
+    pub depths: Vec<usize>,
+}
+
+impl Timeline {
+    pub fn summary(&self, from: Duration, uplinks_kbps: &[u32]) -> Summary {
+        let count = |f: Fault| self.events.iter().filter(|e| e.fault == f).count();
+        let per_buffer: Vec<Vec<(usize, f64)>> = [500, 1000, 2000]
+            .iter()
+            .map(|&b| self.continuity_per_box(from, b))
+            .collect();
+        let survivors = per_buffer[0]
+            .iter()
+            .enumerate()
+            .map(|(k, &(i, half))| (i, [half, per_buffer[1][k].1, per_buffer[2][k].1]))
+            .collect();
+        let mut stalls: Vec<BoxStall> = self
+            .stalls()
+            .into_iter()
+            .filter(|s| s.ended >= from)
+            .collect();
+        stalls.sort_by_key(|s| s.length);
+        Summary {
+            boxes: uplinks_kbps.len(),
+            kills: count(Fault::Killed),
+            supernode_kills: count(Fault::SupernodeKilled),
+            leaves: count(Fault::Left),
+            restarts: count(Fault::Restarted),
+            survivors,
+            stalls,
+            overruns: self
+                .overruns(uplinks_kbps)
+                .into_iter()
+                .filter(|o| o.at >= from)
+                .collect(),
+            samples: self.samples.iter().filter(|s| s.at >= from).count(),
+            depths: self.depths(),
+        }
+    }
+}
+
+impl Summary {
+    /// The worst surviving viewer's continuity for buffer `k` (0: 0.5 s, 1: 1 s, 2: 2 s).
+    pub fn worst(&self, k: usize) -> f64 {
+        self.survivors.iter().map(|(_, c)| c[k]).fold(1.0, f64::min)
+    }
+
+    pub fn longest_stall(&self) -> Duration {
+        self.stalls.last().map_or(Duration::ZERO, |s| s.length)
+    }
+
+    /// The table the testbed prints and docs/BENCHMARKS.md shows.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let q = |p: f64| {
+            let n = self.stalls.len();
+            if n == 0 {
+                return 0;
+            }
+            let i = ((n as f64 * p).ceil() as usize).clamp(1, n) - 1;
+            self.stalls[i].length.as_millis()
+        };
+        let median = |k: usize| {
+            let mut v: Vec<f64> = self.survivors.iter().map(|(_, c)| c[k]).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(1.0)
+        };
+        let mut t = String::new();
+        let _ = writeln!(t, "| figure | value | goal |");
+        let _ = writeln!(t, "|---|---:|---|");
+        let _ = writeln!(
+            t,
+            "| boxes; killed (relays) / supernodes killed / left / started again | {}; {} / {} / {} / {} | |",
+            self.boxes, self.kills, self.supernode_kills, self.leaves, self.restarts
+        );
+        let _ = writeln!(t, "| surviving viewers | {} | |", self.survivors.len());
+        for (k, buffer) in ["0.5 s", "1 s", "2 s"].iter().enumerate() {
+            let _ = writeln!(
+                t,
+                "| continuity, {buffer} buffer: worst / median | {:.4} / {:.4} | {} |",
+                self.worst(k),
+                median(k),
+                if k == 1 { "≥ 0.995" } else { "" }
+            );
+        }
+        let _ = writeln!(
+            t,
+            "| stalls ≥ 0.5 s at any box; p50 / p95 / longest (ms) | {}; {} / {} / {} | longest ≤ 2000 |",
+            self.stalls.len(),
+            q(0.5),
+            q(0.95),
+            q(1.0)
+        );
+        let _ = writeln!(
+            t,
+            "| samples with a box over its slots or upload | {} of {} | 0 |",
+            self.overruns.len(),
+            self.samples
+        );
+        let _ = writeln!(t, "| boxes per depth at the end | {:?} | |", self.depths);
+        t
+    }
+}
