@@ -75,6 +75,10 @@ pub struct NodeArgs {
     /// An upstream silent for this long counts as dead [default: 1000]
     #[arg(long)]
     pub stall_timeout_ms: Option<u64>,
+    /// Keep a hot-standby feed from the parent's parent where it has a free slot, so
+    /// that the parent's failure loses nothing [default: off; `relay.standby`]
+    #[arg(long)]
+    pub standby: bool,
     /// A supernode's API address (HOST:PORT), tried before the portal's list. Repeat
     /// for more.
     #[arg(long = "supernode", value_name = "ADDR")]
@@ -193,6 +197,7 @@ struct RawHub {
 struct RawRelay {
     stall_timeout_ms: Option<u64>,
     view_idle_secs: Option<u64>,
+    standby: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -596,7 +601,10 @@ impl Config {
             ([], Some(list)) => parse_cidrs("play_without_ticket", &list)?,
             (flags, _) => parse_cidrs("--play-without-ticket", flags)?,
         };
-        let mut overlay = overlay::Config::default();
+        let mut overlay = overlay::Config {
+            standby: args.standby || raw.relay.standby.unwrap_or(false),
+            ..overlay::Config::default()
+        };
         if let Some(n) = args
             .supernode_max_children
             .or(raw.overlay.supernode_max_children)

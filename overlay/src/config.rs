@@ -47,6 +47,12 @@ pub struct Config {
     pub neighbour_refresh: Duration,
     /// Share of the upload budget given to forwards (the rest is headroom).
     pub upload_share: f64,
+    /// Keep a hot-standby feed from the backup parent where it has a free slot (see
+    /// `standby.rs`).
+    pub standby: bool,
+    /// How long a node waits before asking for a standby again, after a refusal or
+    /// after its standby went.
+    pub standby_retry: Duration,
 }
 
 impl Default for Config {
@@ -73,6 +79,8 @@ impl Default for Config {
             leave_grace: Duration::from_secs(5),
             neighbour_refresh: Duration::from_secs(60),
             upload_share: 0.8,
+            standby: false,
+            standby_retry: Duration::from_secs(10),
         }
     }
 }

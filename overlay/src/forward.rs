@@ -30,6 +30,9 @@ pub(crate) struct Child {
     /// once this child's player is here: before, the adopter may not hold the stream
     /// yet, and the displaced child would find no one to move to.
     pub evicts: Option<TicketId>,
+    /// A hot standby: a child of another parent, fed here too; the first forward to
+    /// go when a box needs its slot.
+    pub standby: bool,
 }
 
 /// A graceful leave in progress.
@@ -70,6 +73,10 @@ impl Node {
         let Some(held) = self.streams.get(stream) else {
             return 0;
         };
+        // A child here would be deeper than a path may go.
+        if held.path().len() >= MAX_PATH {
+            return 0;
+        }
         let reserved = u8::from(held.reserved.as_ref().is_some_and(|r| r.until > self.now));
         let by_slots = self.slots_for(held).saturating_sub(
             (held.children.len() as u8)
@@ -105,11 +112,14 @@ impl Node {
                 stream: stream.clone(),
                 path: held.path().into(),
                 slots: self.slots_for(held),
-                free: self.free_slots(stream),
+                // A standby's slot is there for any box that needs it.
+                free: self
+                    .free_slots(stream)
+                    .saturating_add(held.children.values().filter(|c| c.standby).count() as u8),
                 weakest_child: held
                     .children
                     .values()
-                    .filter(|c| c.moving_since.is_none())
+                    .filter(|c| c.moving_since.is_none() && !c.standby)
                     .map(|c| self.child_slots(&c.card, held.kbps))
                     .min(),
             })
@@ -223,6 +233,12 @@ impl Node {
                 format!("this node does not hold stream {stream}"),
             ));
         };
+        if held.path().len() >= MAX_PATH {
+            return Err(Refusal::new(
+                RefusalKind::Full,
+                format!("this node is as deep as a path may go ({MAX_PATH})"),
+            ));
+        }
         if held.path().contains(&child_id) {
             return Err(Refusal::new(
                 RefusalKind::Loop,
@@ -235,6 +251,10 @@ impl Node {
             .find(|(_, c)| c.card.peer.id == child_id)
         {
             let token = existing.token.clone();
+            // A standby whose parent failed: its ticket is a real one from now on.
+            if let Some(c) = self.child_mut(&stream, id) {
+                c.standby = false;
+            }
             return Ok(Response::Ticket {
                 ticket: Box::new(self.ticket(&stream, id, token, None)),
             });
@@ -254,6 +274,13 @@ impl Node {
         } else if self.reserved_for(&stream, &child_id) {
             self.streams.get_mut(&stream).expect("held").reserved = None;
         } else if self.free_slots(&stream) == 0 {
+            if let Some(id) = self.standby_child(&stream) {
+                // A standby gives its slot to a box that needs one.
+                self.end_child(&stream, id);
+                return Ok(Response::Ticket {
+                    ticket: Box::new(self.add_child(&stream, child, None)),
+                });
+            }
             // Capacity-first: a joiner stronger than our weakest child takes its place
             // and adopts it.
             let strength = self.child_slots(&child, kbps);
@@ -273,6 +300,77 @@ impl Node {
         Ok(Response::Ticket {
             ticket: Box::new(self.add_child(&stream, child, None)),
         })
+    }
+
+    /// `POST /tickets` with `standby`: a second feed for a child of another parent,
+    /// from a free slot only.
+    pub(crate) fn grant_standby(
+        &mut self,
+        stream: StreamId,
+        child: NodeCard,
+        path: Option<Vec<NodeId>>,
+    ) -> Result<Response, Refusal> {
+        let child_id = child.peer.id.clone();
+        let Some(held) = self.streams.get(&stream).filter(|h| h.holds()) else {
+            return Err(Refusal::new(
+                RefusalKind::NotFound,
+                format!("this node does not hold stream {stream}"),
+            ));
+        };
+        if child_id == self.me.peer.id
+            || held.path().contains(&child_id)
+            || path.as_ref().is_none_or(|p| p.len() > MAX_PATH)
+        {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                "a standby is for a box with a parent, from outside its own subtree",
+            ));
+        }
+        if held.children.values().any(|c| c.card.peer.id == child_id) {
+            return Err(Refusal::new(
+                RefusalKind::Invalid,
+                format!("{child_id} already has a ticket for stream {stream} here"),
+            ));
+        }
+        if self.free_slots(&stream) == 0 {
+            return Err(Refusal::new(
+                RefusalKind::Full,
+                format!("no free slot for a standby of stream {stream} here"),
+            ));
+        }
+        let ticket = self.add_child(&stream, child, None);
+        if let Some(c) = self.child_mut(&stream, ticket.id) {
+            c.standby = true;
+        }
+        Ok(Response::Ticket {
+            ticket: Box::new(ticket),
+        })
+    }
+
+    fn standby_child(&self, stream: &StreamId) -> Option<TicketId> {
+        let held = self.streams.get(stream)?;
+        held.children
+            .iter()
+            .find(|(_, c)| c.standby)
+            .map(|(id, _)| *id)
+    }
+
+    /// Ends a child's ticket on its side and ours, naming no one to go to.
+    fn end_child(&mut self, stream: &StreamId, id: TicketId) {
+        let Some(child) = self.streams.get(stream).and_then(|h| h.children.get(&id)) else {
+            return;
+        };
+        let request = Request::EndTicket {
+            ticket: id,
+            token: child.token.clone(),
+            handover: None,
+        };
+        self.call(
+            Target::Node(child.card.peer.clone()),
+            request,
+            Pending::Quiet,
+        );
+        self.remove_child(stream, id);
     }
 
     fn reserved_for(&self, stream: &StreamId, node: &NodeId) -> bool {
@@ -336,6 +434,7 @@ impl Node {
                 moving_since: None,
                 successor: None,
                 evicts: None,
+                standby: false,
             },
         );
         self.event(Event::Granted {
@@ -416,6 +515,12 @@ impl Node {
             }
             return Ok(Response::Done);
         }
+        if let Some(stream) = self.standby_of(ticket, token) {
+            // The standby parent let our standby go: forget it, ask again later.
+            let next = self.now + self.cfg.standby_retry;
+            self.forget_standby(&stream, next);
+            return Ok(Response::Done);
+        }
         let stream = self.stream_of_our_ticket(ticket, token)?;
         self.parent_ended(&stream, handover);
         Ok(Response::Done)
@@ -451,6 +556,16 @@ impl Node {
                 format!("a path has at most {MAX_PATH} nodes"),
             ));
         }
+        if let Some(stream) = self.standby_of(ticket, token) {
+            if path.contains(&self.me.peer.id) {
+                let now = self.now;
+                self.drop_standby(&stream, now);
+            } else if let Some(w) = self.watch_mut(&stream) {
+                w.standby.set_path(path, backup);
+                self.check_standby(&stream);
+            }
+            return Ok(Response::Done);
+        }
         let stream = self.stream_of_our_ticket(ticket, token)?;
         if path.contains(&self.me.peer.id) {
             // Our parent descends from us: a loop closed somewhere. Break it here.
@@ -463,6 +578,7 @@ impl Node {
             .and_then(|h| h.watch.as_mut())
             .expect("watched");
         if watch.set_path(path, backup) {
+            self.check_standby(&stream);
             self.paths_changed(&stream);
         }
         Ok(Response::Done)

@@ -37,6 +37,7 @@ mod forward;
 mod holdings;
 mod membership;
 mod node;
+mod standby;
 mod supernode;
 mod time;
 mod watch;
@@ -48,5 +49,5 @@ pub use config::Config;
 pub use node::{
     CallError, CallId, Event, HeldStream, Input, Node, Output, RequestId, Target, TicketView,
 };
-pub use supernode::Registry;
+pub use supernode::{Registry, MAX_PATH};
 pub use time::Time;

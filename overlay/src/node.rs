@@ -101,6 +101,14 @@ pub enum Input {
     Stalled {
         stream: StreamId,
     },
+    /// The media plane: the standby parent's first tag arrived.
+    StandbyFlowing {
+        stream: StreamId,
+    },
+    /// The media plane: the standby parent went silent, or refused.
+    StandbyLost {
+        stream: StreamId,
+    },
     /// The media plane: a child's player connected with this ticket, or went away.
     PlayerConnected {
         stream: StreamId,
@@ -132,6 +140,20 @@ pub enum Output {
     },
     /// Stop pulling `stream`.
     StopPull {
+        stream: StreamId,
+    },
+    /// Also play `stream` from `parent` with `token`, a hot standby feeding the same
+    /// hub (which keeps the first copy of each frame).
+    Standby {
+        stream: StreamId,
+        parent: Peer,
+        token: String,
+    },
+    StopStandby {
+        stream: StreamId,
+    },
+    /// The parent failed: the standby is the parent now.
+    Promote {
         stream: StreamId,
     },
     /// Stop forwarding `stream` to the player holding `ticket`.
@@ -192,6 +214,8 @@ pub(crate) enum Pending {
     /// is that parent alive?
     Claim(u64),
     Flood(u64),
+    StandbySearch(StreamId),
+    StandbyTicket(StreamId),
     /// A child displaced by a stronger one was told to move: its player goes.
     Displaced(StreamId, TicketId),
     /// A leaving supernode handed its children to a successor: once it has them,
@@ -229,6 +253,8 @@ pub struct HeldStream {
     pub children: Vec<TicketView>,
     /// Players that are not boxes, in slots of their own.
     pub viewers: u8,
+    /// The hot-standby parent, once its feed flows.
+    pub standby: Option<NodeId>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -239,6 +265,8 @@ pub struct TicketView {
     /// Asked to move, or about to be (displaced, or this node is leaving); it keeps
     /// the stream until it has a new parent.
     pub moving: bool,
+    /// A hot standby of a child of another parent.
+    pub standby: bool,
 }
 
 pub struct Node {
@@ -350,6 +378,8 @@ impl Node {
             }
             Input::Flowing { stream } => self.flowing(&stream),
             Input::Stalled { stream } => self.stalled(&stream),
+            Input::StandbyFlowing { stream } => self.standby_flowing(&stream),
+            Input::StandbyLost { stream } => self.standby_lost(&stream),
             Input::PlayerConnected { stream, ticket } => self.player(&stream, ticket, true),
             Input::PlayerGone { stream, ticket } => self.player(&stream, ticket, false),
         }
@@ -419,9 +449,15 @@ impl Node {
                         connected: c.connected,
                         moving: c.moving_since.is_some()
                             || held.children.values().any(|o| o.evicts == Some(*id)),
+                        standby: c.standby,
                     })
                     .collect(),
                 viewers: held.viewers,
+                standby: held
+                    .watch
+                    .as_ref()
+                    .and_then(|w| w.standby_parent())
+                    .cloned(),
             })
             .collect()
     }
@@ -515,7 +551,15 @@ impl Node {
                 child,
                 path,
                 replaces,
+                standby: false,
             } => return self.grant_or_verify(id, stream, child, path, replaces),
+            Request::Ticket {
+                stream,
+                child,
+                path,
+                standby: true,
+                ..
+            } => self.grant_standby(stream, child, path),
             Request::EndTicket {
                 ticket,
                 token,
@@ -563,6 +607,8 @@ impl Node {
             Pending::Probe(stream) => self.on_probe(call, &stream, result),
             Pending::Claim(key) => self.on_claim(key, result),
             Pending::Flood(query) => self.on_flood_reply(query, result),
+            Pending::StandbySearch(stream) => self.on_standby_search(call, &stream, result),
+            Pending::StandbyTicket(stream) => self.on_standby_ticket(call, &stream, result),
             Pending::Displaced(stream, id) => self.on_displaced(&stream, id),
             Pending::Adopt {
                 successor,

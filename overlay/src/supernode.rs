@@ -18,7 +18,7 @@ use crate::Time;
 const SEEN_FOR: Duration = Duration::from_secs(30);
 /// Most holdings in one announcement, and most ancestors in one path.
 pub(crate) const MAX_HOLDINGS: usize = 64;
-pub(crate) const MAX_PATH: usize = 64;
+pub const MAX_PATH: usize = 64;
 /// Most neighbour supernodes kept.
 const MAX_NEIGHBOURS: usize = 32;
 /// Leases and remembered query ids are swept this often, not each at its own time:

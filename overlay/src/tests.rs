@@ -101,6 +101,7 @@ impl Harness {
             child: child.clone(),
             path,
             replaces: None,
+            standby: false,
         };
         match self.request(request) {
             Ok(Response::Ticket { ticket }) => Ok(*ticket),
@@ -245,6 +246,7 @@ fn tickets_respect_slots_and_refuse_loops() {
         child: h.node.card().clone(),
         path: None,
         replaces: None,
+        standby: false,
     });
     assert_eq!(err.unwrap_err().kind, RefusalKind::Invalid);
     let err = h.request(Request::Ticket {
@@ -252,6 +254,7 @@ fn tickets_respect_slots_and_refuse_loops() {
         child: a,
         path: None,
         replaces: None,
+        standby: false,
     });
     assert_eq!(err.unwrap_err().kind, RefusalKind::NotFound);
 }
@@ -311,6 +314,7 @@ fn a_claim_on_a_connected_childs_slot_is_checked_with_that_child() {
         child: orphan.clone(),
         path: Some(vec![NodeId::new("src").unwrap(), NodeId::new("a").unwrap()]),
         replaces: Some(NodeId::new("a").unwrap()),
+        standby: false,
     };
     // a's player looks connected: the source asks a before it answers the claim.
     let ask = |h: &mut Harness, a_answers: Result<Response, CallError>| {
@@ -381,6 +385,7 @@ fn a_gone_childs_slot_goes_to_its_child_at_once() {
         child: card("orphan", 12, 4000),
         path: Some(vec![NodeId::new("src").unwrap(), NodeId::new("a").unwrap()]),
         replaces: Some(NodeId::new("a").unwrap()),
+        standby: false,
     });
     assert!(matches!(claim, Ok(Response::Ticket { .. })));
     assert!(h.outputs.contains(&Output::Kick {
@@ -442,4 +447,169 @@ proptest! {
             prop_assert!(settled <= held.slots as usize, "{settled} settled tickets, {} slots", held.slots);
         }
     }
+}
+
+/// A watcher of `cam` whose parent is `p` and whose backup is `g` (the source), with
+/// hot standbys on.
+fn watcher_under(p: &NodeCard, g: &NodeCard) -> Harness {
+    let cfg = Config {
+        standby: true,
+        ..Config::default()
+    };
+    let mut h = Harness {
+        node: Node::new(cfg, card("c", 3, 4000), 9, Time::ZERO),
+        now: Time::ZERO,
+        next: 0,
+        outputs: Vec::new(),
+    };
+    h.input(Input::Start {
+        supernodes: Vec::new(),
+    });
+    let portal = h
+        .call_to(|to, _| matches!(to, Target::Portal))
+        .expect("asks the portal");
+    h.input(Input::Reply {
+        call: portal,
+        result: Err(CallError::Unreachable("no portal".into())),
+    });
+    h.input(Input::Watch {
+        stream: stream(),
+        kbps: 2500,
+        source: Some(g.peer.clone()),
+    });
+    let ask = h
+        .call_to(|_, r| matches!(r, Request::Ticket { .. }))
+        .expect("asks the source for a ticket");
+    h.input(Input::Reply {
+        call: ask,
+        result: Ok(Response::Ticket {
+            ticket: Box::new(Ticket {
+                id: proto::overlay::TicketId(1),
+                token: "t1".into(),
+                stream: stream(),
+                parent: p.peer.clone(),
+                path: vec![g.peer.id.clone(), p.peer.id.clone()],
+                backup: Some(g.peer.clone()),
+                adopt: None,
+            }),
+        }),
+    });
+    h.input(Input::Flowing { stream: stream() });
+    h
+}
+
+impl Harness {
+    /// The latest call that `pick` matches.
+    fn call_to(&self, pick: impl Fn(&Target, &Request) -> bool) -> Option<crate::CallId> {
+        self.outputs.iter().rev().find_map(|o| match o {
+            Output::Call { call, to, request } if pick(to, request) => Some(*call),
+            _ => None,
+        })
+    }
+
+    fn tick(&mut self) {
+        self.now = self.now + std::time::Duration::from_millis(10);
+        self.node.handle_timeout(self.now);
+        while let Some(o) = self.node.poll_output() {
+            self.outputs.push(o);
+        }
+    }
+}
+
+#[test]
+fn a_hot_standby_takes_over_from_a_failed_parent_without_a_search() {
+    let g = card("src", 1, 10_000);
+    let p = card("p", 2, 4000);
+    let mut h = watcher_under(&p, &g);
+    h.tick();
+    let ask = h
+        .call_to(|to, r| {
+            matches!(to, Target::Node(peer) if peer.id == g.peer.id)
+                && matches!(r, Request::Ticket { standby: true, .. })
+        })
+        .expect("a settled node asks its backup for a standby");
+    h.input(Input::Reply {
+        call: ask,
+        result: Ok(Response::Ticket {
+            ticket: Box::new(Ticket {
+                id: proto::overlay::TicketId(2),
+                token: "t2".into(),
+                stream: stream(),
+                parent: g.peer.clone(),
+                path: vec![g.peer.id.clone()],
+                backup: None,
+                adopt: None,
+            }),
+        }),
+    });
+    assert!(
+        h.outputs
+            .iter()
+            .any(|o| matches!(o, Output::Standby { parent, .. } if parent.id == g.peer.id)),
+        "the media plane plays the standby"
+    );
+    h.input(Input::StandbyFlowing { stream: stream() });
+    assert_eq!(h.node.held()[0].standby.as_ref(), Some(&g.peer.id));
+
+    let before = h.outputs.len();
+    h.input(Input::Stalled { stream: stream() });
+    let after = &h.outputs[before..];
+    assert!(after.iter().any(|o| matches!(o, Output::Promote { .. })));
+    assert!(
+        !after.iter().any(|o| matches!(
+            o,
+            Output::Call {
+                request: Request::Search { .. } | Request::Ping { .. },
+                ..
+            } | Output::StopPull { .. }
+        )),
+        "no search, no probe, no gap: {after:?}"
+    );
+    let held = &h.node.held()[0];
+    assert_eq!(held.parent.as_ref(), Some(&g.peer.id));
+    assert_eq!(held.path, vec![g.peer.id.clone()]);
+    assert!(held.flowing);
+    assert!(
+        after.iter().any(|o| matches!(
+            o,
+            Output::Call { to: Target::Node(peer), request: Request::EndTicket { .. }, .. }
+                if peer.id == p.peer.id
+        )),
+        "the failed parent's ticket is ended"
+    );
+}
+
+#[test]
+fn a_standby_is_granted_only_from_a_free_slot_and_yields_it_to_a_box() {
+    let mut h = Harness::source(Config::default());
+    let path = Some(vec![NodeId::new("src").unwrap(), NodeId::new("p").unwrap()]);
+    let standby = |h: &mut Harness, who: &NodeCard| {
+        h.request(Request::Ticket {
+            stream: stream(),
+            child: who.clone(),
+            path: path.clone(),
+            replaces: None,
+            standby: true,
+        })
+    };
+    let sb = card("sb", 20, 1000);
+    assert!(matches!(standby(&mut h, &sb), Ok(Response::Ticket { .. })));
+    assert!(h.node.held()[0].children.iter().any(|c| c.standby));
+    // A joiner takes the last free slot; the next one takes the standby's.
+    h.ticket(&card("k1", 21, 4000), None).expect("a free slot");
+    let before = h.outputs.len();
+    h.ticket(&card("k2", 22, 1000), None)
+        .expect("the standby's slot");
+    assert!(h.outputs[before..].iter().any(|o| matches!(
+        o,
+        Output::Call { to: Target::Node(peer), request: Request::EndTicket { .. }, .. }
+            if peer.id == sb.peer.id
+    )));
+    assert!(h.node.held()[0].children.iter().all(|c| !c.standby));
+    // No free slot: no standby, and no displacement for one.
+    assert!(matches!(
+        standby(&mut h, &card("sb2", 23, 100_000)),
+        Err(r) if r.kind == RefusalKind::Full
+    ));
+    assert_eq!(h.children(), 2);
 }

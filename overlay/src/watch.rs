@@ -27,6 +27,7 @@ pub(crate) struct Watch {
     seek: Seek,
     retry: Duration,
     next_improve: Time,
+    pub(crate) standby: crate::standby::Standby,
 }
 
 struct Attached {
@@ -100,7 +101,31 @@ impl Watch {
             seek: Seek::Idle,
             retry: Duration::ZERO,
             next_improve: Time::NEVER,
+            standby: Default::default(),
         }
+    }
+
+    /// Attached, and not looking for another parent.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.attached.is_some() && matches!(self.seek, Seek::Idle)
+    }
+
+    pub(crate) fn standby_parent(&self) -> Option<&NodeId> {
+        self.standby.parent()
+    }
+
+    /// The standby's ticket becomes the parent's, its stream already flowing; returns
+    /// the old parent's ticket.
+    pub(crate) fn promote(&mut self, ticket: Ticket, now: Time) -> Option<Ticket> {
+        let old = self.attached.replace(Attached {
+            ticket,
+            flowing: true,
+            connect_by: now,
+        });
+        if matches!(self.seek, Seek::Probing { .. } | Seek::Patient { .. }) {
+            self.seek = Seek::Idle;
+        }
+        old.map(|a| a.ticket)
     }
 
     pub(crate) fn parent(&self) -> Option<&Peer> {
@@ -131,10 +156,12 @@ impl Watch {
     }
 
     pub(crate) fn into_tickets(self) -> Vec<Ticket> {
+        let standby = self.standby.ticket().cloned();
         self.attached
             .map(|a| a.ticket)
             .into_iter()
             .chain(self.old)
+            .chain(standby)
             .collect()
     }
 
@@ -178,7 +205,7 @@ impl Node {
         self.search(&stream, Purpose::Join);
     }
 
-    fn watch_mut(&mut self, stream: &StreamId) -> Option<&mut Watch> {
+    pub(crate) fn watch_mut(&mut self, stream: &StreamId) -> Option<&mut Watch> {
         self.streams.get_mut(stream)?.watch.as_mut()
     }
 
@@ -474,6 +501,7 @@ impl Node {
             child: card,
             path,
             replaces,
+            standby: false,
         };
         let call = self.call(Target::Node(peer), request, Pending::Ticket(stream.clone()));
         if let Some(Seek::Asking { call: c, .. }) = self.watch_mut(stream).map(|w| &mut w.seek) {
@@ -559,6 +587,7 @@ impl Node {
             parent,
             token,
         });
+        self.check_standby(stream);
         self.paths_changed(stream);
     }
 
@@ -605,6 +634,9 @@ impl Node {
 
     /// The media plane saw no tag for the stall timeout: ask the parent why.
     pub(crate) fn stalled(&mut self, stream: &StreamId) {
+        if self.promote_standby(stream) {
+            return;
+        }
         let now = self.now;
         let Some(watch) = self.watch_mut(stream) else {
             return;
@@ -702,6 +734,11 @@ impl Node {
             return;
         };
         if !parent_dead {
+            let next = self.now + self.cfg.standby_retry;
+            self.drop_standby(stream, next);
+            let Some(watch) = self.watch_mut(stream) else {
+                return;
+            };
             let old = watch.attached.take().map(|a| a.ticket);
             self.release(old.into_iter().collect());
             self.emit(Output::StopPull {
@@ -715,6 +752,10 @@ impl Node {
             return;
         }
         let dead = a.ticket.parent.id.clone();
+        // A standby that is not flowing yet, from the backup: the claim there makes
+        // its ticket the parent's, so it is forgotten here, not ended.
+        let now = self.now;
+        self.forget_standby(stream, now);
         if self.supernode_id() == Some(&dead) {
             // Our parent was our supernode too: find another now, not when a search
             // to the dead one times out.
@@ -748,6 +789,7 @@ impl Node {
     }
 
     pub(crate) fn watch_timeout(&mut self) {
+        self.standby_timeout();
         let now = self.now;
         let streams: Vec<StreamId> = self.streams.keys().cloned().collect();
         for stream in streams {
@@ -784,9 +826,17 @@ impl Node {
     }
 
     pub(crate) fn watch_deadline(&self) -> Option<Time> {
+        let standby = self.cfg.standby && self.leaving.is_none();
         self.streams
             .values()
-            .filter_map(|h| h.watch.as_ref()?.deadline())
+            .filter_map(|h| {
+                let w = h.watch.as_ref()?;
+                let next_standby = w
+                    .standby
+                    .deadline()
+                    .filter(|_| standby && w.is_flowing() && w.is_settled());
+                [w.deadline(), next_standby].into_iter().flatten().min()
+            })
             .min()
     }
 }

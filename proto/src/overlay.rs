@@ -190,6 +190,10 @@ pub enum Request {
         /// The child takes over the slot of this (failed or leaving) child of the
         /// parent.
         replaces: Option<NodeId>,
+        /// A second, hot-standby feed for a child that has a parent: granted only
+        /// from a free slot, and the first forward to go when a box needs the slot.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        standby: bool,
     },
     /// `DELETE /tickets/{id}`, either way: the ticket ends. `handover` suggests the
     /// child's next parent, and `replaces` lets it take over the sender's slot there.

@@ -510,6 +510,8 @@ impl Sim {
                 );
             }
             Output::StopPull { .. } => self.cut(i, true),
+            // The simulation runs without standbys (`Config::standby` is off).
+            Output::Standby { .. } | Output::StopStandby { .. } | Output::Promote { .. } => {}
             Output::Kick { ticket, .. } => {
                 let child = self.boxes[i].media_children.iter().copied().find(|&c| {
                     self.boxes[c]

@@ -103,10 +103,11 @@ impl Stats {
         let minutes = sim.params.quiet_minutes.max(1) as f64;
         let (from, alive_then) = self.quiet_from.unwrap_or((self.messages, alive(sim)));
         let per_node = (alive_then + alive(sim)) as f64 / 2.0;
+        // A slot at the deepest a path may go is no use to anyone.
         let free: usize = sim
             .boxes
             .iter()
-            .filter(|b| b.alive && b.has_media)
+            .filter(|b| b.alive && b.has_media && media_depth(sim, b) < overlay::MAX_PATH)
             .map(|b| slots(b).saturating_sub(b.media_children.len()))
             .sum();
         let unattached = sim
@@ -296,18 +297,23 @@ fn invariants(sim: &Sim) -> (usize, usize) {
     (loops, over)
 }
 
+/// Hops from the source along media links (bounded, should there be a loop).
+fn media_depth(sim: &Sim, b: &crate::Box_) -> usize {
+    let (mut at, mut d) = (b, 0);
+    while let Some((p, _)) = at.link {
+        at = &sim.boxes[p];
+        d += 1;
+        if d > sim.boxes.len() {
+            break;
+        }
+    }
+    d
+}
+
 fn depths(sim: &Sim) -> Depths {
     let mut all: Vec<usize> = Vec::new();
     for b in sim.boxes.iter().skip(1).filter(|b| b.alive && b.has_media) {
-        let (mut at, mut d) = (b, 0);
-        while let Some((p, _)) = at.link {
-            at = &sim.boxes[p];
-            d += 1;
-            if d > sim.boxes.len() {
-                break;
-            }
-        }
-        all.push(d);
+        all.push(media_depth(sim, b));
     }
     all.sort_unstable();
     Depths {

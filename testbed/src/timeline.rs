@@ -18,6 +18,8 @@ use crate::{get, STREAM};
 pub struct BoxState {
     pub flowing: bool,
     pub parent: Option<String>,
+    /// Its hot-standby parent, when its feed flows.
+    pub standby: Option<String>,
     pub depth: Option<u64>,
     pub is_supernode: bool,
     pub slots: u64,
@@ -89,6 +91,7 @@ pub(crate) fn probe(api: &str) -> Option<BoxState> {
     Some(BoxState {
         flowing: place["flowing"] == true && place["depth"].as_u64() >= Some(1),
         parent: place["parent"].as_str().map(String::from),
+        standby: place["standby"].as_str().map(String::from),
         depth: place["depth"].as_u64(),
         is_supernode: overlay["is_supernode"] == true,
         slots: n(&place["slots"]),
@@ -217,9 +220,9 @@ impl Timeline {
             .collect()
     }
 
-    /// Each box's continuity from `from` to the end, for the boxes that answered at
-    /// both ends without restarting between: the surviving viewers.
-    pub fn continuity_per_box(&self, from: Duration, buffer_ms: u32) -> Vec<(usize, f64)> {
+    /// What each box saw from `from` to the end, for the boxes that answered at both
+    /// ends without restarting between: the surviving viewers.
+    pub fn seen_per_box(&self, from: Duration) -> Vec<(usize, Continuity)> {
         let (Some(first), Some(last)) = (
             self.samples.iter().find(|s| s.at >= from),
             self.samples.last(),
@@ -233,8 +236,7 @@ impl Timeline {
             .enumerate()
             .filter_map(|(i, (a, b))| {
                 let (a, b) = (a.as_ref()?, b.as_ref()?);
-                a.continues(b)
-                    .then(|| (i, delta(&a.seen, &b.seen).index(buffer_ms)))
+                a.continues(b).then(|| (i, delta(&a.seen, &b.seen)))
             })
             .collect()
     }
@@ -330,25 +332,26 @@ pub struct Summary {
     pub restarts: usize,
     /// Viewers that ran throughout, and their continuity for a 0.5, 1 and 2 s buffer.
     pub survivors: Vec<(usize, [f64; 3])>,
+    /// Frames that never reached a surviving viewer.
+    pub lost: u64,
     /// Every stall a box saw, longest last.
     pub stalls: Vec<BoxStall>,
     pub overruns: Vec<Overrun>,
     pub samples: usize,
     pub depths: Vec<usize>,
+    /// Boxes playing with a hot standby at the last sample.
+    pub with_standby: usize,
 }
 
 impl Timeline {
     pub fn summary(&self, from: Duration, uplinks_kbps: &[u32]) -> Summary {
         let count = |f: Fault| self.events.iter().filter(|e| e.fault == f).count();
-        let per_buffer: Vec<Vec<(usize, f64)>> = [500, 1000, 2000]
+        let seen = self.seen_per_box(from);
+        let survivors = seen
             .iter()
-            .map(|&b| self.continuity_per_box(from, b))
+            .map(|(i, c)| (*i, [500, 1000, 2000].map(|b| c.index(b))))
             .collect();
-        let survivors = per_buffer[0]
-            .iter()
-            .enumerate()
-            .map(|(k, &(i, half))| (i, [half, per_buffer[1][k].1, per_buffer[2][k].1]))
-            .collect();
+        let lost = seen.iter().map(|(_, c)| c.missing).sum();
         let mut stalls: Vec<BoxStall> = self
             .stalls()
             .into_iter()
@@ -362,6 +365,7 @@ impl Timeline {
             leaves: count(Fault::Left),
             restarts: count(Fault::Restarted),
             survivors,
+            lost,
             stalls,
             overruns: self
                 .overruns(uplinks_kbps)
@@ -370,6 +374,13 @@ impl Timeline {
                 .collect(),
             samples: self.samples.iter().filter(|s| s.at >= from).count(),
             depths: self.depths(),
+            with_standby: self.samples.last().map_or(0, |s| {
+                s.boxes
+                    .iter()
+                    .flatten()
+                    .filter(|b| b.standby.is_some())
+                    .count()
+            }),
         }
     }
 }
@@ -428,11 +439,22 @@ impl Summary {
         );
         let _ = writeln!(
             t,
+            "| frames lost at surviving boxes; per stall | {}; {:.1} | 0 |",
+            self.lost,
+            self.lost as f64 / self.stalls.len().max(1) as f64
+        );
+        let _ = writeln!(
+            t,
             "| samples with a box over its slots or upload | {} of {} | 0 |",
             self.overruns.len(),
             self.samples
         );
         let _ = writeln!(t, "| boxes per depth at the end | {:?} | |", self.depths);
+        let _ = writeln!(
+            t,
+            "| boxes with a hot standby at the end | {} | |",
+            self.with_standby
+        );
         t
     }
 }

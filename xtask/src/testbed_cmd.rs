@@ -30,6 +30,9 @@ pub struct TestbedArgs {
     /// Write continuity.svg, depths.svg and stalls.svg here
     #[arg(long)]
     plots: Option<std::path::PathBuf>,
+    /// Boxes keep a hot-standby parent
+    #[arg(long)]
+    standby: bool,
     /// Keep the boxes' data directories and logs
     #[arg(long)]
     keep: bool,
@@ -40,6 +43,7 @@ pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
     let mut options = testbed::Options::new(astral, args.hosts);
     options.bitrate_kbps = args.bitrate_kbps;
     options.uplinks_kbps = args.uplinks_kbps;
+    options.standby = args.standby;
     eprintln!(
         "testbed: starting a portal, a source and {} boxes",
         args.hosts

@@ -251,6 +251,32 @@ impl Node {
                 parent,
                 token,
             } => self.steer_pull(stream, parent, token),
+            Output::Standby {
+                stream,
+                parent,
+                token,
+            } => {
+                let url =
+                    crate::rtmp::url::RtmpUrl::for_ticket(parent.rtmp, stream.as_str(), &token);
+                let pulled = lock(&self.control.state)
+                    .pulls
+                    .get(&stream)
+                    .map(|pull| pull.standby(Some(url)))
+                    .is_some();
+                if !pulled {
+                    self.overlay_input(Input::StandbyLost { stream });
+                }
+            }
+            Output::StopStandby { stream } => {
+                if let Some(pull) = lock(&self.control.state).pulls.get(&stream) {
+                    pull.standby(None);
+                }
+            }
+            Output::Promote { stream } => {
+                if let Some(pull) = lock(&self.control.state).pulls.get(&stream) {
+                    pull.promote();
+                }
+            }
             Output::StopPull { stream } => {
                 if lock(&self.control.state).pulls.remove(&stream).is_some() {
                     tracing::info!(%stream, "stopped relaying");

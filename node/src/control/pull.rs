@@ -1,12 +1,14 @@
 //! The overlay's pull: plays a stream from the parent the engine chose, and switches
-//! parents make-before-break.
+//! parents make-before-break; with a hot standby, from a second parent at once.
 //!
 //! Unlike a configured relay (`rtmp::pull`), it never picks an upstream itself: it
 //! reports to the engine (`Flowing` once the parent's first tag is here, `Stalled` when
-//! the parent goes silent or refuses) and the engine steers it. A new parent is
-//! connected while the old one still feeds the hub; the switch happens when the new
-//! one delivers, and the hub drops what the new parent replays up to the last
-//! timestamp already forwarded, so players see one continuous stream.
+//! the parent goes silent or refuses; `StandbyFlowing` and `StandbyLost` for the
+//! standby) and the engine steers it. A new parent is connected while the old one still
+//! feeds the hub; the switch happens when the new one delivers. Both parents of a
+//! standby feed the hub at once. Either way the hub forwards each frame once, the first
+//! copy to arrive, and drops what is at or before the last timestamp it forwarded, so
+//! players see one continuous stream.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,9 +17,9 @@ use std::time::Duration;
 
 use overlay::Input;
 use proto::overlay::StreamId;
-use tokio::sync::watch;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::{timeout, Instant};
+use tokio::time::{timeout, Instant, MissedTickBehavior};
 
 use crate::hub::{Feed, Hub, HubError, Publisher};
 use crate::rtmp::client::{Player, Received};
@@ -28,9 +30,18 @@ use crate::Node;
 /// A new parent must connect and send its first tag within this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+enum Command {
+    /// Move to this parent (or reconnect to the same one with a new ticket).
+    Steer(RtmpUrl),
+    /// Play this standby parent too; `None` stops the standby.
+    Standby(Option<RtmpUrl>),
+    /// The parent failed: the standby is the parent now.
+    Promote,
+}
+
 /// A running overlay pull; dropping it stops the pull and frees the hub.
 pub struct SteeredPull {
-    target: watch::Sender<RtmpUrl>,
+    commands: mpsc::UnboundedSender<Command>,
     task: JoinHandle<()>,
 }
 
@@ -52,7 +63,7 @@ impl SteeredPull {
             url: url.to_string(),
             connected: false,
         })?;
-        let (target, targets) = watch::channel(url);
+        let (commands, receiver) = mpsc::unbounded_channel();
         let puller = Puller {
             node: Arc::downgrade(node),
             stream,
@@ -61,13 +72,26 @@ impl SteeredPull {
             bind: node.config().rtmp.ip(),
         };
         let span = tracing::info_span!("pull", stream = %hub.name());
-        let task = tokio::spawn(tracing::Instrument::instrument(puller.run(targets), span));
-        Ok(SteeredPull { target, task })
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            puller.run(url, receiver),
+            span,
+        ));
+        Ok(SteeredPull { commands, task })
     }
 
     /// Moves to a new parent (or reconnects to the same one with a new ticket).
     pub fn steer(&self, url: RtmpUrl) {
-        self.target.send_replace(url);
+        let _ = self.commands.send(Command::Steer(url));
+    }
+
+    /// Plays a standby parent as well, or stops it.
+    pub fn standby(&self, url: Option<RtmpUrl>) {
+        let _ = self.commands.send(Command::Standby(url));
+    }
+
+    /// Makes the standby the parent.
+    pub fn promote(&self) {
+        let _ = self.commands.send(Command::Promote);
     }
 }
 
@@ -85,6 +109,13 @@ struct Puller {
 /// before and with it. Dropping it hangs up.
 type Connecting = Pin<Box<dyn Future<Output = Result<(Player, Vec<Received>), RtmpError>> + Send>>;
 
+/// A parent that delivers.
+struct Link {
+    player: Player,
+    url: RtmpUrl,
+    last_media: Instant,
+}
+
 impl Puller {
     fn report(&self, input: Input) {
         if let Some(node) = self.node.upgrade() {
@@ -92,23 +123,42 @@ impl Puller {
         }
     }
 
-    async fn run(self, mut targets: watch::Receiver<RtmpUrl>) {
-        let mut url = targets.borrow_and_update().clone();
-        let mut connecting = Some(self.connect(url.clone()));
-        let mut current: Option<(Player, RtmpUrl)> = None;
-        let mut last_media = Instant::now();
-        let stall = tokio::time::sleep(self.stall_timeout);
-        tokio::pin!(stall);
+    async fn run(self, first: RtmpUrl, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut url = first.clone();
+        let mut connecting = Some(self.connect(first));
+        let mut current: Option<Link> = None;
+        let mut standby_url: Option<RtmpUrl> = None;
+        let mut standby_connecting: Option<Connecting> = None;
+        let mut standby: Option<Link> = None;
+        // Silence is checked a few times per stall timeout, for both parents.
+        let mut check = tokio::time::interval(self.stall_timeout / 4);
+        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                changed = targets.changed() => {
-                    if changed.is_err() {
-                        return;
+                command = commands.recv() => match command {
+                    None => return,
+                    Some(Command::Steer(to)) => {
+                        url = to;
+                        connecting = Some(self.connect(url.clone()));
                     }
-                    url = targets.borrow_and_update().clone();
-                    connecting = Some(self.connect(url.clone()));
-                }
+                    Some(Command::Standby(to)) => {
+                        standby = None;
+                        standby_connecting = to.clone().map(|u| self.connect(u));
+                        standby_url = to;
+                    }
+                    Some(Command::Promote) => {
+                        if let Some(link) = standby.take() {
+                            tracing::info!(parent = %link.url, "the standby is the parent now");
+                            self.publisher.set_upstream(link.url.to_string(), true);
+                            url = link.url.clone();
+                            current = Some(link);
+                            connecting = None;
+                        }
+                        standby_url = None;
+                        standby_connecting = None;
+                    }
+                },
                 joined = wait(&mut connecting) => {
                     connecting = None;
                     match joined {
@@ -117,9 +167,11 @@ impl Puller {
                                 self.deliver(received);
                             }
                             let switched = current.is_some();
-                            current = Some((player, url.clone()));
-                            last_media = Instant::now();
-                            stall.as_mut().reset(last_media + self.stall_timeout);
+                            current = Some(Link {
+                                player,
+                                url: url.clone(),
+                                last_media: Instant::now(),
+                            });
                             self.publisher.set_upstream(url.to_string(), true);
                             tracing::info!(parent = %url, switched, "relaying");
                             self.report(Input::Flowing { stream: self.stream.clone() });
@@ -130,29 +182,67 @@ impl Puller {
                         }
                     }
                 }
-                received = next(&mut current) => match received {
-                    Ok(received) => {
-                        if matches!(received, Received::Media(_)) {
-                            last_media = Instant::now();
+                joined = wait(&mut standby_connecting) => {
+                    standby_connecting = None;
+                    let to = standby_url.clone().expect("a standby being connected");
+                    match joined {
+                        Ok((player, first)) => {
+                            for received in first {
+                                self.deliver(received);
+                            }
+                            tracing::info!(parent = %to, "standby flowing");
+                            standby = Some(Link {
+                                player,
+                                url: to,
+                                last_media: Instant::now(),
+                            });
+                            self.report(Input::StandbyFlowing { stream: self.stream.clone() });
                         }
-                        self.deliver(received);
+                        Err(e) => {
+                            tracing::info!(parent = %to, "no standby: {e}");
+                            self.report(Input::StandbyLost { stream: self.stream.clone() });
+                        }
                     }
+                }
+                received = next(&mut current) => match received {
+                    Ok(received) => self.take(&mut current, received),
                     Err(e) => {
-                        let (_, lost) = current.take().expect("read only from a parent");
-                        self.lost(&lost, &e.to_string(), connecting.is_some());
+                        let lost = current.take().expect("read only from a parent");
+                        self.lost(&lost.url, &e.to_string(), connecting.is_some());
                     }
                 },
-                () = &mut stall, if current.is_some() => {
-                    if last_media.elapsed() >= self.stall_timeout {
-                        let (_, lost) = current.take().expect("checked above");
-                        let why = format!("no media for {} ms", self.stall_timeout.as_millis());
-                        self.lost(&lost, &why, connecting.is_some());
-                    } else {
-                        stall.as_mut().reset(last_media + self.stall_timeout);
+                received = next(&mut standby) => match received {
+                    Ok(received) => self.take(&mut standby, received),
+                    Err(e) => {
+                        let lost = standby.take().expect("read only from a standby");
+                        tracing::info!(parent = %lost.url, "standby lost: {e}");
+                        self.report(Input::StandbyLost { stream: self.stream.clone() });
+                    }
+                },
+                _ = check.tick() => {
+                    let why = format!("no media for {} ms", self.stall_timeout.as_millis());
+                    if current.as_ref().is_some_and(|l| l.last_media.elapsed() >= self.stall_timeout) {
+                        let lost = current.take().expect("checked");
+                        self.lost(&lost.url, &why, connecting.is_some());
+                    }
+                    if standby.as_ref().is_some_and(|l| l.last_media.elapsed() >= self.stall_timeout) {
+                        let lost = standby.take().expect("checked");
+                        tracing::info!(parent = %lost.url, "standby lost: {why}");
+                        self.report(Input::StandbyLost { stream: self.stream.clone() });
                     }
                 }
             }
         }
+    }
+
+    /// What a parent sent: into the hub, which keeps the first copy of each frame.
+    fn take(&self, link: &mut Option<Link>, received: Received) {
+        if matches!(received, Received::Media(_)) {
+            if let Some(link) = link.as_mut() {
+                link.last_media = Instant::now();
+            }
+        }
+        self.deliver(received);
     }
 
     /// The parent that fed the hub is gone. While a new parent is being connected
@@ -234,9 +324,9 @@ async fn wait(connecting: &mut Option<Connecting>) -> Result<(Player, Vec<Receiv
     }
 }
 
-async fn next(current: &mut Option<(Player, RtmpUrl)>) -> Result<Received, RtmpError> {
-    match current {
-        Some((player, _)) => player.next().await,
+async fn next(link: &mut Option<Link>) -> Result<Received, RtmpError> {
+    match link {
+        Some(link) => link.player.next().await,
         None => std::future::pending().await,
     }
 }

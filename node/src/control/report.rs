@@ -77,6 +77,9 @@ pub struct HeldReport {
     pub tickets: Vec<TicketReport>,
     /// Players from beyond the box's network, each in a slot.
     pub viewers: u8,
+    /// The hot-standby parent whose feed flows too (`relay.standby`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,6 +88,9 @@ pub struct TicketReport {
     pub child: String,
     pub connected: bool,
     pub moving: bool,
+    /// A hot standby of a box whose parent is another.
+    #[serde(default)]
+    pub standby: bool,
 }
 
 impl HeldReport {
@@ -105,9 +111,11 @@ impl HeldReport {
                     child: t.child.to_string(),
                     connected: t.connected,
                     moving: t.moving,
+                    standby: t.standby,
                 })
                 .collect(),
             viewers: h.viewers,
+            standby: h.standby.map(|s| s.to_string()),
         }
     }
 }

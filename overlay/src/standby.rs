@@ -1,0 +1,341 @@
+//! The hot-standby parent. With [`crate::Config::standby`], a node whose stream flows
+//! searches for a second parent with a free slot, outside its parent's subtree (so
+//! that the parent's failure cannot take both), asks it for a standby ticket and plays
+//! the stream from there too. Both feeds carry the same source timestamps, and the hub
+//! keeps the first copy of each frame, so when the parent fails the stream goes on
+//! from the standby without a gap: the standby becomes the parent, and a new standby
+//! is sought. A supernode, which searches its own registry, asks its backup (the
+//! parent's parent) directly.
+//!
+//! A standby is a real forward, so it is granted only from a free slot, and it is the
+//! first forward to go when a box needs that slot: standbys use upload that would
+//! otherwise be idle, never a place in the tree.
+
+use proto::overlay::{Candidate, NodeId, Peer, Request, Response, StreamId, Ticket};
+
+use crate::membership::State;
+use crate::node::{CallError, CallId, Node, Output, Pending, Target};
+use crate::Time;
+
+/// A node's standby for one stream.
+#[derive(Default)]
+pub(crate) struct Standby {
+    feed: Option<Feed>,
+    call: Option<CallId>,
+    /// Not asked for before this.
+    next: Time,
+}
+
+struct Feed {
+    ticket: Ticket,
+    flowing: bool,
+}
+
+impl Standby {
+    pub(crate) fn parent(&self) -> Option<&NodeId> {
+        self.feed
+            .as_ref()
+            .filter(|f| f.flowing)
+            .map(|f| &f.ticket.parent.id)
+    }
+
+    pub(crate) fn ticket(&self) -> Option<&Ticket> {
+        self.feed.as_ref().map(|f| &f.ticket)
+    }
+
+    /// The standby parent's place in the tree changed.
+    pub(crate) fn set_path(&mut self, path: Vec<NodeId>, backup: Option<proto::overlay::Peer>) {
+        if let Some(f) = self.feed.as_mut() {
+            f.ticket.path = path;
+            f.ticket.backup = backup;
+        }
+    }
+
+    fn is_flowing(&self) -> bool {
+        self.feed.as_ref().is_some_and(|f| f.flowing)
+    }
+
+    /// When a node without a standby asks for one next.
+    pub(crate) fn deadline(&self) -> Option<Time> {
+        (self.feed.is_none() && self.call.is_none()).then_some(self.next)
+    }
+}
+
+impl Node {
+    /// Looks for a standby where one is due: the stream flows, and the node is settled
+    /// and not leaving.
+    pub(crate) fn standby_timeout(&mut self) {
+        if !self.cfg.standby || self.leaving.is_some() {
+            return;
+        }
+        let now = self.now;
+        let due: Vec<(StreamId, Option<Peer>)> = self
+            .streams
+            .iter()
+            .filter_map(|(stream, held)| {
+                let watch = held.watch.as_ref()?;
+                let ticket = watch.ticket()?;
+                let wanted = watch.is_flowing()
+                    && watch.is_settled()
+                    && watch.standby.deadline().is_some_and(|t| t <= now);
+                wanted.then(|| (stream.clone(), ticket.backup.clone()))
+            })
+            .collect();
+        for (stream, backup) in due {
+            let call = match (&self.member.state, backup) {
+                (State::Member { supernode }, _) => {
+                    let request = Request::Search {
+                        query: rand::Rng::gen(&mut self.rng),
+                        stream: stream.clone(),
+                        ttl: self.cfg.search_ttl,
+                        requester: self.me.peer.id.clone(),
+                        requester_slots: 0,
+                    };
+                    let to = Target::Node(supernode.clone());
+                    self.call(to, request, Pending::StandbySearch(stream.clone()))
+                }
+                (_, Some(backup)) => self.ask_standby(&stream, backup),
+                (_, None) => {
+                    let retry = self.cfg.standby_retry;
+                    if let Some(w) = self.watch_mut(&stream) {
+                        w.standby.next = now + retry;
+                    }
+                    continue;
+                }
+            };
+            if let Some(w) = self.watch_mut(&stream) {
+                w.standby.call = Some(call);
+            }
+        }
+    }
+
+    fn ask_standby(&mut self, stream: &StreamId, to: Peer) -> CallId {
+        let path = self
+            .watch_mut(stream)
+            .and_then(|w| w.ticket())
+            .map(|t| t.path.clone());
+        let request = Request::Ticket {
+            stream: stream.clone(),
+            child: self.me.clone(),
+            path,
+            replaces: None,
+            standby: true,
+        };
+        self.call(
+            Target::Node(to),
+            request,
+            Pending::StandbyTicket(stream.clone()),
+        )
+    }
+
+    /// Whether a box on `path` (its ancestors) can be our standby: not our parent and
+    /// not below it, nor below us.
+    fn standby_fits(&self, stream: &StreamId, peer: &NodeId, path: &[NodeId]) -> bool {
+        let me = &self.me.peer.id;
+        let parent = self
+            .streams
+            .get(stream)
+            .and_then(|h| h.parent())
+            .map(|p| p.id.clone());
+        peer != me
+            && parent
+                .as_ref()
+                .is_some_and(|p| p != peer && !path.contains(p))
+            && !path.contains(me)
+    }
+
+    pub(crate) fn on_standby_search(
+        &mut self,
+        call: CallId,
+        stream: &StreamId,
+        result: Result<Response, CallError>,
+    ) {
+        let now = self.now;
+        let retry = self.cfg.standby_retry;
+        match self.watch_mut(stream) {
+            Some(w) if w.standby.call == Some(call) => w.standby.call = None,
+            _ => return,
+        }
+        let found: Vec<Candidate> = match result {
+            Ok(Response::Candidates { candidates }) => candidates,
+            _ => Vec::new(),
+        };
+        let best = found
+            .into_iter()
+            .filter(|c| {
+                c.holding.free > 0 && self.standby_fits(stream, &c.peer.id, &c.holding.path)
+            })
+            .min_by_key(|c| c.holding.depth());
+        match best {
+            Some(c) => {
+                let call = self.ask_standby(stream, c.peer);
+                if let Some(w) = self.watch_mut(stream) {
+                    w.standby.call = Some(call);
+                }
+            }
+            None => {
+                if let Some(w) = self.watch_mut(stream) {
+                    w.standby.next = now + retry;
+                }
+            }
+        }
+    }
+
+    pub(crate) fn on_standby_ticket(
+        &mut self,
+        call: CallId,
+        stream: &StreamId,
+        result: Result<Response, CallError>,
+    ) {
+        let now = self.now;
+        let retry = self.cfg.standby_retry;
+        let asked = self
+            .watch_mut(stream)
+            .is_some_and(|w| w.standby.call == Some(call));
+        if !asked {
+            if let Ok(Response::Ticket { ticket }) = result {
+                self.release(vec![*ticket]);
+            }
+            return;
+        }
+        let fits = |n: &Node, t: &Ticket| {
+            t.stream == *stream
+                && n.standby_fits(
+                    stream,
+                    &t.parent.id,
+                    &t.path[..t.path.len().saturating_sub(1)],
+                )
+        };
+        let ticket = match result {
+            Ok(Response::Ticket { ticket }) if fits(self, &ticket) => *ticket,
+            Ok(Response::Ticket { ticket }) => {
+                // Our parent changed while we asked.
+                self.release(vec![*ticket]);
+                self.drop_standby(stream, now);
+                return;
+            }
+            _ => {
+                self.drop_standby(stream, now + retry);
+                return;
+            }
+        };
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        watch.standby.call = None;
+        let (parent, token) = (ticket.parent.clone(), ticket.token.clone());
+        watch.standby.feed = Some(Feed {
+            ticket,
+            flowing: false,
+        });
+        self.emit(Output::Standby {
+            stream: stream.clone(),
+            parent,
+            token,
+        });
+    }
+
+    pub(crate) fn standby_flowing(&mut self, stream: &StreamId) {
+        if let Some(feed) = self.watch_mut(stream).and_then(|w| w.standby.feed.as_mut()) {
+            feed.flowing = true;
+        }
+    }
+
+    /// The standby's feed failed: it ends, and another is asked for later.
+    pub(crate) fn standby_lost(&mut self, stream: &StreamId) {
+        let next = self.now + self.cfg.standby_retry;
+        self.drop_standby(stream, next);
+    }
+
+    /// Ends the standby, if any; the next is asked for at `next`.
+    pub(crate) fn drop_standby(&mut self, stream: &StreamId, next: Time) {
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        watch.standby.next = next;
+        watch.standby.call = None;
+        let Some(feed) = watch.standby.feed.take() else {
+            return;
+        };
+        self.release(vec![feed.ticket]);
+        self.emit(Output::StopStandby {
+            stream: stream.clone(),
+        });
+    }
+
+    /// Stops the standby's feed without ending its ticket (its parent ended it, or
+    /// is about to make it the parent's).
+    pub(crate) fn forget_standby(&mut self, stream: &StreamId, next: Time) {
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        let had = watch.standby.feed.is_some();
+        watch.standby = Standby {
+            next,
+            ..Standby::default()
+        };
+        if had {
+            self.emit(Output::StopStandby {
+                stream: stream.clone(),
+            });
+        }
+    }
+
+    /// The parent stalled: if the standby flows, it is the parent from now on, with
+    /// not a frame lost. Returns whether it took over.
+    pub(crate) fn promote_standby(&mut self, stream: &StreamId) -> bool {
+        let now = self.now;
+        let Some(watch) = self.watch_mut(stream) else {
+            return false;
+        };
+        if !watch.standby.is_flowing() {
+            return false;
+        }
+        let feed = watch.standby.feed.take().expect("flowing");
+        watch.standby.next = now;
+        let parent = feed.ticket.parent.id.clone();
+        let depth = feed.ticket.path.len();
+        let old = watch.promote(feed.ticket, now);
+        self.release(old.into_iter().collect());
+        self.emit(Output::Promote {
+            stream: stream.clone(),
+        });
+        self.event(crate::node::Event::Attached {
+            stream: stream.clone(),
+            parent,
+            depth,
+        });
+        self.paths_changed(stream);
+        true
+    }
+
+    /// Our parent or the standby's place changed: a standby that no longer fits (it
+    /// is our parent now, or below it, or below us) ends, and another is sought.
+    pub(crate) fn check_standby(&mut self, stream: &StreamId) {
+        let now = self.now;
+        let Some(t) = self
+            .streams
+            .get(stream)
+            .and_then(|h| h.watch.as_ref()?.standby.ticket().cloned())
+        else {
+            return;
+        };
+        let ancestors = &t.path[..t.path.len().saturating_sub(1)];
+        if !self.standby_fits(stream, &t.parent.id, ancestors) {
+            self.drop_standby(stream, now);
+        }
+    }
+
+    /// `DELETE /tickets/{id}` or `PUT /tickets/{id}` from our standby parent, if
+    /// `ticket` is a standby's: the stream it belongs to.
+    pub(crate) fn standby_of(
+        &self,
+        ticket: proto::overlay::TicketId,
+        token: &str,
+    ) -> Option<StreamId> {
+        self.streams.iter().find_map(|(s, h)| {
+            let t = h.watch.as_ref()?.standby.ticket()?;
+            (t.id == ticket && t.token == token).then(|| s.clone())
+        })
+    }
+}
