@@ -13,6 +13,7 @@ use serde_json::Value;
 
 const STREAM: &str = "live";
 const BOXES: usize = 12;
+/// The frame rate of `test_pattern`.
 const FPS: u32 = 25;
 
 /// One box as its `GET /status` describes it.
@@ -93,20 +94,7 @@ impl Network {
             ]
         };
         let mut args = common("2");
-        args.extend(
-            [
-                "--source",
-                "test-pattern",
-                "--source-stream",
-                STREAM,
-                "--size",
-                "320x240",
-                "--bitrate-kbps",
-                "300",
-            ]
-            .map(String::from),
-        );
-        args.extend(["--fps".into(), FPS.to_string()]);
+        args.extend(test_pattern(STREAM));
         let source = start_box("source", 10, &args);
         eventually(Duration::from_secs(10), || {
             let listed = portal.get("/api/streams");

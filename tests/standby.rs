@@ -44,21 +44,7 @@ fn failover(standby: bool, octet: u8) -> Failover {
         NodeProc::start_at(name, [127, 0, 0, octet], "", &args)
     };
     let mut source_args = args("2");
-    source_args.extend(
-        [
-            "--source",
-            "test-pattern",
-            "--source-stream",
-            STREAM,
-            "--size",
-            "320x240",
-            "--bitrate-kbps",
-            "300",
-            "--fps",
-            "25",
-        ]
-        .map(String::from),
-    );
+    source_args.extend(test_pattern(STREAM));
     let _source = start("source", octet, source_args);
     eventually(Duration::from_secs(10), || {
         (portal.get("/api/streams")[0]["id"] == STREAM).then_some(())

@@ -173,11 +173,7 @@ impl Node {
                     w.standby.call = Some(call);
                 }
             }
-            None => {
-                if let Some(w) = self.watch_mut(stream) {
-                    w.standby.next = now + retry;
-                }
-            }
+            None => self.drop_standby(stream, now + retry),
         }
     }
 

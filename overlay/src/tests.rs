@@ -29,10 +29,10 @@ struct Harness {
 }
 
 impl Harness {
-    /// A source of `cam` that could reach no portal, so it is its own supernode.
-    fn source(cfg: Config) -> Harness {
+    /// A node that could reach no portal, so it is its own supernode.
+    fn alone(cfg: Config, me: NodeCard, seed: u64) -> Harness {
         let mut h = Harness {
-            node: Node::new(cfg, card("src", 1, 10_000), 7, Time::ZERO),
+            node: Node::new(cfg, me, seed, Time::ZERO),
             now: Time::ZERO,
             next: 0,
             outputs: Vec::new(),
@@ -41,21 +41,18 @@ impl Harness {
             supernodes: Vec::new(),
         });
         let call = h
-            .outputs
-            .iter()
-            .find_map(|o| match o {
-                Output::Call {
-                    call,
-                    to: Target::Portal,
-                    ..
-                } => Some(*call),
-                _ => None,
-            })
+            .call_to(|to, _| matches!(to, Target::Portal))
             .expect("asks the portal");
         h.input(Input::Reply {
             call,
             result: Err(CallError::Unreachable("no portal".into())),
         });
+        h
+    }
+
+    /// A source of `cam`, its own supernode.
+    fn source(cfg: Config) -> Harness {
+        let mut h = Harness::alone(cfg, card("src", 1, 10_000), 7);
         assert!(h.node.is_supernode());
         h.input(Input::Publish {
             stream: stream(),
@@ -456,22 +453,7 @@ fn watcher_under(p: &NodeCard, g: &NodeCard) -> Harness {
         standby: true,
         ..Config::default()
     };
-    let mut h = Harness {
-        node: Node::new(cfg, card("c", 3, 4000), 9, Time::ZERO),
-        now: Time::ZERO,
-        next: 0,
-        outputs: Vec::new(),
-    };
-    h.input(Input::Start {
-        supernodes: Vec::new(),
-    });
-    let portal = h
-        .call_to(|to, _| matches!(to, Target::Portal))
-        .expect("asks the portal");
-    h.input(Input::Reply {
-        call: portal,
-        result: Err(CallError::Unreachable("no portal".into())),
-    });
+    let mut h = Harness::alone(cfg, card("c", 3, 4000), 9);
     h.input(Input::Watch {
         stream: stream(),
         kbps: 2500,

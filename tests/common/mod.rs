@@ -551,6 +551,25 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     back
 }
 
+/// A node's arguments for a small test pattern (320x240, 25 fps, 300 kbit/s)
+/// published as `stream`.
+pub fn test_pattern(stream: &str) -> Vec<String> {
+    [
+        "--source",
+        "test-pattern",
+        "--source-stream",
+        stream,
+        "--size",
+        "320x240",
+        "--bitrate-kbps",
+        "300",
+        "--fps",
+        "25",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Retries `f` until it returns `Some`, for up to `limit`.
 pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
