@@ -86,6 +86,10 @@ impl PartialEq for Frame {
 /// restarted its clock, not that an upstream replayed its cache: start a new epoch.
 const REWIND_LIMIT_MS: u32 = 30_000;
 
+/// Source time a hub keeps before its current GOP, in whole GOPs, for boxes that
+/// resume after a failover: 6 s is 1.5 MB of a 2 Mbit/s stream.
+const HISTORY_MS: u32 = 6_000;
+
 /// Source time over which bitrate and frame rate are measured.
 const RATE_WINDOW_MS: u32 = 2_000;
 
@@ -122,10 +126,10 @@ struct State {
     /// skipping can be given the new ones before its next keyframe.
     headers_gen: u64,
     gop: Vec<Arc<Frame>>,
-    /// The GOP before `gop`: a box that lost its parent resumes from here, from
-    /// after the last frame it has, so a failover loses no frame (see
-    /// [`Hub::subscribe_after`]).
-    previous_gop: Vec<Arc<Frame>>,
+    /// The GOPs before `gop`, oldest first, for [`HISTORY_MS`]: a box that lost its
+    /// parent or moves resumes from here, after the last frame it has, so a failover
+    /// that takes less than that loses no frame (see [`Hub::subscribe_after`]).
+    history: VecDeque<Vec<Arc<Frame>>>,
     last_video: Option<u32>,
     last_audio: Option<u32>,
     subscribers: Vec<Slot>,
@@ -251,7 +255,7 @@ impl Hub {
             state.last_video = None;
             state.last_audio = None;
             state.gop.clear();
-            state.previous_gop.clear();
+            state.history.clear();
             state.video_header = None;
             state.audio_header = None;
             state.meta = None;
@@ -275,8 +279,9 @@ impl Hub {
 
     /// Like [`Hub::subscribe`], for a box that already has the stream up to source
     /// timestamp `after` (it lost its parent, or moves): it gets only the frames after
-    /// that, from the last two GOPs, so it loses none and is sent no GOP it has. When
-    /// `after` is not within them (too old, or another clock), the current GOP.
+    /// that, from the GOPs kept (at least [`HISTORY_MS`]), so it loses none and is sent
+    /// no GOP it has. When `after` is not within them (too old, or another clock), the
+    /// current GOP.
     pub fn subscribe_after(self: &Arc<Self>, after: Option<u32>) -> Subscription {
         let mut state = self.lock();
         let (tx, rx) = mpsc::channel(self.config.queue_len);
@@ -286,7 +291,7 @@ impl Hub {
         initial.extend(state.meta.clone().map(Packet::Meta));
         initial.extend(state.video_header.clone().map(Packet::Media));
         initial.extend(state.audio_header.clone().map(Packet::Media));
-        let history = state.previous_gop.iter().chain(&state.gop);
+        let history = state.history.iter().flatten().chain(&state.gop);
         let oldest = history.clone().next().map(|f| f.tag.timestamp);
         let covered = after.filter(|&after| {
             oldest.is_some_and(|oldest| oldest <= after)
@@ -431,7 +436,7 @@ impl Hub {
                     state.last_video = None;
                     state.last_audio = None;
                     state.continuity.restart();
-                    state.previous_gop.clear();
+                    state.history.clear();
                     state.gop.clear();
                 } else {
                     // Already forwarded: a replayed GOP after a reconnect.
@@ -455,15 +460,27 @@ impl Hub {
         let sync_point =
             tag.is_keyframe() || (tag.kind == TagKind::Audio && state.video_header.is_none());
         let keyframe = tag.is_keyframe();
+        let ts = tag.timestamp;
         let frame = Frame::new(tag);
         if keyframe {
-            state.previous_gop = std::mem::take(&mut state.gop);
+            let gop = std::mem::take(&mut state.gop);
+            if !gop.is_empty() {
+                state.history.push_back(gop);
+            }
+            // Whole GOPs: the oldest goes once the ones after it cover the span alone.
+            while state.history.len() > 1
+                && state.history[1]
+                    .first()
+                    .is_some_and(|f| ts.saturating_sub(f.tag.timestamp) >= HISTORY_MS)
+            {
+                state.history.pop_front();
+            }
         }
         if !state.gop.is_empty() || keyframe {
             if state.gop.len() >= self.config.max_gop_tags {
                 tracing::warn!(stream = %self.name, "no keyframe in {} tags; GOP cache dropped", self.config.max_gop_tags);
                 state.gop.clear();
-                state.previous_gop.clear();
+                state.history.clear();
             } else {
                 state.gop.push(Arc::clone(&frame));
             }

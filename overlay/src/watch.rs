@@ -77,6 +77,8 @@ enum Seek {
     Probing {
         call: CallId,
         stalled_at: Time,
+        /// The parent said it was repairing itself, and we waited.
+        waited: bool,
     },
     Patient {
         recheck: Time,
@@ -655,12 +657,13 @@ impl Node {
             _ => false,
         };
         if interruptible {
-            self.probe(stream, now);
+            self.probe(stream, now, false);
         }
     }
 
-    /// Ask the parent whether `stream` still flows there.
-    fn probe(&mut self, stream: &StreamId, stalled_at: Time) {
+    /// Ask the parent whether `stream` still flows there; `waited` after it said it was
+    /// repairing itself.
+    fn probe(&mut self, stream: &StreamId, stalled_at: Time, waited: bool) {
         let timeout = self.cfg.ping_timeout;
         let Some(parent) = self.watch_mut(stream).and_then(|w| w.parent().cloned()) else {
             return;
@@ -671,7 +674,11 @@ impl Node {
         let pending = Pending::Probe(stream.clone());
         let call = self.call_within(Target::Node(parent), request, pending, timeout);
         if let Some(watch) = self.watch_mut(stream) {
-            watch.seek = Seek::Probing { call, stalled_at };
+            watch.seek = Seek::Probing {
+                call,
+                stalled_at,
+                waited,
+            };
         }
     }
 
@@ -697,6 +704,7 @@ impl Node {
         let Seek::Probing {
             call: c,
             stalled_at,
+            waited,
         } = watch.seek
         else {
             return;
@@ -704,16 +712,20 @@ impl Node {
         if c != call {
             return;
         }
+        let patient = Seek::Patient {
+            recheck: now + RECHECK,
+            stalled_at,
+        };
         match result {
             // The parent is alive and has no stream either: it is repairing itself.
             Ok(Response::Pong {
                 flowing: Some(false),
-            }) if now < stalled_at + patience => {
-                watch.seek = Seek::Patient {
-                    recheck: now + RECHECK,
-                    stalled_at,
-                };
-            }
+            }) if now < stalled_at + patience => watch.seek = patient,
+            // It has repaired itself: the frames it sends again on our connection, which
+            // the media plane keeps, may be on their way.
+            Ok(Response::Pong {
+                flowing: Some(true),
+            }) if waited && now < stalled_at + patience => watch.seek = patient,
             // The parent has the stream but we do not: it dropped us, or the link is bad.
             Ok(_) => self.repair(stream, false),
             Err(_) => self.repair(stream, true),
@@ -806,7 +818,7 @@ impl Node {
                 Seek::Patient {
                     recheck,
                     stalled_at,
-                } if recheck <= now => self.probe(&stream, stalled_at),
+                } if recheck <= now => self.probe(&stream, stalled_at, true),
                 // Its stream never started: repair, which drops the attachment.
                 Seek::Idle if stuck => self.repair(&stream, false),
                 Seek::Idle if watch.next_improve <= now => {

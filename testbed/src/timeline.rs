@@ -285,6 +285,38 @@ impl Timeline {
             .collect()
     }
 
+    /// Every sample of every box as CSV, one line each, the boxes named `names`.
+    pub fn csv(&self, names: &[String]) -> String {
+        use std::fmt::Write;
+        let mut out = String::from(
+            "t_s,box,answered,flowing,parent,standby,depth,forwards,slots,frames,missing,late_500ms,late_1s,late_2s\n",
+        );
+        for s in &self.samples {
+            for (name, b) in names.iter().zip(&s.boxes) {
+                let t = s.at.as_secs_f64();
+                let _ = match b {
+                    None => writeln!(out, "{t:.2},{name},0,0,,,,,,,,,,"),
+                    Some(b) => writeln!(
+                        out,
+                        "{t:.2},{name},1,{},{},{},{},{},{},{},{},{},{},{}",
+                        u8::from(b.flowing),
+                        b.parent.as_deref().unwrap_or(""),
+                        b.standby.as_deref().unwrap_or(""),
+                        b.depth.map_or(String::new(), |d| d.to_string()),
+                        b.forwards,
+                        b.slots,
+                        b.seen.frames,
+                        b.seen.missing,
+                        b.seen.late_500ms,
+                        b.seen.late_1s,
+                        b.seen.late_2s,
+                    ),
+                };
+            }
+        }
+        out
+    }
+
     /// How many boxes sat at each depth (from 1) at the last sample.
     pub fn depths(&self) -> Vec<usize> {
         let Some(last) = self.samples.last() else {

@@ -30,6 +30,9 @@ pub struct TestbedArgs {
     /// Write continuity.svg, depths.svg and stalls.svg here
     #[arg(long)]
     plots: Option<std::path::PathBuf>,
+    /// Write every sample of every box (twice a second) here, as CSV
+    #[arg(long)]
+    csv: Option<std::path::PathBuf>,
     /// Boxes keep a hot-standby parent
     #[arg(long)]
     standby: bool,
@@ -87,6 +90,12 @@ pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
             o.slots,
             o.kbps
         );
+    }
+    if let Some(path) = &args.csv {
+        let names: Vec<String> = bed.viewers.iter().map(|h| h.name.clone()).collect();
+        std::fs::write(path, timeline.csv(&names))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("testbed: samples in {}", path.display());
     }
     if let Some(dir) = &args.plots {
         crate::plot::write(dir, &timeline, &summary)?;

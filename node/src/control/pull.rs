@@ -114,6 +114,10 @@ struct Link {
     player: Player,
     url: RtmpUrl,
     last_media: Instant,
+    /// Silent for the stall timeout, and reported. The connection stays: a parent that
+    /// is repairing itself sends again on it once it has the stream back, and the
+    /// engine decides whether to wait for that or go elsewhere.
+    stalled: bool,
 }
 
 impl Puller {
@@ -171,6 +175,7 @@ impl Puller {
                                 player,
                                 url: url.clone(),
                                 last_media: Instant::now(),
+                                stalled: false,
                             });
                             self.publisher.set_upstream(url.to_string(), true);
                             tracing::info!(parent = %url, switched, "relaying");
@@ -195,6 +200,7 @@ impl Puller {
                                 player,
                                 url: to,
                                 last_media: Instant::now(),
+                                stalled: false,
                             });
                             self.report(Input::StandbyFlowing { stream: self.stream.clone() });
                         }
@@ -205,7 +211,18 @@ impl Puller {
                     }
                 }
                 received = next(&mut current) => match received {
-                    Ok(received) => self.take(&mut current, received),
+                    Ok(received) => {
+                        let resumed = current.as_ref().is_some_and(|l| l.stalled)
+                            && matches!(received, Received::Media(_));
+                        self.take(&mut current, received);
+                        if resumed {
+                            let link = current.as_mut().expect("read from it");
+                            link.stalled = false;
+                            tracing::info!(parent = %link.url, "the parent sends again");
+                            self.publisher.set_upstream(link.url.to_string(), true);
+                            self.report(Input::Flowing { stream: self.stream.clone() });
+                        }
+                    }
                     Err(e) => {
                         let lost = current.take().expect("read only from a parent");
                         self.lost(&lost.url, &e.to_string(), connecting.is_some());
@@ -221,9 +238,12 @@ impl Puller {
                 },
                 _ = check.tick() => {
                     let why = format!("no media for {} ms", self.stall_timeout.as_millis());
-                    if current.as_ref().is_some_and(|l| l.last_media.elapsed() >= self.stall_timeout) {
-                        let lost = current.take().expect("checked");
-                        self.lost(&lost.url, &why, connecting.is_some());
+                    if let Some(link) = current.as_mut().filter(|l| {
+                        !l.stalled && l.last_media.elapsed() >= self.stall_timeout
+                    }) {
+                        link.stalled = true;
+                        let url = link.url.clone();
+                        self.lost(&url, &why, connecting.is_some());
                     }
                     if standby.as_ref().is_some_and(|l| l.last_media.elapsed() >= self.stall_timeout) {
                         let lost = standby.take().expect("checked");

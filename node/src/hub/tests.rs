@@ -84,7 +84,7 @@ fn a_box_that_resumes_gets_every_frame_after_its_last_and_no_more() {
     let hub = hub();
     let publisher = hub.claim(local()).unwrap();
     publisher.push(avc_header());
-    push_frames(&publisher, 0, 75, 30); // keyframes at 0, 30, 60: the last two GOPs kept
+    push_frames(&publisher, 0, 75, 30); // keyframes at 0, 30, 60: all kept (2.5 s)
     let ts = |n: u32| n * 1000 / 30;
 
     // It has frames up to 50, in the GOP before the current one: 51..75 follow.
@@ -99,11 +99,17 @@ fn a_box_that_resumes_gets_every_frame_after_its_last_and_no_more() {
     publisher.push(inter(ts(75)));
     assert_eq!(media(&drain(&mut sub)), vec![inter(ts(75))]);
 
+    // Ten seconds later, 6 s of whole GOPs are kept: 5 s back is there, 9 s is not.
+    push_frames(&publisher, 75, 375, 30);
+    let first = |after: u32| media(&drain(&mut hub.subscribe_after(Some(after))))[1].timestamp;
+    assert_eq!(first(ts(225)), ts(226));
+    assert_eq!(first(ts(100)), ts(360), "the current GOP");
+
     // Older than the kept GOPs, or ahead of this hub's clock: the current GOP.
-    for after in [ts(10), ts(2000)] {
-        hub.lock().previous_gop.clear();
+    for after in [ts(10), ts(5000)] {
+        hub.lock().history.clear();
         let tags = media(&drain(&mut hub.subscribe_after(Some(after))));
-        assert_eq!(tags[1].timestamp, ts(60), "after {after}");
+        assert_eq!(tags[1].timestamp, ts(360), "after {after}");
         assert!(tags[1].is_keyframe());
     }
 }
