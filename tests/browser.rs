@@ -197,7 +197,11 @@ fn the_portal_and_the_box_pages_work_in_chromium() {
     let portal = chain.portal.url();
     let (first, last) = (&chain.boxes[0], &chain.boxes[CHAIN - 1]);
 
-    // The list: the stream with its facts and a still from the source.
+    // The list: the stream with its facts and a still from the source, once the
+    // supernodes have counted every box (they report a change within seconds).
+    eventually(Duration::from_secs(20), || {
+        (chain.portal.get("/api/streams")[0]["viewers"] == CHAIN).then_some(())
+    });
     let list = browser("list", json!({"portal": portal, "stream": STREAM}));
     assert_eq!(list["streams"], json!([STREAM]));
     assert_eq!(list["title"], "Browser test");

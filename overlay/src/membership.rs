@@ -278,6 +278,12 @@ impl Node {
 
     pub(crate) fn refresh_neighbours(&mut self) {
         let request = self.promote_request();
+        let now = self.now;
+        if let (Some(sn), Request::PromoteSupernode { viewers, .. }) =
+            (self.supernode.as_mut(), &request)
+        {
+            sn.reporting(viewers, now);
+        }
         self.call(Target::Portal, request, Pending::Refresh);
     }
 

@@ -45,7 +45,15 @@ pub(crate) struct Supernode {
     seen: HashMap<u64, Time>,
     pub next_refresh: Time,
     next_sweep: Time,
+    /// The viewer counts the portal last heard, and when; a change is reported
+    /// within [`VIEWERS_EVERY`] (at `report_at`), not at the next refresh only.
+    reported: BTreeMap<StreamId, u32>,
+    last_report: Time,
+    report_at: Option<Time>,
 }
+
+/// Most often a supernode tells the portal that its viewer counts changed.
+const VIEWERS_EVERY: Duration = Duration::from_secs(5);
 
 struct Registered {
     card: NodeCard,
@@ -76,13 +84,32 @@ impl Supernode {
             seen: HashMap::new(),
             next_refresh: now + Duration::from_secs(10),
             next_sweep: now + SWEEP,
+            reported: BTreeMap::new(),
+            last_report: now,
+            report_at: None,
         }
     }
 
-    /// Boxes registered here (this one included) holding each stream.
+    /// The portal hears these viewer counts now.
+    pub(crate) fn reporting(&mut self, viewers: &BTreeMap<StreamId, u32>, now: Time) {
+        self.reported = viewers.clone();
+        self.last_report = now;
+    }
+
+    /// The registry's holdings changed: the viewer counts may have.
+    fn touched(&mut self, now: Time) {
+        // Half a second later at least, so that a burst of changes is one report.
+        if self.report_at.is_none() {
+            self.report_at =
+                Some((now + Duration::from_millis(500)).max(self.last_report + VIEWERS_EVERY));
+        }
+    }
+
+    /// Boxes registered here (this one included) watching each stream: holding it,
+    /// and not its source.
     pub(crate) fn viewers(&self) -> BTreeMap<StreamId, u32> {
         let mut viewers = BTreeMap::new();
-        for (_, holding) in self.holdings.iter() {
+        for (_, holding) in self.holdings.iter().filter(|(_, h)| !h.path.is_empty()) {
             *viewers.entry(holding.stream.clone()).or_default() += 1;
         }
         viewers
@@ -188,19 +215,24 @@ impl Node {
         child.lease_until = now + lease;
         let peer = child.card.peer.clone();
         sn.holdings.set(&peer, holdings);
+        sn.touched(now);
         Ok(Response::Done)
     }
 
     pub(crate) fn sn_unregister(&mut self, node: &NodeId) -> Result<Response, Refusal> {
+        let now = self.now;
         let sn = self.sn()?;
         sn.children.remove(node);
         sn.holdings.forget(node);
+        sn.touched(now);
         Ok(Response::Done)
     }
 
     pub(crate) fn sn_own_holdings(&mut self, holdings: Vec<Holding>) {
+        let now = self.now;
         if let Some(sn) = self.supernode.as_mut() {
             sn.holdings.set(&self.me.peer, holdings);
+            sn.touched(now);
         }
     }
 
@@ -345,6 +377,7 @@ impl Node {
                 let children = &sn.children;
                 sn.holdings
                     .retain(|peer| &peer.id == me || children.contains_key(&peer.id));
+                sn.touched(now);
             }
             sn.seen.retain(|_, until| *until > now);
             sn.next_sweep = now + SWEEP;
@@ -355,7 +388,11 @@ impl Node {
             .filter(|(_, f)| f.deadline <= now)
             .map(|(q, _)| *q)
             .collect();
-        let refresh = sn.next_refresh <= now;
+        let mut refresh = sn.next_refresh <= now;
+        if sn.report_at.is_some_and(|t| t <= now) {
+            sn.report_at = None;
+            refresh |= sn.viewers() != sn.reported;
+        }
         if refresh {
             sn.next_refresh = now + self.cfg.neighbour_refresh;
         }
@@ -374,6 +411,7 @@ impl Node {
             sweep,
             sn.floods.values().map(|f| f.deadline).min(),
             Some(sn.next_refresh),
+            sn.report_at,
         ]
         .into_iter()
         .flatten()

@@ -595,3 +595,36 @@ fn a_standby_is_granted_only_from_a_free_slot_and_yields_it_to_a_box() {
     ));
     assert_eq!(h.children(), 2);
 }
+
+#[test]
+fn a_supernode_reports_a_change_of_viewers_within_seconds() {
+    let mut h = Harness::source(Config::default());
+    let kid = card("k", 30, 4000);
+    h.request(Request::Register { node: kid.clone() })
+        .expect("registered");
+    h.request(Request::Announce {
+        node: kid.peer.id.clone(),
+        holdings: vec![proto::overlay::Holding {
+            stream: stream(),
+            path: vec![NodeId::new("src").unwrap()].into(),
+            slots: 1,
+            free: 1,
+            weakest_child: None,
+        }],
+    })
+    .expect("announced");
+    let before = h.outputs.len();
+    for _ in 0..600 {
+        h.tick();
+    }
+    let reported = h.outputs[before..].iter().find_map(|o| match o {
+        Output::Call {
+            to: Target::Portal,
+            request: Request::PromoteSupernode { viewers, .. },
+            ..
+        } => Some(viewers.clone()),
+        _ => None,
+    });
+    // One box watches; the source itself is not counted.
+    assert_eq!(reported, Some([(stream(), 1)].into_iter().collect()));
+}

@@ -320,7 +320,11 @@ impl Testbed {
             .args(["netns", "exec", &host.ns])
             .arg(&self.options.astral)
             .args(args)
-            .env("ASTRAL_LOG", "info")
+            // The driver's own ASTRAL_LOG reaches every box (info when unset).
+            .env(
+                "ASTRAL_LOG",
+                std::env::var("ASTRAL_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
