@@ -140,8 +140,14 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 }
 
 pub fn get(url: &str) -> anyhow::Result<serde_json::Value> {
+    get_within(url, Duration::from_secs(3))
+}
+
+/// GET with a deadline: a box whose link is down answers nothing, and the sampler
+/// must not wait on it for long.
+pub(crate) fn get_within(url: &str, limit: Duration) -> anyhow::Result<serde_json::Value> {
     let body = ureq::get(url)
-        .timeout(Duration::from_secs(3))
+        .timeout(limit)
         .call()
         .with_context(|| format!("GET {url}"))?
         .into_string()?;

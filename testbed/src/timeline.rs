@@ -11,7 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::{Continuity, Stall};
 
-use crate::{get, STREAM};
+use crate::{get, get_within, STREAM};
+
+/// A box on the bridge answers within milliseconds; one that does not within this
+/// long is down (a power cut takes its link), and the sample goes on without it.
+const PROBE_LIMIT: Duration = Duration::from_millis(500);
 
 /// One box as one sample saw it.
 #[derive(Debug, Clone, Default)]
@@ -77,14 +81,14 @@ pub struct Sampler {
 
 /// A box's state from its API at `api`; `None` when it does not answer.
 pub(crate) fn probe(api: &str) -> Option<BoxState> {
-    let status = get(&format!("{api}/status")).ok()?;
+    let status = get_within(&format!("{api}/status"), PROBE_LIMIT).ok()?;
     let overlay = &status["overlay"];
     let place = &overlay["streams"][0];
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     let connected = place["tickets"].as_array().map_or(0, |t| {
         t.iter().filter(|t| t["connected"] == true).count() as u64
     });
-    let seen = get(&format!("{api}/streams/{STREAM}"))
+    let seen = get_within(&format!("{api}/streams/{STREAM}"), PROBE_LIMIT)
         .ok()
         .and_then(|info| serde_json::from_value(info["continuity"].clone()).ok())
         .unwrap_or_default();
