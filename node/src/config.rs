@@ -75,8 +75,9 @@ pub struct NodeArgs {
     /// An upstream silent for this long counts as dead [default: 1000]
     #[arg(long)]
     pub stall_timeout_ms: Option<u64>,
-    /// Keep a hot-standby feed from the parent's parent where it has a free slot, so
-    /// that the parent's failure loses nothing [default: off; `relay.standby`]
+    /// Keep a hot-standby feed from a second parent with a free slot, outside the
+    /// parent's subtree, so that the parent's failure loses nothing [default: off;
+    /// `relay.standby`]
     #[arg(long)]
     pub standby: bool,
     /// A supernode's API address (HOST:PORT), tried before the portal's list. Repeat

@@ -357,19 +357,7 @@ impl Node {
 
     /// Ends a child's ticket on its side and ours, naming no one to go to.
     fn end_child(&mut self, stream: &StreamId, id: TicketId) {
-        let Some(child) = self.streams.get(stream).and_then(|h| h.children.get(&id)) else {
-            return;
-        };
-        let request = Request::EndTicket {
-            ticket: id,
-            token: child.token.clone(),
-            handover: None,
-        };
-        self.call(
-            Target::Node(child.card.peer.clone()),
-            request,
-            Pending::Quiet,
-        );
+        self.send_child_away(stream, id, None, Pending::Quiet);
         self.remove_child(stream, id);
     }
 

@@ -456,7 +456,7 @@ impl Node {
                 standby: held
                     .watch
                     .as_ref()
-                    .and_then(|w| w.standby_parent())
+                    .and_then(|w| w.standby.parent())
                     .cloned(),
             })
             .collect()

@@ -75,9 +75,7 @@ impl Node {
             .filter_map(|(stream, held)| {
                 let watch = held.watch.as_ref()?;
                 let ticket = watch.ticket()?;
-                let wanted = watch.is_flowing()
-                    && watch.is_settled()
-                    && watch.standby.deadline().is_some_and(|t| t <= now);
+                let wanted = watch.standby_due().is_some_and(|t| t <= now);
                 wanted.then(|| (stream.clone(), ticket.backup.clone()))
             })
             .collect();
@@ -243,38 +241,30 @@ impl Node {
         self.drop_standby(stream, next);
     }
 
-    /// Ends the standby, if any; the next is asked for at `next`.
+    /// Ends the standby, if any, and its ticket; the next is asked for at `next`.
     pub(crate) fn drop_standby(&mut self, stream: &StreamId, next: Time) {
-        let Some(watch) = self.watch_mut(stream) else {
-            return;
-        };
-        watch.standby.next = next;
-        watch.standby.call = None;
-        let Some(feed) = watch.standby.feed.take() else {
-            return;
-        };
-        self.release(vec![feed.ticket]);
-        self.emit(Output::StopStandby {
-            stream: stream.clone(),
-        });
+        if let Some(ticket) = self.forget_standby(stream, next) {
+            self.release(vec![ticket]);
+        }
     }
 
     /// Stops the standby's feed without ending its ticket (its parent ended it, or
-    /// is about to make it the parent's).
-    pub(crate) fn forget_standby(&mut self, stream: &StreamId, next: Time) {
-        let Some(watch) = self.watch_mut(stream) else {
-            return;
-        };
-        let had = watch.standby.feed.is_some();
-        watch.standby = Standby {
-            next,
-            ..Standby::default()
-        };
-        if had {
-            self.emit(Output::StopStandby {
-                stream: stream.clone(),
-            });
-        }
+    /// is about to make it the parent's), which it returns; the next standby is asked
+    /// for at `next`.
+    pub(crate) fn forget_standby(&mut self, stream: &StreamId, next: Time) -> Option<Ticket> {
+        let watch = self.watch_mut(stream)?;
+        let feed = std::mem::replace(
+            &mut watch.standby,
+            Standby {
+                next,
+                ..Standby::default()
+            },
+        )
+        .feed?;
+        self.emit(Output::StopStandby {
+            stream: stream.clone(),
+        });
+        Some(feed.ticket)
     }
 
     /// The parent stalled: if the standby flows, it is the parent from now on, with

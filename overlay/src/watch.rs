@@ -107,13 +107,11 @@ impl Watch {
         }
     }
 
-    /// Attached, and not looking for another parent.
-    pub(crate) fn is_settled(&self) -> bool {
-        self.attached.is_some() && matches!(self.seek, Seek::Idle)
-    }
-
-    pub(crate) fn standby_parent(&self) -> Option<&NodeId> {
-        self.standby.parent()
+    /// When this node asks for a standby next: once its stream flows and it is not
+    /// looking for another parent.
+    pub(crate) fn standby_due(&self) -> Option<Time> {
+        let settled = self.is_flowing() && matches!(self.seek, Seek::Idle);
+        self.standby.deadline().filter(|_| settled)
     }
 
     /// The standby's ticket becomes the parent's, its stream already flowing; returns
@@ -843,10 +841,7 @@ impl Node {
             .values()
             .filter_map(|h| {
                 let w = h.watch.as_ref()?;
-                let next_standby = w
-                    .standby
-                    .deadline()
-                    .filter(|_| standby && w.is_flowing() && w.is_settled());
+                let next_standby = w.standby_due().filter(|_| standby);
                 [w.deadline(), next_standby].into_iter().flatten().min()
             })
             .min()

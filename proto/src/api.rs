@@ -68,6 +68,30 @@ pub struct Continuity {
     pub stalls: Vec<Stall>,
 }
 
+impl Continuity {
+    /// Frames late for a player with a buffer of `buffer_ms` (500, 1000 or 2000).
+    pub fn late(&self, buffer_ms: u32) -> u64 {
+        match buffer_ms {
+            ..=500 => self.late_500ms,
+            501..=1000 => self.late_1s,
+            _ => self.late_2s,
+        }
+    }
+
+    /// What was counted after `earlier`, the counts at an earlier moment (the stalls
+    /// left out).
+    pub fn since(&self, earlier: &Continuity) -> Continuity {
+        Continuity {
+            frames: self.frames.saturating_sub(earlier.frames),
+            missing: self.missing.saturating_sub(earlier.missing),
+            late_500ms: self.late_500ms.saturating_sub(earlier.late_500ms),
+            late_1s: self.late_1s.saturating_sub(earlier.late_1s),
+            late_2s: self.late_2s.saturating_sub(earlier.late_2s),
+            stalls: Vec::new(),
+        }
+    }
+}
+
 /// A wait between two video frames arriving at a box.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stall {
@@ -80,11 +104,7 @@ impl Continuity {
     /// The share of frames on time with a buffer of `buffer_ms` (500, 1000 or 2000):
     /// the continuity index. 1 before any frame.
     pub fn index(&self, buffer_ms: u32) -> f64 {
-        let late = match buffer_ms {
-            ..=500 => self.late_500ms,
-            501..=1000 => self.late_1s,
-            _ => self.late_2s,
-        };
+        let late = self.late(buffer_ms);
         let expected = self.frames + self.missing;
         if expected == 0 {
             return 1.0;

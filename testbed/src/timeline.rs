@@ -215,9 +215,9 @@ impl Timeline {
                     if !a.continues(b) {
                         continue;
                     }
-                    let d = delta(&a.seen, &b.seen);
+                    let d = b.seen.since(&a.seen);
                     due += d.frames + d.missing;
-                    on_time += d.frames - late(&d, buffer_ms).min(d.frames);
+                    on_time += d.frames - d.late(buffer_ms).min(d.frames);
                 }
                 (due > 0).then(|| (w[1].at, on_time as f64 / due as f64))
             })
@@ -240,7 +240,7 @@ impl Timeline {
             .enumerate()
             .filter_map(|(i, (a, b))| {
                 let (a, b) = (a.as_ref()?, b.as_ref()?);
-                a.continues(b).then(|| (i, delta(&a.seen, &b.seen)))
+                a.continues(b).then(|| (i, b.seen.since(&a.seen)))
             })
             .collect()
     }
@@ -336,25 +336,6 @@ impl Timeline {
         (1..=deepest)
             .map(|d| depths.iter().filter(|&&x| x == d).count())
             .collect()
-    }
-}
-
-fn delta(a: &Continuity, b: &Continuity) -> Continuity {
-    Continuity {
-        frames: b.frames.saturating_sub(a.frames),
-        missing: b.missing.saturating_sub(a.missing),
-        late_500ms: b.late_500ms.saturating_sub(a.late_500ms),
-        late_1s: b.late_1s.saturating_sub(a.late_1s),
-        late_2s: b.late_2s.saturating_sub(a.late_2s),
-        stalls: Vec::new(),
-    }
-}
-
-fn late(c: &Continuity, buffer_ms: u32) -> u64 {
-    match buffer_ms {
-        ..=500 => c.late_500ms,
-        501..=1000 => c.late_1s,
-        _ => c.late_2s,
     }
 }
 

@@ -166,17 +166,9 @@ impl Puller {
                 joined = wait(&mut connecting) => {
                     connecting = None;
                     match joined {
-                        Ok((player, first)) => {
-                            for received in first {
-                                self.deliver(received);
-                            }
+                        Ok(joined) => {
                             let switched = current.is_some();
-                            current = Some(Link {
-                                player,
-                                url: url.clone(),
-                                last_media: Instant::now(),
-                                stalled: false,
-                            });
+                            current = Some(self.link(joined, url.clone()));
                             self.publisher.set_upstream(url.to_string(), true);
                             tracing::info!(parent = %url, switched, "relaying");
                             self.report(Input::Flowing { stream: self.stream.clone() });
@@ -191,23 +183,12 @@ impl Puller {
                     standby_connecting = None;
                     let to = standby_url.clone().expect("a standby being connected");
                     match joined {
-                        Ok((player, first)) => {
-                            for received in first {
-                                self.deliver(received);
-                            }
+                        Ok(joined) => {
                             tracing::info!(parent = %to, "standby flowing");
-                            standby = Some(Link {
-                                player,
-                                url: to,
-                                last_media: Instant::now(),
-                                stalled: false,
-                            });
+                            standby = Some(self.link(joined, to));
                             self.report(Input::StandbyFlowing { stream: self.stream.clone() });
                         }
-                        Err(e) => {
-                            tracing::info!(parent = %to, "no standby: {e}");
-                            self.report(Input::StandbyLost { stream: self.stream.clone() });
-                        }
+                        Err(e) => self.standby_lost(&to, &e.to_string()),
                     }
                 }
                 received = next(&mut current) => match received {
@@ -232,8 +213,7 @@ impl Puller {
                     Ok(received) => self.take(&mut standby, received),
                     Err(e) => {
                         let lost = standby.take().expect("read only from a standby");
-                        tracing::info!(parent = %lost.url, "standby lost: {e}");
-                        self.report(Input::StandbyLost { stream: self.stream.clone() });
+                        self.standby_lost(&lost.url, &e.to_string());
                     }
                 },
                 _ = check.tick() => {
@@ -247,12 +227,31 @@ impl Puller {
                     }
                     if standby.as_ref().is_some_and(|l| l.last_media.elapsed() >= self.stall_timeout) {
                         let lost = standby.take().expect("checked");
-                        tracing::info!(parent = %lost.url, "standby lost: {why}");
-                        self.report(Input::StandbyLost { stream: self.stream.clone() });
+                        self.standby_lost(&lost.url, &why);
                     }
                 }
             }
         }
+    }
+
+    /// A parent connected: what it sent first goes into the hub.
+    fn link(&self, (player, first): (Player, Vec<Received>), url: RtmpUrl) -> Link {
+        for received in first {
+            self.deliver(received);
+        }
+        Link {
+            player,
+            url,
+            last_media: Instant::now(),
+            stalled: false,
+        }
+    }
+
+    fn standby_lost(&self, parent: &RtmpUrl, why: &str) {
+        tracing::info!(%parent, "standby lost: {why}");
+        self.report(Input::StandbyLost {
+            stream: self.stream.clone(),
+        });
     }
 
     /// What a parent sent: into the hub, which keeps the first copy of each frame.
