@@ -1,18 +1,20 @@
 //! The network-namespace testbed (tier 4): a portal, a noisy 2 Mbit/s source and 24
-//! boxes with household uploads (1.5, 3 and 6 Mbit/s, `tc tbf`), each in a namespace
-//! of its own, sampled twice a second throughout.
+//! boxes with household uploads (6, 6 and 3 Mbit/s, `tc tbf`) that keep a hot-standby
+//! parent, each in a namespace of its own, sampled twice a second throughout.
 //!
 //! - A flash crowd: every box is asked to watch within a few hundred milliseconds, and
 //!   every one plays.
 //! - 20 s of steady play: every box plays, and boxes rather than the source send the
 //!   bytes.
 //! - 60 s of faults (`testbed::Chaos`): relays killed with SIGKILL (one comes back), a
-//!   box leaving, a supernode's power cut; then every box still running plays.
+//!   box leaving, a supernode's power cut. Issue 7's goals hold at every box that ran
+//!   throughout: continuity at least 0.995 for a player with a 1 s buffer, no wait
+//!   for a frame over 2 s, no frame lost; and no box ever forwards beyond its slots or
+//!   its upload. Then every box still running plays.
 //!
-//! Continuity, stalls and forwards against slots and upload are printed, not yet
-//! asserted: on this debug build a box can still be late after the joins, while the
-//! GOPs sent to joining boxes congest household uploads (issue 7's work).
-//! Needs root; elsewhere it says so and does nothing.
+//! The tighter 1.5/3/6 mix, without standbys, is `cargo xtask testbed`'s default; its
+//! figures are in docs/BENCHMARKS.md. Needs root; elsewhere it says so and does
+//! nothing.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -26,8 +28,10 @@ fn a_household_network_of_boxes_plays_through_faults() {
         return;
     }
     let astral = PathBuf::from(env!("CARGO_BIN_EXE_astral"));
-    let mut bed =
-        testbed::Testbed::start(testbed::Options::new(astral, HOSTS)).expect("the testbed starts");
+    let mut options = testbed::Options::new(astral, HOSTS);
+    options.uplinks_kbps = vec![6000, 6000, 3000];
+    options.standby = true;
+    let mut bed = testbed::Testbed::start(options).expect("the testbed starts");
     let sampler = bed.sample(Duration::from_millis(500));
     let asked = Instant::now();
     bed.watch_all().expect("every box is asked to watch");
@@ -43,7 +47,6 @@ fn a_household_network_of_boxes_plays_through_faults() {
         joined.table()
     );
 
-    let steady_from = sampler.start_instant().elapsed();
     std::thread::sleep(Duration::from_secs(20));
     let report = bed.report().expect("a report").since(&joined);
     eprintln!("20 s of steady play:\n{}", report.table());
@@ -95,11 +98,6 @@ fn a_household_network_of_boxes_plays_through_faults() {
     }
     let timeline = sampler.finish(bed.faults.clone());
     let uplinks = bed.uplinks();
-    let steady = timeline.summary(steady_from, &uplinks);
-    eprintln!(
-        "samples in steady play with a box beyond its slots or upload: {:?}",
-        steady.overruns
-    );
     let faults = timeline.summary(chaos_from, &uplinks);
     eprintln!("over 60 s of faults:\n{}", faults.table());
     assert!(
@@ -111,5 +109,43 @@ fn a_household_network_of_boxes_plays_through_faults() {
         faults.survivors.len() >= HOSTS - 4,
         "{} boxes ran throughout",
         faults.survivors.len()
+    );
+    let names = |hosts: Vec<usize>| -> Vec<&str> {
+        hosts
+            .into_iter()
+            .map(|i| bed.viewers[i].name.as_str())
+            .collect()
+    };
+    let short = names(
+        faults
+            .survivors
+            .iter()
+            .filter(|(_, index)| index[1] < 0.995)
+            .map(|(i, _)| *i)
+            .collect(),
+    );
+    assert!(
+        short.is_empty(),
+        "continuity under 0.995 at {short:?}\n{}",
+        faults.table()
+    );
+    let long = names(
+        faults
+            .stalls
+            .iter()
+            .filter(|s| s.length > Duration::from_secs(2))
+            .map(|s| s.host)
+            .collect(),
+    );
+    assert!(
+        long.is_empty(),
+        "{long:?} went over 2 s without a frame\n{}",
+        faults.table()
+    );
+    assert_eq!(faults.lost, 0, "frames lost\n{}", faults.table());
+    let overruns = timeline.overruns(&uplinks);
+    assert!(
+        overruns.is_empty(),
+        "boxes forwarded beyond their slots or upload: {overruns:?}"
     );
 }

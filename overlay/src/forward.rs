@@ -83,12 +83,7 @@ impl Node {
                 .saturating_add(reserved)
                 .saturating_add(held.viewers),
         );
-        let budget = f64::from(self.me.upload_kbps) * self.cfg.upload_share;
-        let used: f64 = self
-            .streams
-            .values()
-            .map(|h| f64::from(h.kbps) * (h.children.len() + usize::from(h.viewers)) as f64)
-            .sum();
+        let (budget, used) = self.upload_budget();
         let by_budget = if held.kbps == 0 {
             u8::MAX
         } else {
@@ -97,6 +92,18 @@ impl Node {
                 .clamp(0.0, 255.0) as u8
         };
         by_slots.min(by_budget)
+    }
+
+    /// The upload this node gives forwards, and what its children and viewers of
+    /// every stream take of it, kbit/s.
+    fn upload_budget(&self) -> (f64, f64) {
+        let budget = f64::from(self.me.upload_kbps) * self.cfg.upload_share;
+        let used = self
+            .streams
+            .values()
+            .map(|h| f64::from(h.kbps) * (h.children.len() + usize::from(h.viewers)) as f64)
+            .sum();
+        (budget, used)
     }
 
     fn child_slots(&self, card: &NodeCard, kbps: u32) -> u8 {
@@ -607,21 +614,49 @@ impl Node {
         child.idle_since = now;
         // An adopter that now plays from us holds the stream: the child it displaced
         // moves to it. Break-before-make, so that this node never forwards more than
-        // its slots: the displaced child's player goes once it heard where to go, and
-        // the adopter's cached GOP fills the gap (its hub drops what it already has).
+        // its slots: the displaced child's ticket and player end as it is told where
+        // to go, and the adopter's cached GOP fills the gap (a resumed pull).
         if connected {
             if let Some(displaced) = child.evicts.take() {
                 let adopter = child.card.peer.clone();
-                let pending = Pending::Displaced(stream.clone(), displaced);
-                self.send_child_away(stream, displaced, Some(adopter), pending);
+                self.send_child_away(stream, displaced, Some(adopter), Pending::Quiet);
+                self.remove_child(stream, displaced);
             }
         }
     }
 
-    /// The displaced child heard where to go (or cannot be reached): its slot is the
-    /// adopter's now.
-    pub(crate) fn on_displaced(&mut self, stream: &StreamId, id: TicketId) {
-        self.remove_child(stream, id);
+    /// The stream's rate went up or our upload down: children beyond the slots that
+    /// are left go, standbys first, then the weakest, the newest among equals, each
+    /// told to search. A node never forwards more than its slots.
+    pub(crate) fn shed_excess(&mut self, stream: &StreamId) {
+        loop {
+            let Some(held) = self.streams.get(stream) else {
+                return;
+            };
+            let (budget, used) = self.upload_budget();
+            let forwards = held.children.len() + usize::from(held.viewers);
+            let over_slots = forwards > usize::from(self.slots_for(held));
+            if !over_slots && used <= budget {
+                return;
+            }
+            let Some(id) = held
+                .children
+                .iter()
+                .min_by_key(|(_, c)| {
+                    (
+                        !c.standby,
+                        self.child_slots(&c.card, held.kbps),
+                        Reverse(c.idle_since),
+                    )
+                })
+                .map(|(id, _)| *id)
+            else {
+                // Only viewers: the driver caps them at the free slots.
+                return;
+            };
+            self.send_child_away(stream, id, None, Pending::Quiet);
+            self.remove_child(stream, id);
+        }
     }
 
     /// The ticket of the player presenting `token` for `stream`, if it has one.

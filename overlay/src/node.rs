@@ -216,8 +216,6 @@ pub(crate) enum Pending {
     Flood(u64),
     StandbySearch(StreamId),
     StandbyTicket(StreamId),
-    /// A child displaced by a stronger one was told to move: its player goes.
-    Displaced(StreamId, TicketId),
     /// A leaving supernode handed its children to a successor: once it has them,
     /// they are sent there.
     Adopt {
@@ -343,6 +341,7 @@ impl Node {
                 if let Some(held) = self.streams.get_mut(&stream) {
                     if held.kbps != kbps {
                         held.kbps = kbps;
+                        self.shed_excess(&stream);
                         self.announce_soon();
                     }
                 }
@@ -354,6 +353,10 @@ impl Node {
                 if (self.me.max_forwards, self.me.upload_kbps) != (max_forwards, upload_kbps) {
                     self.me.max_forwards = max_forwards;
                     self.me.upload_kbps = upload_kbps;
+                    let streams: Vec<StreamId> = self.streams.keys().cloned().collect();
+                    for stream in streams {
+                        self.shed_excess(&stream);
+                    }
                     self.announce_soon();
                 }
             }
@@ -609,7 +612,6 @@ impl Node {
             Pending::Flood(query) => self.on_flood_reply(query, result),
             Pending::StandbySearch(stream) => self.on_standby_search(call, &stream, result),
             Pending::StandbyTicket(stream) => self.on_standby_ticket(call, &stream, result),
-            Pending::Displaced(stream, id) => self.on_displaced(&stream, id),
             Pending::Adopt {
                 successor,
                 children,

@@ -22,6 +22,10 @@ use crate::Time;
 pub(crate) struct Standby {
     feed: Option<Feed>,
     call: Option<CallId>,
+    /// The search's other boxes with a free slot, shallowest first: asked in turn when
+    /// one says no (its free slot went to a joiner or to another's standby), before
+    /// the next search.
+    others: Vec<Peer>,
     /// Not asked for before this.
     next: Time,
 }
@@ -154,24 +158,32 @@ impl Node {
             Some(w) if w.standby.call == Some(call) => w.standby.call = None,
             _ => return,
         }
-        let found: Vec<Candidate> = match result {
+        let mut found: Vec<Candidate> = match result {
             Ok(Response::Candidates { candidates }) => candidates,
             _ => Vec::new(),
         };
-        let best = found
-            .into_iter()
-            .filter(|c| {
-                c.holding.free > 0 && self.standby_fits(stream, &c.peer.id, &c.holding.path)
-            })
-            .min_by_key(|c| c.holding.depth());
-        match best {
-            Some(c) => {
-                let call = self.ask_standby(stream, c.peer);
-                if let Some(w) = self.watch_mut(stream) {
-                    w.standby.call = Some(call);
-                }
-            }
-            None => self.drop_standby(stream, now + retry),
+        found.retain(|c| {
+            c.holding.free > 0 && self.standby_fits(stream, &c.peer.id, &c.holding.path)
+        });
+        // Stable: the supernode's random order among equals stays.
+        found.sort_by_key(|c| c.holding.depth());
+        let others = found.into_iter().rev().map(|c| c.peer).collect();
+        if let Some(w) = self.watch_mut(stream) {
+            w.standby.others = others;
+        }
+        self.ask_next_standby(stream, now + retry);
+    }
+
+    /// Asks the next box the search found for a standby ticket; none left, the next
+    /// search is at `next`.
+    fn ask_next_standby(&mut self, stream: &StreamId, next: Time) {
+        let Some(peer) = self.watch_mut(stream).and_then(|w| w.standby.others.pop()) else {
+            self.drop_standby(stream, next);
+            return;
+        };
+        let call = self.ask_standby(stream, peer);
+        if let Some(w) = self.watch_mut(stream) {
+            w.standby.call = Some(call);
         }
     }
 
@@ -209,7 +221,10 @@ impl Node {
                 return;
             }
             _ => {
-                self.drop_standby(stream, now + retry);
+                if let Some(w) = self.watch_mut(stream) {
+                    w.standby.call = None;
+                }
+                self.ask_next_standby(stream, now + retry);
                 return;
             }
         };
@@ -217,6 +232,7 @@ impl Node {
             return;
         };
         watch.standby.call = None;
+        watch.standby.others.clear();
         let (parent, token) = (ticket.parent.clone(), ticket.token.clone());
         watch.standby.feed = Some(Feed {
             ticket,

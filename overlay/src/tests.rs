@@ -122,13 +122,14 @@ fn slots_follow_the_upload_budget() {
 }
 
 #[test]
-fn lowering_capacity_keeps_children_and_takes_no_new_one() {
+fn lowering_capacity_sends_the_newest_child_away_and_takes_no_new_one() {
     let mut h = Harness::source(Config::default());
     let kids: Vec<NodeCard> = (0..2)
         .map(|i| card(&format!("k{i}"), 10 + i, 4000))
         .collect();
+    let mut tickets = Vec::new();
     for kid in &kids {
-        h.ticket(kid, None).expect("a free slot");
+        tickets.push(h.ticket(kid, None).expect("a free slot"));
     }
     assert_eq!(h.node.held()[0].slots, 2);
     h.input(Input::Capacity {
@@ -136,7 +137,16 @@ fn lowering_capacity_keeps_children_and_takes_no_new_one() {
         upload_kbps: 10_000,
     });
     assert_eq!(h.node.held()[0].slots, 1);
-    assert_eq!(h.children(), 2, "children keep their tickets");
+    assert_eq!(h.children(), 1, "a node never forwards beyond its slots");
+    let gone = &tickets[1];
+    assert!(h.outputs.contains(&Output::Kick {
+        stream: stream(),
+        ticket: gone.id
+    }));
+    let told = h.outputs.iter().any(|o| {
+        matches!(o, Output::Call { request: Request::EndTicket { ticket, handover: None, .. }, .. } if *ticket == gone.id)
+    });
+    assert!(told, "the child is told to search: {:?}", h.outputs);
     let late = card("late", 30, 4000);
     assert_eq!(h.ticket(&late, None).unwrap_err(), RefusalKind::Full);
     h.input(Input::Capacity {
@@ -145,7 +155,7 @@ fn lowering_capacity_keeps_children_and_takes_no_new_one() {
     });
     h.ticket(&late, None)
         .expect("room again, within the upload budget");
-    assert_eq!(h.children(), 3);
+    assert_eq!(h.children(), 2);
 }
 
 #[test]

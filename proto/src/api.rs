@@ -62,6 +62,10 @@ pub struct Continuity {
     pub late_500ms: u64,
     pub late_1s: u64,
     pub late_2s: u64,
+    /// How much later than the quickest path the newest frame arrived, in ms: what
+    /// the box's place in the tree costs in delay now.
+    #[serde(default)]
+    pub behind_ms: u64,
     /// The latest waits of half a second or more between two frames (a parent lost
     /// and found again, a congested link), oldest first: the box's recoveries.
     #[serde(default)]
@@ -79,7 +83,7 @@ impl Continuity {
     }
 
     /// What was counted after `earlier`, the counts at an earlier moment (the stalls
-    /// left out).
+    /// left out, the delay now).
     pub fn since(&self, earlier: &Continuity) -> Continuity {
         Continuity {
             frames: self.frames.saturating_sub(earlier.frames),
@@ -87,6 +91,7 @@ impl Continuity {
             late_500ms: self.late_500ms.saturating_sub(earlier.late_500ms),
             late_1s: self.late_1s.saturating_sub(earlier.late_1s),
             late_2s: self.late_2s.saturating_sub(earlier.late_2s),
+            behind_ms: self.behind_ms,
             stalls: Vec::new(),
         }
     }

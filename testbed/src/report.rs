@@ -21,6 +21,8 @@ pub struct Viewer {
     pub late: u64,
     /// Frames on time with a 1 s buffer, of all the source sent since the box joined.
     pub continuity: f64,
+    /// How much later than its quickest path the box's newest frame came, in ms.
+    pub behind_ms: u64,
     pub slots: u64,
     /// Players it sends the stream to: connected children and viewers.
     pub forwards: u64,
@@ -107,7 +109,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<8} {:>7} {:>5} {:<8} {:>8} {:>7} {:>6} {:>6} {:>10} {:>9}",
+            "{:<8} {:>7} {:>5} {:<8} {:>8} {:>7} {:>6} {:>6} {:>10} {:>6} {:>9}",
             "box",
             "uplink",
             "depth",
@@ -117,12 +119,13 @@ impl Report {
             "lost",
             "late",
             "continuity",
+            "behind",
             "fwd kbps"
         );
         for v in &self.viewers {
             let _ = writeln!(
                 out,
-                "{:<8} {:>7} {:>5} {:<8} {:>8} {:>7} {:>6} {:>6} {:>10.4} {:>4}/{:<4}",
+                "{:<8} {:>7} {:>5} {:<8} {:>8} {:>7} {:>6} {:>6} {:>10.4} {:>6} {:>4}/{:<4}",
                 v.name,
                 v.uplink_kbps,
                 v.depth.map_or("-".into(), |d| d.to_string()),
@@ -132,6 +135,7 @@ impl Report {
                 v.missing,
                 v.late,
                 v.continuity,
+                v.behind_ms,
                 v.forward_kbps,
                 v.uplink_kbps,
             );
@@ -192,6 +196,7 @@ fn viewer(host: &Host, join_ms: Option<u128>, stream_kbps: u64) -> Viewer {
         missing: seen.missing,
         late: seen.late_1s,
         continuity: continuity(seen.frames, seen.missing, seen.late_1s),
+        behind_ms: seen.behind_ms,
         slots: state.slots,
         forwards: state.forwards,
         forward_kbps: state.forwards * stream_kbps,

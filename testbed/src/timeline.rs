@@ -5,7 +5,7 @@
 //! times itself, to the millisecond).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -105,6 +105,27 @@ pub(crate) fn probe(api: &str) -> Option<BoxState> {
     })
 }
 
+/// Every box at once, so that one sample is one moment: a box that has not answered
+/// when the others have had their time is `None`, whatever its connection is waiting
+/// for (its thread finishes on its own).
+fn probe_all(apis: &[String]) -> Vec<Option<BoxState>> {
+    let (tx, rx) = mpsc::channel();
+    for (i, api) in apis.iter().enumerate() {
+        let (tx, api) = (tx.clone(), api.clone());
+        std::thread::spawn(move || {
+            let _ = tx.send((i, probe(&api)));
+        });
+    }
+    drop(tx);
+    // Two requests per box.
+    let deadline = Instant::now() + PROBE_LIMIT * 2 + Duration::from_millis(100);
+    let mut states: Vec<Option<BoxState>> = vec![None; apis.len()];
+    while let Ok((i, state)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        states[i] = state;
+    }
+    states
+}
+
 impl Sampler {
     /// Samples the boxes at the APIs `boxes` every `period`, and the stream's bitrate
     /// at the source's API.
@@ -118,7 +139,7 @@ impl Sampler {
                 let began = Instant::now();
                 let stream_kbps = get(&format!("{source}/streams/{STREAM}"))
                     .map_or(0, |i| i["bitrate_kbps"].as_u64().unwrap_or(0));
-                let boxes = boxes.iter().map(|api| probe(api)).collect();
+                let boxes = probe_all(&boxes);
                 samples.push(Sample {
                     at: began - start,
                     stream_kbps,
@@ -293,16 +314,16 @@ impl Timeline {
     pub fn csv(&self, names: &[String]) -> String {
         use std::fmt::Write;
         let mut out = String::from(
-            "t_s,box,answered,flowing,parent,standby,depth,forwards,slots,frames,missing,late_500ms,late_1s,late_2s\n",
+            "t_s,box,answered,flowing,parent,standby,depth,forwards,slots,frames,missing,late_500ms,late_1s,late_2s,behind_ms\n",
         );
         for s in &self.samples {
             for (name, b) in names.iter().zip(&s.boxes) {
                 let t = s.at.as_secs_f64();
                 let _ = match b {
-                    None => writeln!(out, "{t:.2},{name},0,0,,,,,,,,,,"),
+                    None => writeln!(out, "{t:.2},{name},0,0,,,,,,,,,,,"),
                     Some(b) => writeln!(
                         out,
-                        "{t:.2},{name},1,{},{},{},{},{},{},{},{},{},{},{}",
+                        "{t:.2},{name},1,{},{},{},{},{},{},{},{},{},{},{},{}",
                         u8::from(b.flowing),
                         b.parent.as_deref().unwrap_or(""),
                         b.standby.as_deref().unwrap_or(""),
@@ -314,6 +335,7 @@ impl Timeline {
                         b.seen.late_500ms,
                         b.seen.late_1s,
                         b.seen.late_2s,
+                        b.seen.behind_ms,
                     ),
                 };
             }

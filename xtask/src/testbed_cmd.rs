@@ -91,6 +91,22 @@ pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
             o.kbps
         );
     }
+    for st in &summary.stalls {
+        println!(
+            "stall: {} went {} ms without a frame, until {:.1} s",
+            bed.viewers[st.host].name,
+            st.length.as_millis(),
+            st.ended.as_secs_f64()
+        );
+    }
+    for (host, index) in &summary.survivors {
+        if index[1] < 0.995 {
+            println!(
+                "short: {} had continuity {:.4} at 0.5 s, {:.4} at 1 s, {:.4} at 2 s",
+                bed.viewers[*host].name, index[0], index[1], index[2]
+            );
+        }
+    }
     if let Some(path) = &args.csv {
         let names: Vec<String> = bed.viewers.iter().map(|h| h.name.clone()).collect();
         std::fs::write(path, timeline.csv(&names))

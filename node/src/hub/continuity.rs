@@ -62,6 +62,7 @@ impl Tracker {
             .quickest
             .insert(self.quickest.map_or(offset, |q| q.min(offset)));
         let late = (offset - quickest) as u128;
+        self.seen.behind_ms = late as u64;
         let [half, one, two] = BUFFERS_MS.map(|b| u64::from(late > b));
         self.seen.late_500ms += half;
         self.seen.late_1s += one;
