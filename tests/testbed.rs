@@ -30,7 +30,7 @@ fn a_household_network_of_boxes_plays_through_faults() {
     let astral = PathBuf::from(env!("CARGO_BIN_EXE_astral"));
     let mut options = testbed::Options::new(astral, HOSTS);
     options.uplinks_kbps = vec![6000, 6000, 3000];
-    options.standby = true;
+    options.standby = Some("full");
     let mut bed = testbed::Testbed::start(options).expect("the testbed starts");
     let sampler = bed.sample(Duration::from_millis(500));
     let asked = Instant::now();

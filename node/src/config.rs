@@ -75,11 +75,12 @@ pub struct NodeArgs {
     /// An upstream silent for this long counts as dead [default: 1000]
     #[arg(long)]
     pub stall_timeout_ms: Option<u64>,
-    /// Keep a hot-standby feed from a second parent with a free slot, outside the
-    /// parent's subtree, so that the parent's failure loses nothing [default: off;
-    /// `relay.standby`]
-    #[arg(long)]
-    pub standby: bool,
+    /// Keep a hot-standby parent with a free slot, outside the parent's subtree:
+    /// `full` plays from it too, so that the parent's failure loses nothing and waits
+    /// for nothing; `idle` only holds its slot and plays from it once the parent
+    /// stalls [default: off; `relay.standby`; the flag alone: full]
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "full")]
+    pub standby: Option<Standby>,
     /// A supernode's API address (HOST:PORT), tried before the portal's list. Repeat
     /// for more.
     #[arg(long = "supernode", value_name = "ADDR")]
@@ -198,7 +199,41 @@ struct RawHub {
 struct RawRelay {
     stall_timeout_ms: Option<u64>,
     view_idle_secs: Option<u64>,
-    standby: Option<bool>,
+    standby: Option<RawStandby>,
+}
+
+/// `relay.standby`: `true`, `false`, or a mode by name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawStandby {
+    On(bool),
+    Mode(String),
+}
+
+/// How a box keeps its hot-standby parent (`relay.standby`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Standby {
+    /// No standby: a failed parent is repaired by a claim or a search.
+    #[default]
+    Off,
+    /// Both parents send the stream, and the hub keeps the first copy of each frame:
+    /// the stream's bitrate again on the downlink, and a free slot's upload at the
+    /// standby parent.
+    Full,
+    /// The standby parent holds a slot and sends nothing; once the parent stalls, the
+    /// box plays from it, resuming after its newest frame.
+    Idle,
+}
+
+impl RawStandby {
+    fn mode(&self) -> Result<Standby, ConfigError> {
+        match self {
+            RawStandby::On(false) => Ok(Standby::Off),
+            RawStandby::On(true) => Ok(Standby::Full),
+            RawStandby::Mode(m) => <Standby as clap::ValueEnum>::from_str(m, false)
+                .map_err(|_| invalid("relay.standby", "must be off, full, idle, true or false")),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +291,7 @@ pub struct Config {
     pub pulls: Vec<PullConfig>,
     pub hub: HubConfig,
     pub stall_timeout: Duration,
+    pub standby: Standby,
     /// A stream relayed because a player here asked (`Role::View`) is dropped once no
     /// one here has played it for this long.
     pub view_idle: Duration,
@@ -602,8 +638,13 @@ impl Config {
             ([], Some(list)) => parse_cidrs("play_without_ticket", &list)?,
             (flags, _) => parse_cidrs("--play-without-ticket", flags)?,
         };
+        let standby = match (args.standby, &raw.relay.standby) {
+            (Some(mode), _) => mode,
+            (None, Some(raw)) => raw.mode()?,
+            (None, None) => Standby::Off,
+        };
         let mut overlay = overlay::Config {
-            standby: args.standby || raw.relay.standby.unwrap_or(false),
+            standby: standby != Standby::Off,
             ..overlay::Config::default()
         };
         if let Some(n) = args
@@ -667,6 +708,7 @@ impl Config {
             pulls,
             hub,
             stall_timeout: Duration::from_millis(stall_ms),
+            standby,
             view_idle: Duration::from_secs(view_idle_secs),
             supernodes,
             advertise: args.advertise.or(raw.advertise),
@@ -885,6 +927,27 @@ mod tests {
     }
 
     #[test]
+    fn standby_by_flag_or_by_name() {
+        for (text, mode) in [
+            ("", Standby::Off),
+            ("[relay]\nstandby = true", Standby::Full),
+            ("[relay]\nstandby = false", Standby::Off),
+            ("[relay]\nstandby = \"idle\"", Standby::Idle),
+            ("[relay]\nstandby = \"full\"", Standby::Full),
+        ] {
+            let config = load(text).unwrap();
+            assert_eq!(config.standby, mode, "{text}");
+            assert_eq!(config.overlay.standby, mode != Standby::Off, "{text}");
+        }
+        let args = NodeArgs {
+            standby: Some(Standby::Idle),
+            ..NodeArgs::default()
+        };
+        let config = Config::from_toml("[relay]\nstandby = true", &args).unwrap();
+        assert_eq!(config.standby, Standby::Idle, "the flag wins");
+    }
+
+    #[test]
     fn bad_values_name_their_field() {
         for (text, field) in [
             ("name = \"a b\"", "name"),
@@ -894,6 +957,7 @@ mod tests {
             ("[hub]\nqueue_len = 1", "hub.queue_len"),
             ("[relay]\nstall_timeout_ms = 5", "relay.stall_timeout_ms"),
             ("[relay]\nview_idle_secs = 1", "relay.view_idle_secs"),
+            ("[relay]\nstandby = \"warm\"", "relay.standby"),
             ("[[pull]]\nupstreams = [\"http://x/live/a\"]", "pull[0]"),
         ] {
             match load(text) {

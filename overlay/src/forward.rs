@@ -714,20 +714,66 @@ impl Node {
         let idle = self.cfg.ticket_idle;
         let moving = self.cfg.leave_grace;
         let mut ended = Vec::new();
+        let mut standbys = Vec::new();
         for (stream, held) in &mut self.streams {
             if held.reserved.as_ref().is_some_and(|r| r.until <= now) {
                 held.reserved = None;
             }
             for (id, c) in &held.children {
-                let gone = !c.connected && c.idle_since + idle <= now;
+                let unused = !c.connected && c.idle_since + idle <= now;
                 let never_moved = c.moving_since.is_some_and(|t| t + moving * 2 <= now);
-                if gone || never_moved {
+                if unused && c.standby && !never_moved {
+                    standbys.push((stream.clone(), *id));
+                } else if unused || never_moved {
                     ended.push((stream.clone(), *id));
                 }
             }
         }
         for (stream, id) in ended {
             self.remove_child(&stream, id);
+        }
+        for (stream, id) in standbys {
+            self.check_idle_standby(&stream, id);
+        }
+    }
+
+    /// An idle standby plays nothing until its box needs it, so its ticket is not
+    /// ended for going unused; instead the box is asked, with our path, whether it
+    /// still keeps it, once per `ticket_idle`. No answer, or no such standby there,
+    /// and it ends.
+    fn check_idle_standby(&mut self, stream: &StreamId, id: TicketId) {
+        let now = self.now;
+        let Some(held) = self.streams.get(stream) else {
+            return;
+        };
+        let path = self.child_path(held);
+        let backup = held.parent().cloned();
+        let Some(child) = self.child_mut(stream, id) else {
+            return;
+        };
+        child.idle_since = now;
+        let request = Request::Path {
+            ticket: id,
+            token: child.token.clone(),
+            path,
+            backup,
+        };
+        let peer = child.card.peer.clone();
+        self.call(
+            Target::Node(peer),
+            request,
+            Pending::StandbyCheck(stream.clone(), id),
+        );
+    }
+
+    pub(crate) fn on_standby_check(
+        &mut self,
+        stream: &StreamId,
+        id: TicketId,
+        result: Result<Response, CallError>,
+    ) {
+        if result.is_err() {
+            self.remove_child(stream, id);
         }
     }
 

@@ -216,6 +216,10 @@ pub(crate) enum Pending {
     Flood(u64),
     StandbySearch(StreamId),
     StandbyTicket(StreamId),
+    /// A promoted standby tells its parent it is a child now.
+    Confirm(StreamId),
+    /// An unused standby's box was asked whether it still keeps it.
+    StandbyCheck(StreamId, TicketId),
     /// A leaving supernode handed its children to a successor: once it has them,
     /// they are sent there.
     Adopt {
@@ -612,6 +616,8 @@ impl Node {
             Pending::Flood(query) => self.on_flood_reply(query, result),
             Pending::StandbySearch(stream) => self.on_standby_search(call, &stream, result),
             Pending::StandbyTicket(stream) => self.on_standby_ticket(call, &stream, result),
+            Pending::Confirm(stream) => self.on_confirm(&stream, result),
+            Pending::StandbyCheck(stream, id) => self.on_standby_check(&stream, id, result),
             Pending::Adopt {
                 successor,
                 children,

@@ -287,6 +287,7 @@ impl Node {
     /// not a frame lost. Returns whether it took over.
     pub(crate) fn promote_standby(&mut self, stream: &StreamId) -> bool {
         let now = self.now;
+        let me = self.me.clone();
         let Some(watch) = self.watch_mut(stream) else {
             return false;
         };
@@ -297,11 +298,22 @@ impl Node {
         watch.standby.next = now;
         let parent = feed.ticket.parent.id.clone();
         let depth = feed.ticket.path.len();
+        // The standby parent still counts us as a standby, the first forward to go:
+        // asking it for the ticket we hold makes that a child's ticket.
+        let confirm = Request::Ticket {
+            stream: stream.clone(),
+            child: me,
+            path: Some(feed.ticket.path.clone()),
+            replaces: None,
+            standby: false,
+        };
+        let to = feed.ticket.parent.clone();
         let old = watch.promote(feed.ticket, now);
         self.release(old.into_iter().collect());
         self.emit(Output::Promote {
             stream: stream.clone(),
         });
+        self.call(Target::Node(to), confirm, Pending::Confirm(stream.clone()));
         self.event(crate::node::Event::Attached {
             stream: stream.clone(),
             parent,
@@ -309,6 +321,21 @@ impl Node {
         });
         self.paths_changed(stream);
         true
+    }
+
+    /// The promoted standby's parent answered: a ticket other than ours (it had
+    /// let the standby go meanwhile, and granted a new one) is given back; ours
+    /// stays, and a refusal shows when the pull is refused.
+    pub(crate) fn on_confirm(&mut self, stream: &StreamId, result: Result<Response, CallError>) {
+        if let Ok(Response::Ticket { ticket }) = result {
+            let ours = self
+                .watch_mut(stream)
+                .and_then(|w| w.ticket())
+                .is_some_and(|t| t.id == ticket.id);
+            if !ours {
+                self.release(vec![*ticket]);
+            }
+        }
     }
 
     /// Our parent or the standby's place changed: a standby that no longer fits (it

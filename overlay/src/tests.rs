@@ -428,6 +428,52 @@ fn unused_tickets_expire() {
     assert_eq!(h.children(), 0);
 }
 
+#[test]
+fn an_unused_standby_is_kept_while_its_box_keeps_it() {
+    let mut h = Harness::source(Config::default());
+    let sb = card("sb", 20, 1000);
+    let granted = h.request(Request::Ticket {
+        stream: stream(),
+        child: sb.clone(),
+        path: Some(vec![NodeId::new("src").unwrap(), NodeId::new("p").unwrap()]),
+        replaces: None,
+        standby: true,
+    });
+    assert!(matches!(granted, Ok(Response::Ticket { .. })));
+    // An idle standby never plays: past the idle time its box is asked, not dropped.
+    let later = h.now + Config::default().ticket_idle;
+    h.node.handle_timeout(later);
+    h.now = later;
+    while let Some(o) = h.node.poll_output() {
+        h.outputs.push(o);
+    }
+    assert_eq!(h.children(), 1);
+    let check = |h: &Harness| {
+        h.call_to(|to, r| {
+            matches!(to, Target::Node(p) if p.id == sb.peer.id) && matches!(r, Request::Path { .. })
+        })
+    };
+    let asked = check(&h).expect("the box is asked whether it keeps its standby");
+    h.input(Input::Reply {
+        call: asked,
+        result: Ok(Response::Done),
+    });
+    assert_eq!(h.children(), 1, "it keeps it");
+    let later = h.now + Config::default().ticket_idle;
+    h.node.handle_timeout(later);
+    h.now = later;
+    while let Some(o) = h.node.poll_output() {
+        h.outputs.push(o);
+    }
+    let asked_again = check(&h).expect("asked again");
+    assert_ne!(asked, asked_again);
+    h.input(Input::Reply {
+        call: asked_again,
+        result: Err(CallError::Unreachable("gone".into())),
+    });
+    assert_eq!(h.children(), 0, "a box that no longer keeps it loses it");
+}
+
 proptest! {
     /// Whatever children ask, connect, vanish or end, the source never holds more
     /// settled tickets than its slots (displaced children, still moving, aside).
@@ -568,6 +614,14 @@ fn a_hot_standby_takes_over_from_a_failed_parent_without_a_search() {
                 if peer.id == p.peer.id
         )),
         "the failed parent's ticket is ended"
+    );
+    assert!(
+        after.iter().any(|o| matches!(
+            o,
+            Output::Call { to: Target::Node(peer), request: Request::Ticket { standby: false, .. }, .. }
+                if peer.id == g.peer.id
+        )),
+        "the standby's parent hears that it is a child's now"
     );
 }
 

@@ -43,8 +43,8 @@ pub struct Options {
     pub fps: u32,
     /// Boxes per supernode: small, so that a testbed has several supernodes.
     pub supernode_max_children: usize,
-    /// Boxes keep a hot-standby parent (`--standby`).
-    pub standby: bool,
+    /// How boxes keep a hot-standby parent: `--standby full` or `idle`; `None`, none.
+    pub standby: Option<&'static str>,
 }
 
 impl Options {
@@ -60,7 +60,7 @@ impl Options {
             size: "640x360".into(),
             fps: 25,
             supernode_max_children: 8,
-            standby: false,
+            standby: None,
         }
     }
 }
@@ -380,8 +380,8 @@ impl Testbed {
 
     fn spawn_node(&self, host: &Host, extra: &[String]) -> anyhow::Result<Child> {
         let mut args = self.node_args(host);
-        if self.options.standby {
-            args.push("--standby".into());
+        if let Some(mode) = self.options.standby {
+            args.extend(["--standby".into(), mode.into()]);
         }
         args.extend_from_slice(extra);
         self.spawn(host, &args)

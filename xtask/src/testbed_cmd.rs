@@ -33,9 +33,10 @@ pub struct TestbedArgs {
     /// Write every sample of every box (twice a second) here, as CSV
     #[arg(long)]
     csv: Option<std::path::PathBuf>,
-    /// Boxes keep a hot-standby parent
-    #[arg(long)]
-    standby: bool,
+    /// Boxes keep a hot-standby parent: full (both parents send) or idle (the
+    /// standby sends once the parent stalls)
+    #[arg(long, num_args = 0..=1, default_missing_value = "full", value_parser = ["full", "idle"])]
+    standby: Option<String>,
     /// Keep the boxes' data directories and logs
     #[arg(long)]
     keep: bool,
@@ -46,7 +47,11 @@ pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
     let mut options = testbed::Options::new(astral, args.hosts);
     options.bitrate_kbps = args.bitrate_kbps;
     options.uplinks_kbps = args.uplinks_kbps;
-    options.standby = args.standby;
+    options.standby = match args.standby.as_deref() {
+        Some("idle") => Some("idle"),
+        Some(_) => Some("full"),
+        None => None,
+    };
     eprintln!(
         "testbed: starting a portal, a source and {} boxes",
         args.hosts

@@ -1,5 +1,6 @@
 //! The overlay's pull: plays a stream from the parent the engine chose, and switches
-//! parents make-before-break; with a hot standby, from a second parent at once.
+//! parents make-before-break; with a hot standby, from a second parent at once (or,
+//! with an idle one, from the second parent as soon as the first stalls).
 //!
 //! Unlike a configured relay (`rtmp::pull`), it never picks an upstream itself: it
 //! reports to the engine (`Flowing` once the parent's first tag is here, `Stalled` when
@@ -69,6 +70,7 @@ impl SteeredPull {
             stream,
             publisher,
             stall_timeout,
+            idle_standby: node.config().standby == crate::config::Standby::Idle,
             bind: node.config().rtmp.ip(),
         };
         let span = tracing::info_span!("pull", stream = %hub.name());
@@ -100,6 +102,9 @@ struct Puller {
     stream: StreamId,
     publisher: Publisher,
     stall_timeout: Duration,
+    /// The standby parent is only played once it is the parent (`relay.standby =
+    /// "idle"`).
+    idle_standby: bool,
     /// The node's own RTMP address: pulls leave from it, so that the parent sees
     /// which box connects.
     bind: std::net::IpAddr,
@@ -148,8 +153,17 @@ impl Puller {
                     }
                     Some(Command::Standby(to)) => {
                         standby = None;
-                        standby_connecting = to.clone().map(|u| self.connect(u));
+                        standby_connecting = None;
                         standby_url = to;
+                        match &standby_url {
+                            Some(to) if self.idle_standby => {
+                                // Held, not played: it is ready as it is.
+                                tracing::info!(parent = %to, "standby ready (idle)");
+                                self.report(Input::StandbyFlowing { stream: self.stream.clone() });
+                            }
+                            Some(to) => standby_connecting = Some(self.connect(to.clone())),
+                            None => {}
+                        }
                     }
                     Some(Command::Promote) => {
                         if let Some(link) = standby.take() {
@@ -158,6 +172,11 @@ impl Puller {
                             url = link.url.clone();
                             current = Some(link);
                             connecting = None;
+                        } else if let Some(to) = standby_url.take().filter(|_| self.idle_standby) {
+                            // Played from now on, after the newest frame here.
+                            tracing::info!(parent = %to, "the idle standby is the parent now");
+                            url = to.clone();
+                            connecting = Some(self.connect(to));
                         }
                         standby_url = None;
                         standby_connecting = None;
