@@ -354,7 +354,7 @@ impl Node {
         })
     }
 
-    fn standby_child(&self, stream: &StreamId) -> Option<TicketId> {
+    pub(crate) fn standby_child(&self, stream: &StreamId) -> Option<TicketId> {
         let held = self.streams.get(stream)?;
         held.children
             .iter()
@@ -363,7 +363,7 @@ impl Node {
     }
 
     /// Ends a child's ticket on its side and ours, naming no one to go to.
-    fn end_child(&mut self, stream: &StreamId, id: TicketId) {
+    pub(crate) fn end_child(&mut self, stream: &StreamId, id: TicketId) {
         self.send_child_away(stream, id, None, Pending::Quiet);
         self.remove_child(stream, id);
     }
@@ -654,8 +654,7 @@ impl Node {
                 // Only viewers: the driver caps them at the free slots.
                 return;
             };
-            self.send_child_away(stream, id, None, Pending::Quiet);
-            self.remove_child(stream, id);
+            self.end_child(stream, id);
         }
     }
 

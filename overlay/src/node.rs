@@ -474,6 +474,21 @@ impl Node {
         self.free_slots(stream)
     }
 
+    /// Whether a player that is not a box may take a slot of `stream` now: a free one,
+    /// or a standby's, which is ended for it (standbys hold only slots nobody needs).
+    pub fn room_for_viewer(&mut self, now: Time, stream: &StreamId) -> bool {
+        self.now = self.now.max(now);
+        if self.free_slots(stream) > 0 {
+            return true;
+        }
+        let Some(id) = self.standby_child(stream) else {
+            return false;
+        };
+        self.end_child(stream, id);
+        self.announce_soon();
+        true
+    }
+
     /// Players of `stream` that are not boxes, as the media plane last said.
     pub fn viewers(&self, stream: &StreamId) -> u8 {
         self.streams.get(stream).map_or(0, |h| h.viewers)

@@ -429,24 +429,40 @@ fn unused_tickets_expire() {
 }
 
 #[test]
-fn an_unused_standby_is_kept_while_its_box_keeps_it() {
+fn a_viewer_takes_a_standbys_slot() {
     let mut h = Harness::source(Config::default());
+    h.ticket(&card("k1", 21, 4000), None).expect("a free slot");
     let sb = card("sb", 20, 1000);
-    let granted = h.request(Request::Ticket {
-        stream: stream(),
-        child: sb.clone(),
-        path: Some(vec![NodeId::new("src").unwrap(), NodeId::new("p").unwrap()]),
-        replaces: None,
-        standby: true,
-    });
+    let granted = h.standby(&sb);
     assert!(matches!(granted, Ok(Response::Ticket { .. })));
-    // An idle standby never plays: past the idle time its box is asked, not dropped.
-    let later = h.now + Config::default().ticket_idle;
-    h.node.handle_timeout(later);
-    h.now = later;
+    assert_eq!(h.node.free(&stream()), 0);
+    let now = h.now;
+    assert!(h.node.room_for_viewer(now, &stream()));
     while let Some(o) = h.node.poll_output() {
         h.outputs.push(o);
     }
+    assert_eq!(h.node.free(&stream()), 1, "the standby's slot is free");
+    assert!(h.outputs.iter().any(|o| matches!(
+        o,
+        Output::Call { to: Target::Node(peer), request: Request::EndTicket { .. }, .. }
+            if peer.id == sb.peer.id
+    )));
+    h.input(Input::Viewers {
+        stream: stream(),
+        count: 1,
+    });
+    let now = h.now;
+    assert!(!h.node.room_for_viewer(now, &stream()), "no slot left");
+}
+
+#[test]
+fn an_unused_standby_is_kept_while_its_box_keeps_it() {
+    let mut h = Harness::source(Config::default());
+    let sb = card("sb", 20, 1000);
+    let granted = h.standby(&sb);
+    assert!(matches!(granted, Ok(Response::Ticket { .. })));
+    // An idle standby never plays: past the idle time its box is asked, not dropped.
+    h.wait(Config::default().ticket_idle);
     assert_eq!(h.children(), 1);
     let check = |h: &Harness| {
         h.call_to(|to, r| {
@@ -459,12 +475,7 @@ fn an_unused_standby_is_kept_while_its_box_keeps_it() {
         result: Ok(Response::Done),
     });
     assert_eq!(h.children(), 1, "it keeps it");
-    let later = h.now + Config::default().ticket_idle;
-    h.node.handle_timeout(later);
-    h.now = later;
-    while let Some(o) = h.node.poll_output() {
-        h.outputs.push(o);
-    }
+    h.wait(Config::default().ticket_idle);
     let asked_again = check(&h).expect("asked again");
     assert_ne!(asked, asked_again);
     h.input(Input::Reply {
@@ -545,12 +556,28 @@ impl Harness {
         })
     }
 
-    fn tick(&mut self) {
-        self.now = self.now + std::time::Duration::from_millis(10);
+    /// A standby ticket for `who`, a child of `p` under us.
+    fn standby(&mut self, who: &NodeCard) -> Result<Response, proto::overlay::Refusal> {
+        self.request(Request::Ticket {
+            stream: stream(),
+            child: who.clone(),
+            path: Some(vec![NodeId::new("src").unwrap(), NodeId::new("p").unwrap()]),
+            replaces: None,
+            standby: true,
+        })
+    }
+
+    /// Time passes with no input.
+    fn wait(&mut self, d: std::time::Duration) {
+        self.now = self.now + d;
         self.node.handle_timeout(self.now);
         while let Some(o) = self.node.poll_output() {
             self.outputs.push(o);
         }
+    }
+
+    fn tick(&mut self) {
+        self.wait(std::time::Duration::from_millis(10));
     }
 }
 
@@ -628,18 +655,8 @@ fn a_hot_standby_takes_over_from_a_failed_parent_without_a_search() {
 #[test]
 fn a_standby_is_granted_only_from_a_free_slot_and_yields_it_to_a_box() {
     let mut h = Harness::source(Config::default());
-    let path = Some(vec![NodeId::new("src").unwrap(), NodeId::new("p").unwrap()]);
-    let standby = |h: &mut Harness, who: &NodeCard| {
-        h.request(Request::Ticket {
-            stream: stream(),
-            child: who.clone(),
-            path: path.clone(),
-            replaces: None,
-            standby: true,
-        })
-    };
     let sb = card("sb", 20, 1000);
-    assert!(matches!(standby(&mut h, &sb), Ok(Response::Ticket { .. })));
+    assert!(matches!(h.standby(&sb), Ok(Response::Ticket { .. })));
     assert!(h.node.held()[0].children.iter().any(|c| c.standby));
     // A joiner takes the last free slot; the next one takes the standby's.
     h.ticket(&card("k1", 21, 4000), None).expect("a free slot");
@@ -654,7 +671,7 @@ fn a_standby_is_granted_only_from_a_free_slot_and_yields_it_to_a_box() {
     assert!(h.node.held()[0].children.iter().all(|c| !c.standby));
     // No free slot: no standby, and no displacement for one.
     assert!(matches!(
-        standby(&mut h, &card("sb2", 23, 100_000)),
+        h.standby(&card("sb2", 23, 100_000)),
         Err(r) if r.kind == RefusalKind::Full
     ));
     assert_eq!(h.children(), 2);

@@ -19,6 +19,10 @@ pub struct Chaos {
     pub kill_share: f64,
     /// Share of the killed boxes started again, 5 to 20 s later.
     pub restart_share: f64,
+    /// Share of the relays' deaths that are power cuts (the link down first, so the
+    /// children hear nothing and must notice the silence) rather than `kill -9`
+    /// (whose sockets the kernel closes at once).
+    pub power_cut_share: f64,
     /// Share of the boxes that leave gracefully (SIGTERM).
     pub leave_share: f64,
     /// A power cut at one supernode (not the source) halfway through: its link goes
@@ -35,6 +39,7 @@ impl Chaos {
             duration,
             kill_share: 0.10,
             restart_share: 0.5,
+            power_cut_share: 0.0,
             leave_share: 0.05,
             crash_supernode: true,
             seed: 7,
@@ -107,8 +112,14 @@ impl Testbed {
                     eprintln!("chaos {t:>3} s: power cut at supernode {name}");
                 }
                 _ => {
-                    self.kill(i, Fault::Killed);
-                    eprintln!("chaos {t:>3} s: kill -9 {name}, a relay");
+                    // No draw when there are no power cuts: a seed's faults stay.
+                    if plan.power_cut_share > 0.0 && rng.gen_bool(plan.power_cut_share) {
+                        self.cut_power(i, Fault::Killed)?;
+                        eprintln!("chaos {t:>3} s: power cut at {name}, a relay");
+                    } else {
+                        self.kill(i, Fault::Killed);
+                        eprintln!("chaos {t:>3} s: kill -9 {name}, a relay");
+                    }
                     if restarted < restarts {
                         restarted += 1;
                         let back = when + Duration::from_secs(rng.gen_range(5..=20));

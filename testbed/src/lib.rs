@@ -119,6 +119,48 @@ pub struct Testbed {
     pub faults: Vec<(Instant, usize, Fault)>,
     work: tempfile::TempDir,
     options: Options,
+    _neighbours: NeighbourLimits,
+}
+
+/// The host's neighbour (ARP) table is one for every namespace, and its default limit
+/// of 1,024 entries is too small for a hundred boxes that each know dozens of others:
+/// past it the kernel drops new neighbours ("neighbor table overflow") and connections
+/// hang. The testbed raises the limits for its run and puts them back after.
+struct NeighbourLimits {
+    old: Option<[String; 3]>,
+}
+
+const GC_THRESH: [&str; 3] = [
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh1",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh2",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
+];
+
+impl NeighbourLimits {
+    fn raise(hosts: usize) -> anyhow::Result<NeighbourLimits> {
+        let old = GC_THRESH.map(|p| std::fs::read_to_string(p).unwrap_or_default());
+        let hard: u64 = old[2].trim().parse().unwrap_or(0);
+        // Every box may come to know every other, and the driver knows them all.
+        let needed = 2 * (hosts as u64 + 3).pow(2);
+        if hard >= needed {
+            return Ok(NeighbourLimits { old: None });
+        }
+        for (path, value) in GC_THRESH.iter().zip([needed / 4, needed / 2, needed]).rev() {
+            std::fs::write(path, value.to_string())
+                .with_context(|| format!("cannot raise {path} to {value}"))?;
+        }
+        Ok(NeighbourLimits { old: Some(old) })
+    }
+}
+
+impl Drop for NeighbourLimits {
+    fn drop(&mut self) {
+        if let Some(old) = &self.old {
+            for (path, value) in GC_THRESH.iter().zip(old) {
+                let _ = std::fs::write(path, value.trim());
+            }
+        }
+    }
 }
 
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -190,6 +232,7 @@ impl Testbed {
         let switch = format!("tb{tag}sw");
         let monitor = format!("tb{tag}m");
         let work = tempfile::tempdir()?;
+        let neighbours = NeighbourLimits::raise(options.hosts)?;
         ip(&["netns", "add", &switch])?;
         let mut bed = Testbed {
             portal: placeholder(),
@@ -203,6 +246,7 @@ impl Testbed {
             monitor,
             work,
             options,
+            _neighbours: neighbours,
         };
         bed.wire_switch()?;
         bed.portal = bed.host("portal", 1, 100_000)?;
@@ -390,7 +434,7 @@ impl Testbed {
     /// Waits until a box's API answers.
     fn wait_serving(host: &Host) -> anyhow::Result<()> {
         let api = host.api();
-        wait_for(Duration::from_secs(10), || {
+        wait_for(Duration::from_secs(30), || {
             get(&format!("{api}/status")).is_ok()
         })
         .with_context(|| format!("{} did not start", host.name))

@@ -24,6 +24,9 @@ pub struct TestbedArgs {
     /// Then kill, restart and remove boxes for this many seconds
     #[arg(long, default_value_t = 0)]
     chaos_secs: u64,
+    /// Share of the relays' deaths that are power cuts rather than kill -9
+    #[arg(long, default_value_t = 0.0)]
+    power_cut_share: f64,
     /// Seed of the faults' choices and moments
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -75,6 +78,7 @@ pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
         from = sampler.start_instant().elapsed();
         let mut plan = testbed::Chaos::new(Duration::from_secs(args.chaos_secs));
         plan.seed = args.seed;
+        plan.power_cut_share = args.power_cut_share.clamp(0.0, 1.0);
         eprintln!("testbed: {} s of faults", args.chaos_secs);
         bed.chaos(&plan)?;
     }

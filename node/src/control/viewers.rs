@@ -100,7 +100,7 @@ impl Node {
             if state.viewers.held_by(stream, ip) >= PER_ADDRESS {
                 return Err(TicketRefused::TooMany(stream.clone()));
             }
-            if state.engine.free(stream) == 0 {
+            if !state.engine.room_for_viewer(now, stream) {
                 return Err(TicketRefused::NoSlot(stream.clone()));
             }
             state
