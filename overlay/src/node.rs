@@ -101,6 +101,11 @@ pub enum Input {
     Stalled {
         stream: StreamId,
     },
+    /// The media plane: no tag from the parent for half the stall timeout (a stall
+    /// may be coming).
+    Silent {
+        stream: StreamId,
+    },
     /// The media plane: the standby parent's first tag arrived.
     StandbyFlowing {
         stream: StreamId,
@@ -385,6 +390,7 @@ impl Node {
             }
             Input::Flowing { stream } => self.flowing(&stream),
             Input::Stalled { stream } => self.stalled(&stream),
+            Input::Silent { stream } => self.silent(&stream),
             Input::StandbyFlowing { stream } => self.standby_flowing(&stream),
             Input::StandbyLost { stream } => self.standby_lost(&stream),
             Input::PlayerConnected { stream, ticket } => self.player(&stream, ticket, true),

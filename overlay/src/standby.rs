@@ -55,7 +55,7 @@ impl Standby {
         }
     }
 
-    fn is_flowing(&self) -> bool {
+    pub(crate) fn is_flowing(&self) -> bool {
         self.feed.as_ref().is_some_and(|f| f.flowing)
     }
 

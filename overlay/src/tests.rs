@@ -653,6 +653,64 @@ fn a_hot_standby_takes_over_from_a_failed_parent_without_a_search() {
 }
 
 #[test]
+fn a_silent_parent_is_asked_early_and_its_slot_claimed_at_the_stall() {
+    let (p, g) = (card("p", 20, 4000), card("g", 21, 8000));
+    let mut h = watcher_under(&p, &g);
+    let to = |who: NodeId, request: fn(&Request) -> bool| {
+        move |t: &Target, r: &Request| matches!(t, Target::Node(n) if n.id == who) && request(r)
+    };
+    let ping = to(p.peer.id.clone(), |r| matches!(r, Request::Ping { .. }));
+    let claim = to(g.peer.id.clone(), |r| {
+        matches!(
+            r,
+            Request::Ticket {
+                replaces: Some(_),
+                ..
+            }
+        )
+    });
+
+    // A moment's silence from a parent that answers: nothing changes.
+    h.input(Input::Silent { stream: stream() });
+    let early = h
+        .call_to(&ping)
+        .expect("the silent parent is asked at once");
+    h.input(Input::Reply {
+        call: early,
+        result: Ok(Response::Pong {
+            flowing: Some(true),
+        }),
+    });
+    assert!(h.node.held()[0].flowing);
+    assert!(h.call_to(&claim).is_none());
+
+    // Silence from a parent that does not answer: its slot is claimed at the stall,
+    // with no second ping.
+    h.input(Input::Silent { stream: stream() });
+    let early = h.call_to(&ping).expect("asked again");
+    h.input(Input::Reply {
+        call: early,
+        result: Err(CallError::Unreachable("no answer in time".into())),
+    });
+    assert!(h.call_to(&claim).is_none(), "no claim before the stall");
+    let before = h.outputs.len();
+    h.input(Input::Stalled { stream: stream() });
+    let after = &h.outputs[before..];
+    assert!(
+        after
+            .iter()
+            .any(|o| matches!(o, Output::Call { to, request, .. } if claim(to, request))),
+        "the dead parent's slot is claimed at the stall: {after:?}"
+    );
+    assert!(
+        !after
+            .iter()
+            .any(|o| matches!(o, Output::Call { to, request, .. } if ping(to, request))),
+        "without asking the parent again"
+    );
+}
+
+#[test]
 fn a_standby_is_granted_only_from_a_free_slot_and_yields_it_to_a_box() {
     let mut h = Harness::source(Config::default());
     let sb = card("sb", 20, 1000);

@@ -79,7 +79,11 @@ enum Seek {
         stalled_at: Time,
         /// The parent said it was repairing itself, and we waited.
         waited: bool,
+        /// Sent when the parent fell silent, before the stall.
+        early: bool,
     },
+    /// The parent fell silent and did not answer: if the stall comes, it is dead.
+    Unanswered,
     Patient {
         recheck: Time,
         stalled_at: Time,
@@ -122,7 +126,10 @@ impl Watch {
             flowing: true,
             connect_by: now,
         });
-        if matches!(self.seek, Seek::Probing { .. } | Seek::Patient { .. }) {
+        if matches!(
+            self.seek,
+            Seek::Probing { .. } | Seek::Patient { .. } | Seek::Unanswered
+        ) {
             self.seek = Seek::Idle;
         }
         old.map(|a| a.ticket)
@@ -624,7 +631,10 @@ impl Node {
             return;
         };
         a.flowing = true;
-        if matches!(watch.seek, Seek::Probing { .. } | Seek::Patient { .. }) {
+        if matches!(
+            watch.seek,
+            Seek::Probing { .. } | Seek::Patient { .. } | Seek::Unanswered
+        ) {
             watch.seek = Seek::Idle;
         }
         if let Some(old) = watch.old.take() {
@@ -632,7 +642,22 @@ impl Node {
         }
     }
 
-    /// The media plane saw no tag for the stall timeout: ask the parent why.
+    /// The parent has sent nothing for half the stall timeout: a settled node asks it
+    /// already whether it is alive, so that a dead parent is known by the time the
+    /// stall is (and its slot claimed at once). A standby takes over at the stall.
+    pub(crate) fn silent(&mut self, stream: &StreamId) {
+        let now = self.now;
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        let settled = watch.is_flowing() && matches!(watch.seek, Seek::Idle);
+        if settled && !watch.standby.is_flowing() {
+            self.probe(stream, now, false, true);
+        }
+    }
+
+    /// The media plane saw no tag for the stall timeout: ask the parent why, unless
+    /// it was asked when it fell silent.
     pub(crate) fn stalled(&mut self, stream: &StreamId) {
         if self.promote_standby(stream) {
             return;
@@ -645,6 +670,18 @@ impl Node {
             return;
         };
         a.flowing = false;
+        match &mut watch.seek {
+            // Its answer decides, as a probe's at the stall would.
+            Seek::Probing { early, .. } if *early => {
+                *early = false;
+                return;
+            }
+            Seek::Unanswered => {
+                self.repair(stream, true);
+                return;
+            }
+            _ => {}
+        }
         // Only a settled node, or one merely looking for a better place, starts
         // probing; any other search is already a repair or a move.
         let interruptible = match watch.seek {
@@ -655,13 +692,13 @@ impl Node {
             _ => false,
         };
         if interruptible {
-            self.probe(stream, now, false);
+            self.probe(stream, now, false, false);
         }
     }
 
     /// Ask the parent whether `stream` still flows there; `waited` after it said it was
     /// repairing itself.
-    fn probe(&mut self, stream: &StreamId, stalled_at: Time, waited: bool) {
+    fn probe(&mut self, stream: &StreamId, stalled_at: Time, waited: bool, early: bool) {
         let timeout = self.cfg.ping_timeout;
         let Some(parent) = self.watch_mut(stream).and_then(|w| w.parent().cloned()) else {
             return;
@@ -676,6 +713,7 @@ impl Node {
                 call,
                 stalled_at,
                 waited,
+                early,
             };
         }
     }
@@ -703,6 +741,7 @@ impl Node {
             call: c,
             stalled_at,
             waited,
+            early,
         } = watch.seek
         else {
             return;
@@ -724,8 +763,12 @@ impl Node {
             Ok(Response::Pong {
                 flowing: Some(true),
             }) if waited && now < stalled_at + patience => watch.seek = patient,
+            // A moment's silence from a parent that sends: the stall, if one comes,
+            // decides.
+            Ok(_) if early => watch.seek = Seek::Idle,
             // The parent has the stream but we do not: it dropped us, or the link is bad.
             Ok(_) => self.repair(stream, false),
+            Err(_) if early => watch.seek = Seek::Unanswered,
             Err(_) => self.repair(stream, true),
         }
     }
@@ -816,7 +859,7 @@ impl Node {
                 Seek::Patient {
                     recheck,
                     stalled_at,
-                } if recheck <= now => self.probe(&stream, stalled_at, true),
+                } if recheck <= now => self.probe(&stream, stalled_at, true, false),
                 // Its stream never started: repair, which drops the attachment.
                 Seek::Idle if stuck => self.repair(&stream, false),
                 Seek::Idle if watch.next_improve <= now => {

@@ -123,6 +123,9 @@ struct Link {
     /// is repairing itself sends again on it once it has the stream back, and the
     /// engine decides whether to wait for that or go elsewhere.
     stalled: bool,
+    /// Silent for half the stall timeout, and reported: the engine asks the parent
+    /// early whether it is alive.
+    silent: bool,
 }
 
 impl Puller {
@@ -212,14 +215,16 @@ impl Puller {
                 }
                 received = next(&mut current) => match received {
                     Ok(received) => {
-                        let resumed = current.as_ref().is_some_and(|l| l.stalled)
-                            && matches!(received, Received::Media(_));
+                        let media = matches!(received, Received::Media(_));
                         self.take(&mut current, received);
-                        if resumed {
-                            let link = current.as_mut().expect("read from it");
+                        let link = current.as_mut().expect("read from it");
+                        if media && (link.stalled || link.silent) {
+                            if link.stalled {
+                                tracing::info!(parent = %link.url, "the parent sends again");
+                                self.publisher.set_upstream(link.url.to_string(), true);
+                            }
                             link.stalled = false;
-                            tracing::info!(parent = %link.url, "the parent sends again");
-                            self.publisher.set_upstream(link.url.to_string(), true);
+                            link.silent = false;
                             self.report(Input::Flowing { stream: self.stream.clone() });
                         }
                     }
@@ -243,6 +248,11 @@ impl Puller {
                         link.stalled = true;
                         let url = link.url.clone();
                         self.lost(&url, &why, connecting.is_some());
+                    } else if let Some(link) = current.as_mut().filter(|l| {
+                        !l.stalled && !l.silent && l.last_media.elapsed() >= self.stall_timeout / 2
+                    }).filter(|_| connecting.is_none()) {
+                        link.silent = true;
+                        self.report(Input::Silent { stream: self.stream.clone() });
                     }
                     if standby.as_ref().is_some_and(|l| l.last_media.elapsed() >= self.stall_timeout) {
                         let lost = standby.take().expect("checked");
@@ -263,6 +273,7 @@ impl Puller {
             url,
             last_media: Instant::now(),
             stalled: false,
+            silent: false,
         }
     }
 
