@@ -30,7 +30,7 @@ fn a_household_network_of_boxes_plays_through_faults() {
     let astral = PathBuf::from(env!("CARGO_BIN_EXE_astral"));
     let mut options = testbed::Options::new(astral, HOSTS);
     options.uplinks_kbps = vec![6000, 6000, 3000];
-    options.standby = Some("full");
+    options.standby = Some("full".into());
     let mut bed = testbed::Testbed::start(options).expect("the testbed starts");
     let sampler = bed.sample(Duration::from_millis(500));
     let asked = Instant::now();
@@ -116,30 +116,18 @@ fn a_household_network_of_boxes_plays_through_faults() {
             .map(|i| bed.viewers[i].name.as_str())
             .collect()
     };
-    let short = names(
-        faults
-            .survivors
-            .iter()
-            .filter(|(_, index)| index[1] < 0.995)
-            .map(|(i, _)| *i)
-            .collect(),
-    );
+    let short = names(faults.short_of_goal().map(|(i, _)| *i).collect());
     assert!(
         short.is_empty(),
-        "continuity under 0.995 at {short:?}\n{}",
+        "continuity under {} at {short:?}\n{}",
+        testbed::CONTINUITY_GOAL,
         faults.table()
     );
-    let long = names(
-        faults
-            .stalls
-            .iter()
-            .filter(|s| s.length > Duration::from_secs(2))
-            .map(|s| s.host)
-            .collect(),
-    );
+    let long = names(faults.waits_over_goal().map(|s| s.host).collect());
     assert!(
         long.is_empty(),
-        "{long:?} went over 2 s without a frame\n{}",
+        "{long:?} went over {:?} without a frame\n{}",
+        testbed::LONGEST_WAIT_GOAL,
         faults.table()
     );
     assert_eq!(faults.lost, 0, "frames lost\n{}", faults.table());

@@ -491,7 +491,6 @@ impl Node {
             return false;
         };
         self.end_child(stream, id);
-        self.announce_soon();
         true
     }
 

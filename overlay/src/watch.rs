@@ -111,11 +111,24 @@ impl Watch {
         }
     }
 
-    /// When this node asks for a standby next: once its stream flows and it is not
-    /// looking for another parent.
+    /// Its stream flows, and it is not looking for another parent.
+    fn is_settled(&self) -> bool {
+        self.is_flowing() && matches!(self.seek, Seek::Idle)
+    }
+
+    /// When this node asks for a standby next: once it is settled.
     pub(crate) fn standby_due(&self) -> Option<Time> {
-        let settled = self.is_flowing() && matches!(self.seek, Seek::Idle);
-        self.standby.deadline().filter(|_| settled)
+        self.standby.deadline().filter(|_| self.is_settled())
+    }
+
+    /// The parent sends: whatever was being asked of it, or waited for, is over.
+    fn parent_sends(&mut self) {
+        if matches!(
+            self.seek,
+            Seek::Probing { .. } | Seek::Patient { .. } | Seek::Unanswered
+        ) {
+            self.seek = Seek::Idle;
+        }
     }
 
     /// The standby's ticket becomes the parent's, its stream already flowing; returns
@@ -126,12 +139,7 @@ impl Watch {
             flowing: true,
             connect_by: now,
         });
-        if matches!(
-            self.seek,
-            Seek::Probing { .. } | Seek::Patient { .. } | Seek::Unanswered
-        ) {
-            self.seek = Seek::Idle;
-        }
+        self.parent_sends();
         old.map(|a| a.ticket)
     }
 
@@ -631,12 +639,7 @@ impl Node {
             return;
         };
         a.flowing = true;
-        if matches!(
-            watch.seek,
-            Seek::Probing { .. } | Seek::Patient { .. } | Seek::Unanswered
-        ) {
-            watch.seek = Seek::Idle;
-        }
+        watch.parent_sends();
         if let Some(old) = watch.old.take() {
             self.release(vec![old]);
         }
@@ -650,8 +653,7 @@ impl Node {
         let Some(watch) = self.watch_mut(stream) else {
             return;
         };
-        let settled = watch.is_flowing() && matches!(watch.seek, Seek::Idle);
-        if settled && !watch.standby.is_flowing() {
+        if watch.is_settled() && !watch.standby.is_flowing() {
             self.probe(stream, now, false, true);
         }
     }

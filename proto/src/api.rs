@@ -95,17 +95,7 @@ impl Continuity {
             stalls: Vec::new(),
         }
     }
-}
 
-/// A wait between two video frames arriving at a box.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stall {
-    /// When the frame that ended it arrived, Unix time in ms.
-    pub ended_unix_ms: u64,
-    pub ms: u64,
-}
-
-impl Continuity {
     /// The share of frames on time with a buffer of `buffer_ms` (500, 1000 or 2000):
     /// the continuity index. 1 before any frame.
     pub fn index(&self, buffer_ms: u32) -> f64 {
@@ -116,6 +106,14 @@ impl Continuity {
         }
         (self.frames - late.min(self.frames)) as f64 / expected as f64
     }
+}
+
+/// A wait between two video frames arriving at a box.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stall {
+    /// When the frame that ended it arrived, Unix time in ms.
+    pub ended_unix_ms: u64,
+    pub ms: u64,
 }
 
 /// `POST /streams/{name}/pull`: make this node a relay of `upstreams`, tried in order.

@@ -22,7 +22,7 @@ use anyhow::{bail, ensure, Context};
 
 pub use chaos::Chaos;
 pub use report::{Report, Viewer};
-pub use timeline::{Fault, Sampler, Timeline};
+pub use timeline::{Fault, Sampler, Timeline, CONTINUITY_GOAL, LONGEST_WAIT_GOAL};
 
 /// The stream the source publishes.
 pub const STREAM: &str = "tb";
@@ -43,8 +43,8 @@ pub struct Options {
     pub fps: u32,
     /// Boxes per supernode: small, so that a testbed has several supernodes.
     pub supernode_max_children: usize,
-    /// How boxes keep a hot-standby parent: `--standby full` or `idle`; `None`, none.
-    pub standby: Option<&'static str>,
+    /// How boxes keep a hot-standby parent (`--standby full` or `idle`); `None`, none.
+    pub standby: Option<String>,
 }
 
 impl Options {
@@ -424,8 +424,8 @@ impl Testbed {
 
     fn spawn_node(&self, host: &Host, extra: &[String]) -> anyhow::Result<Child> {
         let mut args = self.node_args(host);
-        if let Some(mode) = self.options.standby {
-            args.extend(["--standby".into(), mode.into()]);
+        if let Some(mode) = &self.options.standby {
+            args.extend(["--standby".into(), mode.clone()]);
         }
         args.extend_from_slice(extra);
         self.spawn(host, &args)

@@ -50,11 +50,7 @@ pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
     let mut options = testbed::Options::new(astral, args.hosts);
     options.bitrate_kbps = args.bitrate_kbps;
     options.uplinks_kbps = args.uplinks_kbps;
-    options.standby = match args.standby.as_deref() {
-        Some("idle") => Some("idle"),
-        Some(_) => Some("full"),
-        None => None,
-    };
+    options.standby = args.standby;
     eprintln!(
         "testbed: starting a portal, a source and {} boxes",
         args.hosts
@@ -108,13 +104,11 @@ pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
             st.ended.as_secs_f64()
         );
     }
-    for (host, index) in &summary.survivors {
-        if index[1] < 0.995 {
-            println!(
-                "short: {} had continuity {:.4} at 0.5 s, {:.4} at 1 s, {:.4} at 2 s",
-                bed.viewers[*host].name, index[0], index[1], index[2]
-            );
-        }
+    for (host, index) in summary.short_of_goal() {
+        println!(
+            "short: {} had continuity {:.4} at 0.5 s, {:.4} at 1 s, {:.4} at 2 s",
+            bed.viewers[*host].name, index[0], index[1], index[2]
+        );
     }
     if let Some(path) = &args.csv {
         let names: Vec<String> = bed.viewers.iter().map(|h| h.name.clone()).collect();
