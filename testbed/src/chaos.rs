@@ -25,9 +25,11 @@ pub struct Chaos {
     pub power_cut_share: f64,
     /// Share of the boxes that leave gracefully (SIGTERM).
     pub leave_share: f64,
-    /// A power cut at one supernode (not the source) halfway through: its link goes
-    /// down, then its process dies, so nobody hears it go.
+    /// One supernode (not the source) crashes halfway through.
     pub crash_supernode: bool,
+    /// ...by a power cut: its link goes down, then its process dies, so nobody hears
+    /// it go; otherwise by `kill -9`, whose sockets the kernel closes.
+    pub supernode_power_cut: bool,
     pub seed: u64,
 }
 
@@ -42,6 +44,7 @@ impl Chaos {
             power_cut_share: 0.0,
             leave_share: 0.05,
             crash_supernode: true,
+            supernode_power_cut: true,
             seed: 7,
         }
     }
@@ -107,9 +110,13 @@ impl Testbed {
                     self.leave(i)?;
                     eprintln!("chaos {t:>3} s: {name} leaves");
                 }
-                Step::CrashSupernode => {
+                Step::CrashSupernode if plan.supernode_power_cut => {
                     self.cut_power(i, Fault::SupernodeKilled)?;
                     eprintln!("chaos {t:>3} s: power cut at supernode {name}");
+                }
+                Step::CrashSupernode => {
+                    self.kill(i, Fault::SupernodeKilled);
+                    eprintln!("chaos {t:>3} s: kill -9 supernode {name}");
                 }
                 _ => {
                     // No draw when there are no power cuts: a seed's faults stay.
