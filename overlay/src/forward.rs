@@ -2,6 +2,7 @@
 //! placement, path updates down the tree, and the graceful leave.
 
 use std::cmp::Reverse;
+use std::time::Duration;
 
 use proto::overlay::{
     Holding, NodeCard, NodeId, Peer, Refusal, RefusalKind, Request, Response, StreamId, Ticket,
@@ -52,7 +53,20 @@ pub(crate) struct Claim {
     child: NodeCard,
     path: Option<Vec<NodeId>>,
     claimed: TicketId,
+    dead: NodeId,
 }
+
+/// A child that took the slot of a failed child: the failed child's other children,
+/// claiming the same slot too late, are sent to it rather than to a search.
+pub(crate) struct Heir {
+    pub dead: NodeId,
+    pub heir: Peer,
+    pub until: Time,
+}
+
+/// How long a parent remembers who took a failed child's slot: the failed child's
+/// children notice the failure within a stall timeout of each other.
+const HEIR_MEMORY: Duration = Duration::from_secs(10);
 
 /// A slot kept for a child displaced to make room for this node.
 pub(crate) struct Reservation {
@@ -140,6 +154,7 @@ impl Node {
                 watch: None,
                 children: Default::default(),
                 reserved: None,
+                heirs: Vec::new(),
                 viewers: 0,
             })
         });
@@ -188,6 +203,7 @@ impl Node {
                 child,
                 path,
                 claimed,
+                dead: parent.id.clone(),
             },
         );
         let timeout = self.cfg.ping_timeout;
@@ -202,9 +218,10 @@ impl Node {
         };
         let answer = match result {
             Err(CallError::Unreachable(_)) => {
-                // Dead: its slot is free, and its connection goes.
+                // Dead: its slot is free, and its connection goes. (Another of its
+                // children may have been first: then `grant` names that one.)
                 self.remove_child(&claim.stream, claim.claimed);
-                self.grant(claim.stream, claim.child, claim.path, None)
+                self.grant(claim.stream, claim.child, claim.path, Some(claim.dead))
             }
             Ok(_) | Err(CallError::Refused(_)) => Err(Refusal::new(
                 RefusalKind::Full,
@@ -270,9 +287,9 @@ impl Node {
         // The slot of a child that failed (its player is gone) or is leaving (it named
         // the requester), taken over by one of its children. A live child is never
         // pushed out by a claim alone.
-        let replaced = replaces.and_then(|x| {
-            let from_its_child = path.as_ref().and_then(|p| p.last()) == Some(&x);
-            let (&id, c) = held.children.iter().find(|(_, c)| c.card.peer.id == x)?;
+        let replaced = replaces.as_ref().and_then(|x| {
+            let from_its_child = path.as_ref().and_then(|p| p.last()) == Some(x);
+            let (&id, c) = held.children.iter().find(|(_, c)| &c.card.peer.id == x)?;
             let vacant = !c.connected || c.successor.as_ref() == Some(&child_id);
             (from_its_child && vacant).then_some(id)
         });
@@ -297,16 +314,49 @@ impl Node {
                     return Ok(self.displace(&stream, id, child));
                 }
                 _ => {
-                    return Err(Refusal::new(
+                    let refusal = Refusal::new(
                         RefusalKind::Full,
                         format!("no free slot for stream {stream} here"),
-                    ))
+                    );
+                    return Err(match replaces.and_then(|x| self.heir_of(&stream, &x)) {
+                        Some(heir) => refusal.ask_instead(heir),
+                        None => refusal,
+                    });
                 }
+            }
+        }
+        if let Some(dead) = replaces {
+            // Only the slot the claimed child had, not a free one beside it.
+            let still_here = self
+                .streams
+                .get(&stream)
+                .is_some_and(|h| h.children.values().any(|c| c.card.peer.id == dead));
+            if !still_here {
+                self.remember_heir(&stream, dead, child.peer.clone());
             }
         }
         Ok(Response::Ticket {
             ticket: Box::new(self.add_child(&stream, child, None)),
         })
+    }
+
+    /// `heir` took the slot `dead` had here.
+    fn remember_heir(&mut self, stream: &StreamId, dead: NodeId, heir: Peer) {
+        let until = self.now + HEIR_MEMORY;
+        let now = self.now;
+        if let Some(held) = self.streams.get_mut(stream) {
+            held.heirs.retain(|h| h.until > now && h.dead != dead);
+            held.heirs.push(Heir { dead, heir, until });
+        }
+    }
+
+    /// Who took the slot `dead` had here, lately.
+    fn heir_of(&self, stream: &StreamId, dead: &NodeId) -> Option<Peer> {
+        let held = self.streams.get(stream)?;
+        held.heirs
+            .iter()
+            .find(|h| &h.dead == dead && h.until > self.now)
+            .map(|h| h.heir.clone())
     }
 
     /// `POST /tickets` with `standby`: a second feed for a child of another parent,

@@ -245,6 +245,9 @@ pub(crate) struct Held {
     /// Players that are not boxes (browsers and VLC from elsewhere), admitted by the
     /// media plane into free slots: they use upload as children do.
     pub viewers: u8,
+    /// Children that took the slot of a child that failed, for a while (see
+    /// [`crate::forward::Heir`]).
+    pub heirs: Vec<crate::forward::Heir>,
 }
 
 /// A read-only view of one held stream, for the API and the simulation.
@@ -599,7 +602,7 @@ impl Node {
                 backup,
             } => self.path_changed(ticket, &token, path, backup),
             Request::Ping { stream } => Ok(Response::Pong {
-                flowing: stream.map(|s| self.streams.get(&s).is_some_and(|h| h.is_flowing())),
+                flowing: stream.map(|s| self.streams.get(&s).is_some_and(|h| h.sends())),
             }),
             Request::Adopt {
                 children,
@@ -672,7 +675,8 @@ impl Held {
         self.watch.as_ref().is_none_or(|w| w.parent().is_some())
     }
 
-    pub(crate) fn is_flowing(&self) -> bool {
-        self.watch.as_ref().is_none_or(Watch::is_flowing)
+    /// See [`Watch::sends`]; the source always does.
+    pub(crate) fn sends(&self) -> bool {
+        self.watch.as_ref().is_none_or(Watch::sends)
     }
 }

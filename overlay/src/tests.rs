@@ -1,7 +1,9 @@
 //! The engine against requests as a peer would send them, on a virtual clock.
 
 use proptest::prelude::*;
-use proto::overlay::{NodeCard, NodeId, Peer, RefusalKind, Request, Response, StreamId, Ticket};
+use proto::overlay::{
+    NodeCard, NodeId, Peer, Refusal, RefusalKind, Request, Response, StreamId, Ticket,
+};
 
 use crate::{CallError, Config, Input, Node, Output, RequestId, Target, Time};
 
@@ -374,8 +376,8 @@ fn a_claim_on_a_connected_childs_slot_is_checked_with_that_child() {
     assert!(children.contains(&"orphan".to_string()) && !children.contains(&"a".to_string()));
 }
 
-#[test]
-fn a_gone_childs_slot_goes_to_its_child_at_once() {
+/// The source with children `a` and `b`, `a`'s player gone.
+fn source_whose_child_a_is_gone() -> (Harness, Ticket) {
     let mut h = Harness::source(Config::default());
     let t = h.ticket(&card("a", 10, 4000), None).unwrap();
     h.ticket(&card("b", 11, 4000), None).unwrap();
@@ -387,18 +389,54 @@ fn a_gone_childs_slot_goes_to_its_child_at_once() {
         stream: stream(),
         ticket: t.id,
     });
-    let claim = h.request(Request::Ticket {
+    (h, t)
+}
+
+/// A child of `a` claims `a`'s slot at the source.
+fn claim_of_as_slot(child: &NodeCard) -> Request {
+    Request::Ticket {
         stream: stream(),
-        child: card("orphan", 12, 4000),
+        child: child.clone(),
         path: Some(vec![NodeId::new("src").unwrap(), NodeId::new("a").unwrap()]),
         replaces: Some(NodeId::new("a").unwrap()),
         standby: false,
-    });
+    }
+}
+
+#[test]
+fn a_gone_childs_slot_goes_to_its_child_at_once() {
+    let (mut h, t) = source_whose_child_a_is_gone();
+    let claim = h.request(claim_of_as_slot(&card("orphan", 12, 4000)));
     assert!(matches!(claim, Ok(Response::Ticket { .. })));
     assert!(h.outputs.contains(&Output::Kick {
         stream: stream(),
         ticket: t.id
     }));
+}
+
+/// Two children of a failed box claim its slot: the second is told which of them
+/// took it, rather than only that the slot is gone.
+#[test]
+fn a_late_claim_on_a_dead_childs_slot_names_the_child_that_took_it() {
+    let (mut h, _) = source_whose_child_a_is_gone();
+    let (first, second) = (card("first", 12, 4000), card("second", 13, 4000));
+    let claim = claim_of_as_slot;
+    assert!(matches!(
+        h.request(claim(&first)),
+        Ok(Response::Ticket { .. })
+    ));
+    let late = h.request(claim(&second)).unwrap_err();
+    assert_eq!(late.kind, RefusalKind::Full);
+    assert_eq!(late.instead, Some(first.peer.clone()));
+    // Without a claim on that slot there is nothing to name.
+    let plain = h.request(Request::Ticket {
+        stream: stream(),
+        child: card("other", 14, 4000),
+        path: None,
+        replaces: None,
+        standby: false,
+    });
+    assert_eq!(plain.unwrap_err().instead, None);
 }
 
 #[test]
@@ -547,6 +585,21 @@ fn watcher_under(p: &NodeCard, g: &NodeCard) -> Harness {
     h
 }
 
+/// A ticket from `parent`, a child of the source: the answer to a claim at the backup.
+fn granted_by(parent: &NodeCard) -> Result<Response, CallError> {
+    Ok(Response::Ticket {
+        ticket: Box::new(Ticket {
+            id: proto::overlay::TicketId(7),
+            token: "t7".into(),
+            stream: stream(),
+            parent: parent.peer.clone(),
+            path: vec![parent.peer.id.clone()],
+            backup: None,
+            adopt: None,
+        }),
+    })
+}
+
 impl Harness {
     /// The latest call that `pick` matches.
     fn call_to(&self, pick: impl Fn(&Target, &Request) -> bool) -> Option<crate::CallId> {
@@ -652,8 +705,12 @@ fn a_hot_standby_takes_over_from_a_failed_parent_without_a_search() {
     );
 }
 
+/// A parent silent for half the stall timeout is asked whether it is alive, and its
+/// slot is claimed at the backup at the same moment (the backup asks it too). A live
+/// parent keeps the box; a dead one's slot is the box's as soon as the backup says
+/// so, with no second claim or ping at the stall.
 #[test]
-fn a_silent_parent_is_asked_early_and_its_slot_claimed_at_the_stall() {
+fn a_silent_parent_is_asked_early_and_its_slot_claimed_at_once() {
     let (p, g) = (card("p", 20, 4000), card("g", 21, 8000));
     let mut h = watcher_under(&p, &g);
     let to = |who: NodeId, request: fn(&Request) -> bool| {
@@ -669,44 +726,263 @@ fn a_silent_parent_is_asked_early_and_its_slot_claimed_at_the_stall() {
             }
         )
     });
+    let calls = |h: &Harness, from: usize, pick: &dyn Fn(&Target, &Request) -> bool| {
+        h.outputs[from..]
+            .iter()
+            .filter(|o| matches!(o, Output::Call { to, request, .. } if pick(to, request)))
+            .count()
+    };
 
     // A moment's silence from a parent that answers: nothing changes.
     h.input(Input::Silent { stream: stream() });
-    let early = h
-        .call_to(&ping)
-        .expect("the silent parent is asked at once");
+    let early = h.call_to(&ping).expect("the silent parent is asked");
+    let claimed = h.call_to(&claim).expect("its slot is claimed at once");
     h.input(Input::Reply {
         call: early,
         result: Ok(Response::Pong {
             flowing: Some(true),
         }),
     });
+    h.input(Input::Reply {
+        call: claimed,
+        result: Err(CallError::Refused(Refusal::new(
+            RefusalKind::Full,
+            "the parent whose slot is claimed is alive",
+        ))),
+    });
+    assert_eq!(h.node.held()[0].parent.as_ref(), Some(&p.peer.id));
     assert!(h.node.held()[0].flowing);
-    assert!(h.call_to(&claim).is_none());
 
-    // Silence from a parent that does not answer: its slot is claimed at the stall,
-    // with no second ping.
+    // Silence from a parent that does not answer: at the stall nothing is sent again,
+    // and the backup's grant makes it the parent.
+    let before = h.outputs.len();
     h.input(Input::Silent { stream: stream() });
     let early = h.call_to(&ping).expect("asked again");
+    let claimed = h.call_to(&claim).expect("claimed again");
     h.input(Input::Reply {
         call: early,
         result: Err(CallError::Unreachable("no answer in time".into())),
     });
-    assert!(h.call_to(&claim).is_none(), "no claim before the stall");
-    let before = h.outputs.len();
     h.input(Input::Stalled { stream: stream() });
+    assert_eq!(
+        (calls(&h, before, &ping), calls(&h, before, &claim)),
+        (1, 1)
+    );
+    h.input(Input::Reply {
+        call: claimed,
+        result: granted_by(&g),
+    });
+    assert_eq!(h.node.held()[0].parent.as_ref(), Some(&g.peer.id));
+    assert!(
+        h.outputs[before..]
+            .iter()
+            .any(|o| matches!(o, Output::Pull { parent, .. } if parent.id == g.peer.id)),
+        "plays from the backup"
+    );
+    assert!(!h.outputs[before..].iter().any(|o| matches!(
+        o,
+        Output::Call {
+            request: Request::Search { .. },
+            ..
+        }
+    )));
+}
+
+/// A box whose own parent has gone silent tells its children so when they ask at
+/// their stall, even before its own stall: they wait for its repair, not search.
+#[test]
+fn a_silent_box_tells_its_children_it_has_no_stream() {
+    let mut h = watcher_under(&card("p", 20, 4000), &card("g", 21, 8000));
+    let ping = |h: &mut Harness| {
+        h.request(Request::Ping {
+            stream: Some(stream()),
+        })
+    };
+    let pong = |flowing| {
+        Ok(Response::Pong {
+            flowing: Some(flowing),
+        })
+    };
+    assert_eq!(ping(&mut h), pong(true));
+    h.input(Input::Silent { stream: stream() });
+    assert_eq!(ping(&mut h), pong(false));
+    h.input(Input::Flowing { stream: stream() });
+    assert_eq!(ping(&mut h), pong(true));
+}
+
+/// The backup may find the silent parent dead before the box sees the stall: the
+/// box moves then.
+#[test]
+fn a_claim_granted_before_the_stall_moves_the_box_at_once() {
+    let (p, g) = (card("p", 20, 4000), card("g", 21, 8000));
+    let mut h = watcher_under(&p, &g);
+    h.input(Input::Silent { stream: stream() });
+    let claimed = h
+        .call_to(|t, r| {
+            matches!(t, Target::Node(n) if n.id == g.peer.id)
+                && matches!(
+                    r,
+                    Request::Ticket {
+                        replaces: Some(_),
+                        ..
+                    }
+                )
+        })
+        .expect("claims the silent parent's slot");
+    h.input(Input::Reply {
+        call: claimed,
+        result: granted_by(&g),
+    });
+    assert_eq!(h.node.held()[0].parent.as_ref(), Some(&g.peer.id));
+    assert!(h
+        .outputs
+        .iter()
+        .any(|o| matches!(o, Output::Pull { parent, .. } if parent.id == g.peer.id)));
+    assert!(
+        h.outputs.iter().any(|o| matches!(
+            o,
+            Output::Call { to: Target::Node(n), request: Request::EndTicket { .. }, .. }
+                if n.id == p.peer.id
+        )),
+        "the dead parent's ticket is ended"
+    );
+}
+
+/// The claim on a dead parent's slot lost to a sibling: the box asks that sibling
+/// next, without a search.
+#[test]
+fn a_box_that_lost_the_claim_asks_the_sibling_that_won_it() {
+    // The backup's answer comes after the stall, or before it.
+    for stall_first in [true, false] {
+        lost_claim_asks_the_sibling(stall_first);
+    }
+}
+
+fn lost_claim_asks_the_sibling(stall_first: bool) {
+    let (p, g, sibling) = (
+        card("p", 20, 4000),
+        card("g", 21, 8000),
+        card("sib", 22, 8000),
+    );
+    let mut h = watcher_under(&p, &g);
+    h.input(Input::Silent { stream: stream() });
+    if stall_first {
+        let ping = h
+            .call_to(|_, r| matches!(r, Request::Ping { .. }))
+            .expect("asks the silent parent");
+        h.input(Input::Reply {
+            call: ping,
+            result: Err(CallError::Unreachable("no answer in time".into())),
+        });
+        h.input(Input::Stalled { stream: stream() });
+    }
+    let claim = h
+        .call_to(|_, r| {
+            matches!(
+                r,
+                Request::Ticket {
+                    replaces: Some(_),
+                    ..
+                }
+            )
+        })
+        .expect("claims the dead parent's slot");
+    let before = h.outputs.len();
+    h.input(Input::Reply {
+        call: claim,
+        result: Err(CallError::Refused(
+            Refusal::new(RefusalKind::Full, "no free slot").ask_instead(sibling.peer.clone()),
+        )),
+    });
     let after = &h.outputs[before..];
     assert!(
-        after
-            .iter()
-            .any(|o| matches!(o, Output::Call { to, request, .. } if claim(to, request))),
-        "the dead parent's slot is claimed at the stall: {after:?}"
+        after.iter().any(|o| matches!(
+            o,
+            Output::Call { to: Target::Node(peer), request: Request::Ticket { replaces: None, .. }, .. }
+                if peer.id == sibling.peer.id
+        )),
+        "asks the sibling: {after:?}"
     );
     assert!(
-        !after
-            .iter()
-            .any(|o| matches!(o, Output::Call { to, request, .. } if ping(to, request))),
-        "without asking the parent again"
+        !after.iter().any(|o| matches!(
+            o,
+            Output::Call {
+                request: Request::Search { .. },
+                ..
+            }
+        )),
+        "no search before the sibling answers"
+    );
+}
+
+/// Candidates are ranked by depth, then free slots, then round-trip time: once the
+/// best-ranked has answered, a candidate that is still silent (a dead box the
+/// supernode has not forgotten yet) cannot win, and is not waited for.
+#[test]
+fn a_search_does_not_wait_for_candidates_that_cannot_win() {
+    let mut h = Harness::alone(Config::default(), card("sn", 1, 10_000), 3);
+    let holding = |depth: usize, free: u8| proto::overlay::Holding {
+        stream: stream(),
+        path: (0..depth)
+            .map(|i| NodeId::new(format!("up{i}")).unwrap())
+            .collect(),
+        slots: 2,
+        free,
+        weakest_child: None,
+    };
+    let (shallow, deep, silent) = (
+        card("shallow", 10, 8000),
+        card("deep", 11, 8000),
+        card("silent", 12, 8000),
+    );
+    for (c, depth) in [(&shallow, 1), (&deep, 3), (&silent, 3)] {
+        h.request(Request::Register { node: c.clone() }).unwrap();
+        h.request(Request::Announce {
+            node: c.peer.id.clone(),
+            holdings: vec![holding(depth, 1)],
+        })
+        .unwrap();
+    }
+    h.input(Input::Watch {
+        stream: stream(),
+        kbps: 2500,
+        source: None,
+    });
+    let ping_of = |h: &Harness, who: &NodeCard| {
+        h.call_to(|t, r| {
+            matches!(t, Target::Node(n) if n.id == who.peer.id) && matches!(r, Request::Ping { .. })
+        })
+        .unwrap_or_else(|| panic!("{} is pinged", who.peer.id))
+    };
+    let pong = || {
+        Ok(Response::Pong {
+            flowing: Some(true),
+        })
+    };
+    let asked = |h: &Harness, who: &NodeCard| {
+        h.call_to(|t, r| {
+            matches!(t, Target::Node(n) if n.id == who.peer.id)
+                && matches!(r, Request::Ticket { .. })
+        })
+        .is_some()
+    };
+    // The deeper answers first: the shallow one may still win, so it is waited for.
+    let (to_shallow, to_deep) = (ping_of(&h, &shallow), ping_of(&h, &deep));
+    ping_of(&h, &silent);
+    h.input(Input::Reply {
+        call: to_deep,
+        result: pong(),
+    });
+    assert!(!asked(&h, &deep) && !asked(&h, &shallow));
+    // The shallow one answers: the silent one (as deep as `deep`) cannot win.
+    h.input(Input::Reply {
+        call: to_shallow,
+        result: pong(),
+    });
+    assert!(
+        asked(&h, &shallow),
+        "asks the best at once: {:?}",
+        h.outputs
     );
 }
 

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use proto::overlay::{Candidate, NodeId, Peer, Request, Response, StreamId, Ticket};
+use proto::overlay::{Candidate, NodeId, Peer, Refusal, Request, Response, StreamId, Ticket};
 
 use crate::membership::State;
 use crate::node::{CallError, CallId, Event, Held, Node, Output, Pending, Target};
@@ -25,6 +25,9 @@ pub(crate) struct Watch {
     /// The previous parent's ticket, ended once the new parent's stream flows.
     old: Option<Ticket>,
     seek: Seek,
+    /// The claim on a silent parent's slot, sent to the backup with the early ask
+    /// (see [`Node::silent`]).
+    early_claim: Option<CallId>,
     retry: Duration,
     next_improve: Time,
     pub(crate) standby: crate::standby::Standby,
@@ -33,6 +36,8 @@ pub(crate) struct Watch {
 struct Attached {
     ticket: Ticket,
     flowing: bool,
+    /// The parent has sent nothing for half the stall timeout.
+    silent: bool,
     /// Until when the stream may take to start flowing.
     connect_by: Time,
 }
@@ -105,6 +110,7 @@ impl Watch {
             attached: None,
             old: None,
             seek: Seek::Idle,
+            early_claim: None,
             retry: Duration::ZERO,
             next_improve: Time::NEVER,
             standby: Default::default(),
@@ -114,6 +120,18 @@ impl Watch {
     /// Its stream flows, and it is not looking for another parent.
     fn is_settled(&self) -> bool {
         self.is_flowing() && matches!(self.seek, Seek::Idle)
+    }
+
+    /// Only a settled node, or one merely looking for a better place, asks its parent
+    /// why it is silent; any other search is already a repair or a move.
+    fn may_probe(&self) -> bool {
+        match self.seek {
+            Seek::Idle => true,
+            Seek::Searching { purpose, .. }
+            | Seek::Pinging { purpose, .. }
+            | Seek::Asking { purpose, .. } => purpose == Purpose::Improve,
+            _ => false,
+        }
     }
 
     /// When this node asks for a standby next: once it is settled.
@@ -137,6 +155,7 @@ impl Watch {
         let old = self.attached.replace(Attached {
             ticket,
             flowing: true,
+            silent: false,
             connect_by: now,
         });
         self.parent_sends();
@@ -157,6 +176,16 @@ impl Watch {
 
     pub(crate) fn is_flowing(&self) -> bool {
         self.attached.as_ref().is_some_and(|a| a.flowing)
+    }
+
+    /// Flowing, and the parent sent lately: what a ping is told. A child that asks at
+    /// its stall whether its parent still has the stream must hear no while the parent
+    /// has been silent too, even if the parent's own stall is still to come: then the
+    /// child waits for its parent's repair instead of searching.
+    pub(crate) fn sends(&self) -> bool {
+        self.attached
+            .as_ref()
+            .is_some_and(|a| a.flowing && !a.silent)
     }
 
     /// Returns whether anything changed.
@@ -214,6 +243,7 @@ impl Node {
             watch: Some(watch),
             children: Default::default(),
             reserved: None,
+            heirs: Vec::new(),
             viewers: 0,
         });
         self.streams.insert(stream.clone(), held);
@@ -267,8 +297,13 @@ impl Node {
                     requester: self.me.peer.id.clone(),
                     requester_slots: self.my_slots(stream),
                 };
+                // A supernode answers within its flood's wait: one that lost power
+                // should not hold a repair for the whole call timeout.
+                let timeout = (self.cfg.flood_wait_per_hop * (u32::from(ttl) + 1)
+                    + self.cfg.ping_timeout)
+                    .min(self.cfg.call_timeout);
                 let to = Target::Node(supernode.clone());
-                Some(self.call(to, request, Pending::Search(stream.clone())))
+                Some(self.call_within(to, request, Pending::Search(stream.clone()), timeout))
             }
             _ => None,
         };
@@ -429,25 +464,41 @@ impl Node {
                 _ => Ping::Failed,
             };
         }
-        if candidates.iter().all(|(_, p)| !matches!(p, Ping::Waiting)) {
+        // Depth, then free slots rank the candidates, and round-trip time breaks ties:
+        // a candidate that has not answered yet can only win by a better rank.
+        let rank = |c: &Candidate| (c.holding.depth(), std::cmp::Reverse(c.holding.free));
+        let best = candidates
+            .iter()
+            .filter(|(_, p)| matches!(p, Ping::Answered(_)))
+            .map(|(c, _)| rank(c))
+            .min();
+        let may_win = |c: &Candidate| best.is_none_or(|b| rank(c) < b);
+        if !candidates
+            .iter()
+            .any(|(c, p)| matches!(p, Ping::Waiting) && may_win(c))
+        {
             self.finish_pinging(stream);
         }
     }
 
     /// Ask the answering candidates in order of depth, free slots and round-trip
-    /// time; then the ones not pinged.
+    /// time; then, before the ping timeout, the ones still to answer; then the ones
+    /// not pinged.
     fn finish_pinging(&mut self, stream: &StreamId) {
+        let now = self.now;
         let Some(watch) = self.watch_mut(stream) else {
             return;
         };
         let Seek::Pinging {
             candidates,
             purpose,
+            deadline,
             ..
         } = std::mem::replace(&mut watch.seek, Seek::Idle)
         else {
             return;
         };
+        let timed_out = now >= deadline;
         let mut answered: Vec<(Candidate, Duration)> = candidates
             .iter()
             .filter_map(|(c, p)| match p {
@@ -457,9 +508,13 @@ impl Node {
             .collect();
         answered
             .sort_by_key(|(c, rtt)| (c.holding.depth(), std::cmp::Reverse(c.holding.free), *rtt));
-        let rest = candidates
-            .into_iter()
-            .filter(|(_, p)| matches!(p, Ping::NotPinged));
+        // The rest in the supernode's order. The ones still to answer rank below the
+        // answered (see `on_candidate_ping`); after the timeout they count as dead.
+        let rest = candidates.into_iter().filter(|(_, p)| match p {
+            Ping::Waiting => !timed_out,
+            Ping::NotPinged => true,
+            Ping::Answered(_) | Ping::Failed => false,
+        });
         let queue = answered
             .into_iter()
             .map(|(c, _)| c)
@@ -542,6 +597,11 @@ impl Node {
                 purpose,
                 ..
             } if c == call => purpose,
+            _ if watch.early_claim == Some(call) => {
+                watch.early_claim = None;
+                self.early_claim_answered(stream, result);
+                return;
+            }
             _ => {
                 // An answer that came too late: give the slot back.
                 if let Ok(Response::Ticket { ticket }) = result {
@@ -553,6 +613,18 @@ impl Node {
         match result {
             Ok(Response::Ticket { ticket }) if ticket.stream == *stream => {
                 self.attach(stream, *ticket, purpose)
+            }
+            // A sibling took our dead parent's slot first: it is the next to ask.
+            Err(CallError::Refused(Refusal {
+                instead: Some(heir),
+                ..
+            })) if heir.id != self.me.peer.id => {
+                if let Some(Seek::Asking { queue, .. }) =
+                    self.watch_mut(stream).map(|w| &mut w.seek)
+                {
+                    queue.push_front((heir, None));
+                }
+                self.ask_next(stream)
             }
             _ => self.ask_next(stream),
         }
@@ -581,9 +653,11 @@ impl Node {
         watch.attached = Some(Attached {
             ticket,
             flowing: false,
+            silent: false,
             connect_by,
         });
         watch.seek = Seek::Idle;
+        watch.early_claim = None;
         watch.retry = Duration::ZERO;
         watch.next_improve = now + improve;
         if let Some(dead) = dead {
@@ -639,6 +713,7 @@ impl Node {
             return;
         };
         a.flowing = true;
+        a.silent = false;
         watch.parent_sends();
         if let Some(old) = watch.old.take() {
             self.release(vec![old]);
@@ -646,15 +721,43 @@ impl Node {
     }
 
     /// The parent has sent nothing for half the stall timeout: a settled node asks it
-    /// already whether it is alive, so that a dead parent is known by the time the
-    /// stall is (and its slot claimed at once). A standby takes over at the stall.
+    /// already whether it is alive, and claims its slot at the backup, which asks the
+    /// parent too and gives the slot only if it does not answer. So a parent that lost
+    /// power is replaced about when the stall is seen, not a ping timeout later. A
+    /// standby takes over at the stall.
     pub(crate) fn silent(&mut self, stream: &StreamId) {
         let now = self.now;
+        let card = self.me.clone();
         let Some(watch) = self.watch_mut(stream) else {
             return;
         };
-        if watch.is_settled() && !watch.standby.is_flowing() {
-            self.probe(stream, now, false, true);
+        if let Some(a) = watch.attached.as_mut() {
+            a.silent = true;
+        }
+        if !watch.is_flowing() || !watch.may_probe() || watch.standby.is_flowing() {
+            return;
+        }
+        let claim = watch.attached.as_ref().and_then(|a| {
+            let backup = a.ticket.backup.clone()?;
+            let request = Request::Ticket {
+                stream: stream.clone(),
+                child: card,
+                path: Some(a.ticket.path.clone()),
+                replaces: Some(a.ticket.parent.id.clone()),
+                standby: false,
+            };
+            Some((backup, request))
+        });
+        self.probe(stream, now, false, true);
+        if let Some((backup, request)) = claim {
+            let call = self.call(
+                Target::Node(backup),
+                request,
+                Pending::Ticket(stream.clone()),
+            );
+            if let Some(watch) = self.watch_mut(stream) {
+                watch.early_claim = Some(call);
+            }
         }
     }
 
@@ -684,16 +787,7 @@ impl Node {
             }
             _ => {}
         }
-        // Only a settled node, or one merely looking for a better place, starts
-        // probing; any other search is already a repair or a move.
-        let interruptible = match watch.seek {
-            Seek::Idle => true,
-            Seek::Searching { purpose, .. }
-            | Seek::Pinging { purpose, .. }
-            | Seek::Asking { purpose, .. } => purpose == Purpose::Improve,
-            _ => false,
-        };
-        if interruptible {
+        if watch.may_probe() {
             self.probe(stream, now, false, false);
         }
     }
@@ -807,16 +901,21 @@ impl Node {
             return;
         }
         let dead = a.ticket.parent.id.clone();
-        // A standby that is not flowing yet, from the backup: the claim there makes
-        // its ticket the parent's, so it is forgotten here, not ended.
-        let now = self.now;
-        self.forget_standby(stream, now);
-        if self.supernode_id() == Some(&dead) {
-            // Our parent was our supernode too: find another now, not when a search
-            // to the dead one times out.
-            self.supernode_lost();
+        self.parent_dead(stream, &dead);
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
+        if let Some(call) = watch.early_claim.take() {
+            // The claim sent when the parent fell silent answers for this one.
+            watch.seek = Seek::Asking {
+                queue: VecDeque::new(),
+                call: Some(call),
+                purpose: Purpose::Repair,
+                then_search: true,
+            };
+            return;
         }
-        let Some(a) = self.watch_mut(stream).and_then(|w| w.attached.as_ref()) else {
+        let Some(a) = watch.attached.as_ref() else {
             return;
         };
         let queue: VecDeque<(Peer, Option<NodeId>)> = a
@@ -827,6 +926,58 @@ impl Node {
             .into_iter()
             .collect();
         self.ask(stream, queue, Purpose::Repair, true);
+    }
+
+    /// What a dead parent ends besides the feed.
+    fn parent_dead(&mut self, stream: &StreamId, dead: &NodeId) {
+        // A standby that is not flowing yet, from the backup: the claim there makes
+        // its ticket the parent's, so it is forgotten here, not ended.
+        let now = self.now;
+        self.forget_standby(stream, now);
+        if self.supernode_id() == Some(dead) {
+            // Our parent was our supernode too: find another now, not when a search
+            // to the dead one times out.
+            self.supernode_lost();
+        }
+    }
+
+    /// The backup answered the claim sent when the parent fell silent. Granted: the
+    /// parent is dead, and we play from the backup. Refused naming the sibling that
+    /// took the slot first: the parent is dead, and we ask that sibling. Refused
+    /// otherwise (the parent answered the backup): the claim is made again if the
+    /// stall comes.
+    fn early_claim_answered(&mut self, stream: &StreamId, result: Result<Response, CallError>) {
+        let me = self.me.peer.id.clone();
+        let Some(dead) = self
+            .watch_mut(stream)
+            .and_then(|w| w.parent().map(|p| p.id.clone()))
+        else {
+            if let Ok(Response::Ticket { ticket }) = result {
+                self.release(vec![*ticket]);
+            }
+            return;
+        };
+        let next = match result {
+            Ok(Response::Ticket { ticket }) => Ok(*ticket),
+            Err(CallError::Refused(Refusal {
+                instead: Some(heir),
+                ..
+            })) if heir.id != me => Err(heir),
+            _ => return,
+        };
+        self.event(Event::Orphaned {
+            stream: stream.clone(),
+        });
+        self.parent_dead(stream, &dead);
+        match next {
+            Ok(ticket) => self.attach(stream, ticket, Purpose::Repair),
+            Err(heir) => self.ask(
+                stream,
+                VecDeque::from([(heir, None)]),
+                Purpose::Repair,
+                true,
+            ),
+        }
     }
 
     /// Our parent ended our ticket, naming where to go: move, keeping the stream

@@ -270,6 +270,10 @@ pub enum RefusalKind {
 pub struct Refusal {
     pub kind: RefusalKind,
     pub error: String,
+    /// Where to ask instead: a parent refusing the claim on a dead child's slot names
+    /// the sibling that took it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instead: Option<Peer>,
 }
 
 impl Refusal {
@@ -277,6 +281,15 @@ impl Refusal {
         Refusal {
             kind,
             error: error.into(),
+            instead: None,
+        }
+    }
+
+    /// The same refusal, naming where to ask instead.
+    pub fn ask_instead(self, peer: Peer) -> Refusal {
+        Refusal {
+            instead: Some(peer),
+            ..self
         }
     }
 

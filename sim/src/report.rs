@@ -20,6 +20,9 @@ pub(crate) struct Stats {
     other_gaps: Vec<Duration>,
     promotions: u64,
     after_joins: Option<Depths>,
+    /// The sample while boxes joined where the tree was deepest against the bound
+    /// for the boxes alive then: (depth, bound).
+    deepest_joining: Option<(usize, usize)>,
     quiet_from: Option<(u64, usize)>,
     loops_seen: u64,
     over_slots_seen: u64,
@@ -93,6 +96,17 @@ impl Stats {
         if self.after_joins.is_none() && sim.now >= sim.params.churn_start() {
             self.after_joins = Some(depths(sim));
         }
+        if self.after_joins.is_none() {
+            let now = depths(sim);
+            let sample = (now.max, depth_bound(now.alive));
+            let excess = |(d, b): (usize, usize)| d as i64 - b as i64;
+            if self
+                .deepest_joining
+                .is_none_or(|worst| excess(sample) > excess(worst))
+            {
+                self.deepest_joining = Some(sample);
+            }
+        }
         if self.quiet_from.is_none() && sim.now >= sim.params.churn_end() {
             self.quiet_from = Some((self.messages, alive(sim)));
         }
@@ -159,7 +173,7 @@ impl Stats {
         let p = &sim.params;
         let end = self.end.as_ref().expect("finished");
         let n = alive(sim);
-        let bound = (((n + 1) as f64).log2().ceil() as usize) + 1;
+        let bound = depth_bound(n);
         let joins = quantiles(&self.joins);
         let rec = quantiles(&self.recoveries);
         let gaps = quantiles(&self.other_gaps);
@@ -200,6 +214,12 @@ impl Stats {
             "| depth after joins, max / p50 | {} / {} | ≤ ⌈log2(N+1)⌉+1 = {} |",
             after.max, after.p50, bound
         );
+        if let Some((depth, then)) = self.deepest_joining {
+            let _ = writeln!(
+                t,
+                "| depth while joining, deepest against its bound | {depth} | ≤ {then} (the boxes then) |"
+            );
+        }
         let _ = writeln!(
             t,
             "| depth at the end, max / p50 | {} / {} | ≤ {} |",
@@ -308,6 +328,11 @@ fn media_depth(sim: &Sim, b: &crate::Box_) -> usize {
         }
     }
     d
+}
+
+/// The tree's depth bound for `n` boxes: ⌈log2(n+1)⌉+1.
+fn depth_bound(n: usize) -> usize {
+    (((n + 1) as f64).log2().ceil() as usize) + 1
 }
 
 fn depths(sim: &Sim) -> Depths {
