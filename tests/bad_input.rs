@@ -3,9 +3,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use proto::TagKind;
@@ -58,19 +58,85 @@ fn closed_by_server(mut socket: TcpStream) -> bool {
     }
 }
 
+/// At least `at_least` video frames of a 30 fps stream, none skipped.
+fn assert_no_frame_skipped(seen: &[Seen], at_least: usize) {
+    let frames: Vec<u32> = seen
+        .iter()
+        .filter(|s| s.tag.kind == TagKind::Video && !s.tag.is_sequence_header())
+        .map(|s| s.tag.timestamp)
+        .collect();
+    assert!(
+        frames.len() >= at_least,
+        "only {} frames of the good stream",
+        frames.len()
+    );
+    for w in frames.windows(2) {
+        assert!(
+            w[1] - w[0] <= 34,
+            "the good stream skipped from {} to {}",
+            w[0],
+            w[1]
+        );
+    }
+}
+
+/// Sends `first`, then `then` once a second, until the server closes the connection;
+/// how long that took from the connect, or `None` if it had not after `limit`.
+fn dribble(mut socket: TcpStream, first: &[u8], then: &[u8], limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    socket.write_all(first).ok()?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < limit {
+        match socket.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            // An answer (a 408) before the close.
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if socket.write_all(then).is_err() {
+                    return Some(start.elapsed());
+                }
+            }
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+/// Whether the server has closed `socket` (EOF or a reset), rather than keeping it
+/// open and silent; without waiting.
+fn is_closed(mut socket: &TcpStream) -> bool {
+    socket.set_nonblocking(true).unwrap();
+    match socket.read(&mut [0u8; 1]) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() != ErrorKind::WouldBlock,
+    }
+}
+
+/// The node with `good` published and a player on it for `watching`, whose frames
+/// the handle gives.
+fn good_stream_watched(
+    watching: Duration,
+) -> (NodeProc, Publish, tokio::task::JoinHandle<Vec<Seen>>) {
+    let node = node();
+    let good = Publish::start(&format!("{}?key={KEY}", node.rtmp_url("good")));
+    eventually(Duration::from_secs(10), || {
+        (node.stream_info("good")["tags_in"].as_u64()? > 30).then_some(())
+    });
+    let url = node.rtmp_url("good");
+    let watcher = tokio::spawn(async move { play(&url, watching).await });
+    (node, good, watcher)
+}
+
 fn count(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_rtmp_input_is_refused_and_other_streams_keep_flowing() {
-    let node = node();
-    let _good = Publish::start(&format!("{}?key={KEY}", node.rtmp_url("good")));
-    eventually(Duration::from_secs(10), || {
-        (node.stream_info("good")["tags_in"].as_u64()? > 30).then_some(())
-    });
-    let url = node.rtmp_url("good");
-    let watcher = tokio::spawn(async move { play(&url, Duration::from_secs(8)).await });
+    let (node, _good, watcher) = good_stream_watched(Duration::from_secs(8));
 
     // The test body blocks this thread; the watcher runs on the runtime's workers.
     {
@@ -129,27 +195,8 @@ async fn bad_rtmp_input_is_refused_and_other_streams_keep_flowing() {
             assert!(!status.success(), "ffprobe of an unknown stream fails");
         }
     }
-    let seen = watcher.await.unwrap();
-
     // The good stream never skipped a frame while all that happened.
-    let frames: Vec<u32> = seen
-        .iter()
-        .filter(|s| s.tag.kind == TagKind::Video && !s.tag.is_sequence_header())
-        .map(|s| s.tag.timestamp)
-        .collect();
-    assert!(
-        frames.len() >= 200,
-        "only {} frames of the good stream",
-        frames.len()
-    );
-    for w in frames.windows(2) {
-        assert!(
-            w[1] - w[0] <= 34,
-            "the good stream skipped from {} to {}",
-            w[0],
-            w[1]
-        );
-    }
+    assert_no_frame_skipped(&watcher.await.unwrap(), 200);
 
     let log = node.log();
     for (needle, times) in [
@@ -293,4 +340,81 @@ async fn a_pull_started_through_the_api_relays_and_stops() {
         (info["source"]["kind"] == "idle").then_some(info)
     });
     assert_eq!(info["name"], "cam");
+}
+
+/// Slow clients and greedy addresses, on both ports. A client that sends an HTTP
+/// request's head a line a second is closed at the head timeout (10 s); one that
+/// shakes hands on the RTMP port and then sends a byte a second, never publishing or
+/// playing, is closed 10 s after it connected. An address holding as many API
+/// connections as it may has the next ones closed at once, logged once, and is
+/// served again when it holds fewer. The good stream flows throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_greedy_clients_are_closed_and_others_are_served() {
+    let (node, _good, watcher) = good_stream_watched(Duration::from_secs(14));
+
+    let api = node.api;
+    let slow_http = std::thread::spawn(move || {
+        let socket = TcpStream::connect(api).unwrap();
+        dribble(
+            socket,
+            b"GET /status HTTP/1.1\r\n",
+            b"x-slow: 1\r\n",
+            Duration::from_secs(20),
+        )
+    });
+    let slow_rtmp = {
+        let socket = handshaken(&node);
+        // Within the handshake's time; the setup's 10 s count from the connect.
+        std::thread::spawn(move || dribble(socket, &[0x02], &[0x00], Duration::from_secs(20)))
+    };
+    // Meanwhile the API answers.
+    let (status, _) = node.http_get("/status");
+    assert_eq!(status, 200);
+    let slow_http = slow_http
+        .join()
+        .unwrap()
+        .expect("the slow HTTP client is closed");
+    let slow_rtmp = slow_rtmp
+        .join()
+        .unwrap()
+        .expect("the slow RTMP client is closed");
+    for (what, took) in [("HTTP", slow_http), ("RTMP", slow_rtmp)] {
+        assert!(
+            (Duration::from_secs(9)..Duration::from_secs(13)).contains(&took),
+            "the slow {what} client was closed after {took:?}"
+        );
+    }
+
+    // A greedy address: 70 connections, of which the 64 an address may hold stay open.
+    let held: Vec<TcpStream> = (0..70).map(|_| TcpStream::connect(api).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let closed = held.iter().filter(|s| is_closed(s)).count();
+    assert!(
+        (6..=10).contains(&closed),
+        "{closed} of 70 connections from one address closed"
+    );
+    drop(held);
+    // Served again once the server has seen them close (until then it resets).
+    let status = format!("http://{api}/status");
+    eventually(Duration::from_secs(5), || {
+        let answer = ureq::get(&status).call().ok()?;
+        (answer.status() == 200).then_some(())
+    });
+
+    assert_no_frame_skipped(&watcher.await.unwrap(), 300);
+    let log = node.log();
+    for (needle, times) in [
+        ("HTTP connections open, the most an address may", 1),
+        (
+            "HTTP connections refused while the address was at its limit",
+            1,
+        ),
+        ("timed out waiting for a publish or play", 1),
+    ] {
+        assert_eq!(
+            count(&log, needle),
+            times,
+            "log lines with {needle:?}:\n{log}"
+        );
+    }
 }

@@ -5,6 +5,8 @@
 mod common;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{eventually, probe_stream, NodeProc};
@@ -183,4 +185,92 @@ fn a_missing_camera_is_an_error_the_node_survives() {
     eventually(Duration::from_secs(5), || {
         (node.status()["broadcast"] == "live").then_some(())
     });
+}
+
+/// The settings a writer sends in its `i`th `PATCH /config`: a title naming `i` and a
+/// description whose length depends on it, so that a file holding parts of two writes
+/// would not read back as any one of them.
+fn settings_patch(i: usize) -> (String, String) {
+    let title = format!("write {i}");
+    let description = format!("{i}:{}", "x".repeat(i * 97 % 1900));
+    (title, description)
+}
+
+/// Settings are saved whole (write, fsync, rename). A node killed with SIGKILL while
+/// it saves them, again and again, starts again with the settings of one whole write:
+/// the last it acknowledged, or one in flight when it died, never a mix and never
+/// an older one.
+#[test]
+fn a_node_killed_while_saving_settings_starts_with_one_whole_write() {
+    let mut node = NodeProc::start("savebox", "", &[]);
+    let mut next = 0;
+    for round in 0..6 {
+        let (url, token) = (format!("http://{}/config", node.api), node.admin_token());
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(None::<usize>));
+        let writer = {
+            let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
+            let first = next;
+            std::thread::spawn(move || {
+                let mut i = first;
+                while !stop.load(Ordering::Relaxed) {
+                    let (title, description) = settings_patch(i);
+                    let body = json!({"title": title, "description": description}).to_string();
+                    let sent = ureq::request("PATCH", &url)
+                        .timeout(Duration::from_secs(2))
+                        .set("authorization", &format!("Bearer {token}"))
+                        .set("content-type", "application/json")
+                        .send_string(&body);
+                    match sent {
+                        Ok(r) if r.status() == 200 => *acked.lock().unwrap() = Some(i),
+                        Ok(r) => panic!("PATCH /config answered {}", r.status()),
+                        // The node is gone.
+                        Err(_) => return i,
+                    }
+                    i += 1;
+                }
+                i
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300 + 70 * round));
+        node.kill();
+        stop.store(true, Ordering::Relaxed);
+        let sent_up_to = writer.join().expect("the writer");
+        let acked = acked
+            .lock()
+            .unwrap()
+            .expect("some writes were acknowledged");
+        assert!(
+            acked - next > 3,
+            "round {round}: only {} writes before the kill",
+            acked - next
+        );
+
+        // On disk: one whole write.
+        let saved = node::settings::Settings::load(node.data_dir())
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let title = saved.title.clone().expect("a title");
+        let i: usize = title
+            .strip_prefix("write ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("round {round}: the title is {title:?}"));
+        assert!(
+            (acked..=sent_up_to).contains(&i),
+            "round {round}: write {i} on disk, {acked} acknowledged, {sent_up_to} sent"
+        );
+        assert_eq!(
+            saved.description.as_deref(),
+            Some(settings_patch(i).1.as_str()),
+            "round {round}: the description is not write {i}'s"
+        );
+        // And the node starts from it.
+        node.start_again();
+        let (status, body) = node.http("GET", "/config", None);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            json_body(&body)["set_remotely"],
+            json!(["description", "title"])
+        );
+        next = sent_up_to + 1;
+    }
 }

@@ -33,7 +33,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use control::Control;
 use proto::overlay::{NodeCard, NodeId, Peer, StreamId};
 use proto::{StreamInfo, StreamRole};
@@ -286,6 +285,10 @@ fn client_address(config: &Config) -> Option<IpAddr> {
 /// round trip.
 const PLAYER_SEND_BUFFER: usize = 256 * 1024;
 
+/// Connections to the API one address may hold at once: a browser opens six, a box
+/// calling this one a few, and a household's boxes share one address behind NAT.
+const API_CONNECTIONS_PER_ADDRESS: usize = 64;
+
 /// Options for every media socket: no Nagle delay, a bounded send buffer.
 pub fn tune_player_socket(socket: &tokio::net::TcpStream) -> std::io::Result<()> {
     socket.set_nodelay(true)?;
@@ -388,11 +391,6 @@ pub async fn run(
         "serving RTMP on {rtmp_addr} and the API on {api_addr}"
     ));
     tasks.extend(service::watchdog());
-    let api_listener = listeners.api.tap_io(|socket| {
-        if let Err(e) = tune_player_socket(socket) {
-            tracing::debug!("cannot set socket options: {e}");
-        }
-    });
     let stopping = Arc::clone(&node);
     let stop = async move {
         tokio::select! {
@@ -403,17 +401,20 @@ pub async fn run(
         service::stopping();
         stopping.leave_overlay().await;
     };
-    let app = api::router(Arc::clone(&node)).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(api_listener, app)
-        .with_graceful_shutdown(stop)
-        .await;
+    let tune = |socket: &tokio::net::TcpStream| {
+        if let Err(e) = tune_player_socket(socket) {
+            tracing::debug!("cannot set socket options: {e}");
+        }
+    };
+    let app = api::router(Arc::clone(&node));
+    web::server::serve(listeners.api, app, API_CONNECTIONS_PER_ADDRESS, tune, stop).await;
     for task in tasks {
         task.abort();
     }
     lock(&node.pulls).clear();
     node.control.stop_pulls();
     tracing::info!("node stopped");
-    served.context("API server failed")
+    Ok(())
 }
 
 #[cfg(test)]

@@ -37,6 +37,10 @@ use tokio::net::TcpListener;
 
 pub use store::{Store, Ttl};
 
+/// Connections one address may hold at once: viewers behind one NAT (a school, an
+/// office) share an address, and each browser keeps a few.
+const CONNECTIONS_PER_ADDRESS: usize = 256;
+
 /// Flags of `astral portal`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PortalArgs {
@@ -162,14 +166,14 @@ impl Portal {
                 }
             }
         });
-        let app =
-            routes::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let app = routes::router(self.state.clone());
+        let tune = |socket: &tokio::net::TcpStream| {
+            let _ = socket.set_nodelay(true);
+        };
+        web::server::serve(self.listener, app, CONNECTIONS_PER_ADDRESS, tune, shutdown).await;
         pruner.abort();
         self.state.store.close().await;
         tracing::info!("portal stopped");
-        served.context("the portal's server failed")
+        Ok(())
     }
 }

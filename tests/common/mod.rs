@@ -100,6 +100,13 @@ impl NodeProc {
             "{} did not stop",
             self.name
         );
+        self.start_again();
+    }
+
+    /// Starts the node again once it has exited (or was killed), on the same ports,
+    /// config and data directory.
+    pub fn start_again(&mut self) {
+        assert!(!self.is_running(), "{} still runs", self.name);
         self.child = spawn_node(&self.name, self.dir.path(), self.api, self.rtmp, &self.args);
         self.wait_ready();
     }

@@ -341,7 +341,7 @@ impl Puller {
                 }
             })
             .await
-            .map_err(|_| RtmpError::Timeout("connect"))?
+            .map_err(|_| RtmpError::Timeout("the connection"))?
         })
     }
 }

@@ -27,7 +27,7 @@ pub enum RtmpError {
     Server(#[from] ServerSessionError),
     #[error("protocol error: {0}")]
     Client(#[from] ClientSessionError),
-    #[error("no data for too long ({0})")]
+    #[error("timed out waiting for {0}")]
     Timeout(&'static str),
     #[error("peer closed the connection {0}")]
     Closed(&'static str),

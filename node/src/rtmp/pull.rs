@@ -95,7 +95,7 @@ async fn pull_session(
     let deadline = Instant::now() + stall_timeout.max(CONNECT_TIMEOUT);
     let mut player = timeout_at(deadline, Player::connect(url))
         .await
-        .map_err(|_| RtmpError::Timeout("connect"))??;
+        .map_err(|_| RtmpError::Timeout("the connection"))??;
     publisher.set_upstream(url.to_string(), true);
     tracing::info!(upstream = %url, "relaying");
     // The stall timer is re-armed only when it fires, not for every tag: a tag only

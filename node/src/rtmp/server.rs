@@ -20,7 +20,7 @@ use rml_rtmp::sessions::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at, Instant};
 use tracing::Instrument;
 
 use super::chunk;
@@ -31,9 +31,16 @@ use crate::auth::constant_time_eq;
 use crate::control::{ChildGuard, PublishGuard, ViewerSlot};
 use crate::hub::{Feed, Packet, Publisher, Subscription};
 use crate::Node;
+use web::server::PerAddress;
 
-/// A peer that has not finished its handshake and `connect` by then is dropped.
+/// A peer that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection that neither publishes nor plays by then, counted from its accept, is
+/// dropped: a slow client cannot hold one by sending a byte now and then.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections one address may hold at once: a household's boxes and players share
+/// an address behind NAT, and a box takes a child or two per stream.
+const CONNECTIONS_PER_ADDRESS: usize = 32;
 /// A publisher, or a connection that neither publishes nor plays, silent this long is
 /// dropped. Players are not expected to talk; the hub drops them if they stop reading.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,6 +50,7 @@ const WRITE_BATCH: usize = 64;
 /// Accepts RTMP connections until the listener fails.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    let open = PerAddress::new("RTMP", CONNECTIONS_PER_ADDRESS);
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -53,11 +61,15 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
                 continue;
             }
         };
+        let Some(slot) = open.take(peer.ip()) else {
+            continue;
+        };
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("rtmp", conn = id);
         let node = Arc::clone(&node);
         tokio::spawn(
             async move {
+                let _slot = slot;
                 tracing::debug!(%peer, "connected");
                 match Connection::run(socket, node).await {
                     Ok(()) => tracing::debug!("closed"),
@@ -103,6 +115,7 @@ struct Connection {
 
 impl Connection {
     async fn run(socket: TcpStream, node: Arc<Node>) -> Result<(), RtmpError> {
+        let set_up_by = Instant::now() + SETUP_TIMEOUT;
         crate::tune_player_socket(&socket)?;
         let peer = socket.peer_addr()?;
         let (mut reader, mut writer) = socket.into_split();
@@ -113,7 +126,7 @@ impl Connection {
             handshake(PeerType::Server, &mut reader, &mut writer, &mut buf),
         )
         .await
-        .map_err(|_| RtmpError::Timeout("handshake"))??;
+        .map_err(|_| RtmpError::Timeout("the handshake"))??;
 
         let mut session_config = ServerSessionConfig::new();
         session_config.chunk_size = chunk::CHUNK_SIZE as u32;
@@ -132,14 +145,16 @@ impl Connection {
         writer.write_all_buf(&mut conn.out).await?;
 
         loop {
-            let idle = match conn.role {
-                Role::Playing { .. } => Duration::MAX,
-                _ => IDLE_TIMEOUT,
+            let deadline = match conn.role {
+                Role::Idle => Some((set_up_by, "a publish or play")),
+                Role::Publishing { .. } => Some((Instant::now() + IDLE_TIMEOUT, "input")),
+                // Players are not expected to talk.
+                Role::Playing { .. } => None,
             };
             tokio::select! {
                 biased;
-                read = timeout(idle, reader.read(&mut buf)) => {
-                    let n = read.map_err(|_| RtmpError::Timeout("input"))??;
+                read = read_by(&mut reader, &mut buf, deadline) => {
+                    let n = read?;
                     if n == 0 {
                         return Ok(());
                     }
@@ -400,6 +415,22 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// Reads what the peer sent, failing with a timeout naming `deadline`'s wait once it
+/// has passed.
+async fn read_by(
+    reader: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut [u8],
+    deadline: Option<(Instant, &'static str)>,
+) -> Result<usize, RtmpError> {
+    match deadline {
+        Some((by, waited_for)) => timeout_at(by, reader.read(buf))
+            .await
+            .map_err(|_| RtmpError::Timeout(waited_for))?,
+        None => reader.read(buf).await,
+    }
+    .map_err(RtmpError::from)
 }
 
 /// The next packet for a player; an error ends the connection: the player fell too
