@@ -4,6 +4,7 @@
 mod bench;
 mod capture_bench;
 mod cross;
+mod fuzz;
 mod image;
 mod image_test;
 mod latency_bench;
@@ -32,7 +33,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Formatting, lints, and every test of the workspace
+    /// Formatting, lints, every test of the workspace, a short pass of each fuzz
+    /// target, and the box as shipped
     Test,
     /// Benchmarks, printed as ratios against a peer run beside them
     Bench {
@@ -50,6 +52,9 @@ enum Task {
     ImageTest(image_test::ImageTestArgs),
     /// Many boxes in network namespaces with household uploads (needs root)
     Testbed(testbed_cmd::TestbedArgs),
+    /// The cargo-fuzz targets, each for a bounded number of executions (Rust nightly
+    /// and cargo-fuzz, installed if missing)
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +76,7 @@ fn main() -> anyhow::Result<()> {
                 "warnings",
             ]))?;
             test_workspace()?;
+            fuzz::fuzz(fuzz::FuzzArgs::smoke())?;
             test_appliance()
         }
         Task::Bench { which } => bench::run(which),
@@ -79,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         Task::Image(args) => image::image_command(args),
         Task::ImageTest(args) => image_test::image_test(args),
         Task::Testbed(args) => testbed_cmd::testbed(args),
+        Task::Fuzz(args) => fuzz::fuzz(args),
     }
 }
 
