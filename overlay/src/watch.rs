@@ -95,6 +95,12 @@ enum Seek {
     },
 }
 
+/// How a search's candidates rank: shallower first, then more free slots (round-trip
+/// time breaks ties).
+fn rank(c: &Candidate) -> (usize, std::cmp::Reverse<u8>) {
+    (c.holding.depth(), std::cmp::Reverse(c.holding.free))
+}
+
 #[derive(Clone, Copy)]
 enum Ping {
     NotPinged,
@@ -464,9 +470,8 @@ impl Node {
                 _ => Ping::Failed,
             };
         }
-        // Depth, then free slots rank the candidates, and round-trip time breaks ties:
-        // a candidate that has not answered yet can only win by a better rank.
-        let rank = |c: &Candidate| (c.holding.depth(), std::cmp::Reverse(c.holding.free));
+        // Round-trip time breaks ties of rank: a candidate that has not answered yet
+        // can only win by a better rank.
         let best = candidates
             .iter()
             .filter(|(_, p)| matches!(p, Ping::Answered(_)))
@@ -506,8 +511,7 @@ impl Node {
                 _ => None,
             })
             .collect();
-        answered
-            .sort_by_key(|(c, rtt)| (c.holding.depth(), std::cmp::Reverse(c.holding.free), *rtt));
+        answered.sort_by_key(|(c, rtt)| (rank(c), *rtt));
         // The rest in the supernode's order. The ones still to answer rank below the
         // answered (see `on_candidate_ping`); after the timeout they count as dead.
         let rest = candidates.into_iter().filter(|(_, p)| match p {

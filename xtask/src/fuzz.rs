@@ -1,6 +1,7 @@
 //! `cargo xtask fuzz`: every cargo-fuzz target in `fuzz/` for a bounded number of
 //! executions, starting from the corpus kept in the repository, and a table of what
-//! each did. Needs Rust nightly and cargo-fuzz, which it installs when missing.
+//! each did. It builds and keeps its copy of the corpus under the target directory's
+//! `fuzz/`. Needs Rust nightly and cargo-fuzz, which it installs when missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -110,14 +111,18 @@ fn nightly_cargo() -> Command {
 /// the first directory given, so the repository's stays as committed).
 fn run_target(root: &Path, target: &str, runs: u64) -> anyhow::Result<Ran> {
     let kept = root.join("fuzz/corpus").join(target);
-    let work = root.join("target/fuzz/corpus").join(target);
+    let out = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("fuzz");
+    let work = out.join("corpus").join(target);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let artifacts: PathBuf = root.join("target/fuzz/artifacts").join(target);
+    let artifacts = out.join("artifacts").join(target);
     std::fs::create_dir_all(&artifacts)?;
     let output = nightly_cargo()
         .current_dir(root)
         .args(["fuzz", "run", "--fuzz-dir", "fuzz"])
-        .args(["--target-dir", "target/fuzz/build"])
+        .arg("--target-dir")
+        .arg(out.join("build"))
         .arg(target)
         .arg(&work)
         .arg(&kept)
