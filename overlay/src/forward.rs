@@ -181,7 +181,7 @@ impl Node {
         let claimed = replaces.as_ref().and_then(|x| {
             let from_its_child = path.as_ref().and_then(|p| p.last()) == Some(x);
             let held = self.streams.get(&stream)?;
-            let (&id, c) = held.children.iter().find(|(_, c)| &c.card.peer.id == x)?;
+            let (id, c) = held.child_named(x)?;
             let silent_claim = from_its_child
                 && c.connected
                 && c.successor.as_ref() != Some(&child.peer.id)
@@ -269,11 +269,7 @@ impl Node {
                 format!("{child_id} is upstream of this node in stream {stream}"),
             ));
         }
-        if let Some((&id, existing)) = held
-            .children
-            .iter()
-            .find(|(_, c)| c.card.peer.id == child_id)
-        {
+        if let Some((id, existing)) = held.child_named(&child_id) {
             let token = existing.token.clone();
             // A standby whose parent failed: its ticket is a real one from now on.
             if let Some(c) = self.child_mut(&stream, id) {
@@ -289,7 +285,7 @@ impl Node {
         // pushed out by a claim alone.
         let replaced = replaces.as_ref().and_then(|x| {
             let from_its_child = path.as_ref().and_then(|p| p.last()) == Some(x);
-            let (&id, c) = held.children.iter().find(|(_, c)| &c.card.peer.id == x)?;
+            let (id, c) = held.child_named(x)?;
             let vacant = !c.connected || c.successor.as_ref() == Some(&child_id);
             (from_its_child && vacant).then_some(id)
         });
@@ -330,7 +326,7 @@ impl Node {
             let still_here = self
                 .streams
                 .get(&stream)
-                .is_some_and(|h| h.children.values().any(|c| c.card.peer.id == dead));
+                .is_some_and(|h| h.child_named(&dead).is_some());
             if !still_here {
                 self.remember_heir(&stream, dead, child.peer.clone());
             }
@@ -383,7 +379,7 @@ impl Node {
                 "a standby is for a box with a parent, from outside its own subtree",
             ));
         }
-        if held.children.values().any(|c| c.card.peer.id == child_id) {
+        if held.child_named(&child_id).is_some() {
             return Err(Refusal::new(
                 RefusalKind::Invalid,
                 format!("{child_id} already has a ticket for stream {stream} here"),

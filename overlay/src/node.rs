@@ -675,6 +675,14 @@ impl Held {
         self.watch.as_ref().is_none_or(|w| w.parent().is_some())
     }
 
+    /// The child that is node `node`, and its ticket.
+    pub(crate) fn child_named(&self, node: &NodeId) -> Option<(TicketId, &crate::forward::Child)> {
+        self.children
+            .iter()
+            .find(|(_, c)| &c.card.peer.id == node)
+            .map(|(&id, c)| (id, c))
+    }
+
     /// See [`Watch::sends`]; the source always does.
     pub(crate) fn sends(&self) -> bool {
         self.watch.as_ref().is_none_or(Watch::sends)

@@ -547,7 +547,6 @@ impl Node {
     }
 
     fn ask_next(&mut self, stream: &StreamId) {
-        let card = self.me.clone();
         let Some(watch) = self.watch_mut(stream) else {
             return;
         };
@@ -569,18 +568,28 @@ impl Node {
             }
             return;
         };
-        let path = watch.attached.as_ref().map(|a| a.ticket.path.clone());
+        let call = self.ask_ticket(stream, peer, replaces);
+        if let Some(Seek::Asking { call: c, .. }) = self.watch_mut(stream).map(|w| &mut w.seek) {
+            *c = Some(call);
+        }
+    }
+
+    /// Asks `peer` for a ticket for `stream`, saying where we are now (a move or a
+    /// repair keeps the stream meanwhile), and taking `replaces`'s slot if named.
+    fn ask_ticket(&mut self, stream: &StreamId, peer: Peer, replaces: Option<NodeId>) -> CallId {
+        let path = self
+            .streams
+            .get(stream)
+            .and_then(|h| h.watch.as_ref()?.attached.as_ref())
+            .map(|a| a.ticket.path.clone());
         let request = Request::Ticket {
             stream: stream.clone(),
-            child: card,
+            child: self.me.clone(),
             path,
             replaces,
             standby: false,
         };
-        let call = self.call(Target::Node(peer), request, Pending::Ticket(stream.clone()));
-        if let Some(Seek::Asking { call: c, .. }) = self.watch_mut(stream).map(|w| &mut w.seek) {
-            *c = Some(call);
-        }
+        self.call(Target::Node(peer), request, Pending::Ticket(stream.clone()))
     }
 
     pub(crate) fn on_ticket(
@@ -731,7 +740,6 @@ impl Node {
     /// standby takes over at the stall.
     pub(crate) fn silent(&mut self, stream: &StreamId) {
         let now = self.now;
-        let card = self.me.clone();
         let Some(watch) = self.watch_mut(stream) else {
             return;
         };
@@ -743,22 +751,11 @@ impl Node {
         }
         let claim = watch.attached.as_ref().and_then(|a| {
             let backup = a.ticket.backup.clone()?;
-            let request = Request::Ticket {
-                stream: stream.clone(),
-                child: card,
-                path: Some(a.ticket.path.clone()),
-                replaces: Some(a.ticket.parent.id.clone()),
-                standby: false,
-            };
-            Some((backup, request))
+            Some((backup, a.ticket.parent.id.clone()))
         });
         self.probe(stream, now, false, true);
-        if let Some((backup, request)) = claim {
-            let call = self.call(
-                Target::Node(backup),
-                request,
-                Pending::Ticket(stream.clone()),
-            );
+        if let Some((backup, parent)) = claim {
+            let call = self.ask_ticket(stream, backup, Some(parent));
             if let Some(watch) = self.watch_mut(stream) {
                 watch.early_claim = Some(call);
             }

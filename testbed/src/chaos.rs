@@ -25,17 +25,15 @@ pub struct Chaos {
     pub power_cut_share: f64,
     /// Share of the boxes that leave gracefully (SIGTERM).
     pub leave_share: f64,
-    /// One supernode (not the source) crashes halfway through.
+    /// One supernode (not the source) loses power halfway through: its link goes
+    /// down, then its process dies, so nobody hears it go.
     pub crash_supernode: bool,
-    /// ...by a power cut: its link goes down, then its process dies, so nobody hears
-    /// it go; otherwise by `kill -9`, whose sockets the kernel closes.
-    pub supernode_power_cut: bool,
     pub seed: u64,
 }
 
 impl Chaos {
     /// The run: 5 minutes, 10 % of the relays killed (half come back), 5 %
-    /// leave, one supernode crashes.
+    /// leave, one supernode loses power.
     pub fn new(duration: Duration) -> Chaos {
         Chaos {
             duration,
@@ -44,7 +42,6 @@ impl Chaos {
             power_cut_share: 0.0,
             leave_share: 0.05,
             crash_supernode: true,
-            supernode_power_cut: true,
             seed: 7,
         }
     }
@@ -110,13 +107,9 @@ impl Testbed {
                     self.leave(i)?;
                     eprintln!("chaos {t:>3} s: {name} leaves");
                 }
-                Step::CrashSupernode if plan.supernode_power_cut => {
+                Step::CrashSupernode => {
                     self.cut_power(i, Fault::SupernodeKilled)?;
                     eprintln!("chaos {t:>3} s: power cut at supernode {name}");
-                }
-                Step::CrashSupernode => {
-                    self.kill(i, Fault::SupernodeKilled);
-                    eprintln!("chaos {t:>3} s: kill -9 supernode {name}");
                 }
                 _ => {
                     // No draw when there are no power cuts: a seed's faults stay.
