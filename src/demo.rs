@@ -278,6 +278,6 @@ fn print_subtree(statuses: &[Status], parent: Option<&str>, depth: usize) {
                 ""
             }
         );
-        print_subtree(statuses, Some(&status.name), depth + 1);
+        print_subtree(statuses, Some(status.peer.id.as_str()), depth + 1);
     }
 }

@@ -31,25 +31,23 @@ struct Place {
     registered: Option<u64>,
 }
 
-fn place(status: &Value) -> Place {
+/// A box's place from its status, with node ids given as the boxes' names.
+fn place(status: &Value, names: &BTreeMap<String, String>) -> Place {
     let overlay = &status["overlay"];
     let held = overlay["streams"]
         .as_array()
         .and_then(|s| s.iter().find(|h| h["stream"] == STREAM))
         .cloned()
         .unwrap_or(Value::Null);
+    let name = |id: &str| names.get(id).cloned().unwrap_or_else(|| id.to_owned());
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(name)).collect())
             .unwrap_or_default()
     };
     Place {
         name: status["name"].as_str().unwrap().to_owned(),
-        parent: held["parent"].as_str().map(String::from),
+        parent: held["parent"].as_str().map(name),
         path: strings(&held["path"]),
         flowing: held["flowing"].as_bool().unwrap_or(false),
         slots: held["slots"].as_u64().unwrap_or(0) as usize,
@@ -57,7 +55,7 @@ fn place(status: &Value) -> Place {
             .as_array()
             .map(|t| {
                 t.iter()
-                    .filter_map(|t| t["child"].as_str().map(String::from))
+                    .filter_map(|t| t["child"].as_str().map(name))
                     .collect()
             })
             .unwrap_or_default(),
@@ -125,13 +123,27 @@ impl Network {
     }
 
     fn places(&self) -> BTreeMap<String, Place> {
-        self.all()
+        let statuses: Vec<Value> = self
+            .all()
             .filter_map(|n| {
                 let (code, body) = n.http_get("/status");
-                (code == 200).then(|| {
-                    let p = place(&serde_json::from_str(&body).unwrap());
-                    (p.name.clone(), p)
-                })
+                (code == 200).then(|| serde_json::from_str(&body).unwrap())
+            })
+            .collect();
+        let names: BTreeMap<String, String> = statuses
+            .iter()
+            .map(|s| {
+                (
+                    s["peer"]["id"].as_str().unwrap().to_owned(),
+                    s["name"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        statuses
+            .iter()
+            .map(|s| {
+                let p = place(s, &names);
+                (p.name.clone(), p)
             })
             .collect()
     }
@@ -305,7 +317,7 @@ async fn a_tree_builds_itself_and_survives_a_crash_and_a_leave() {
     );
     let streams = net.portal.get("/api/streams");
     assert_eq!(streams[0]["id"], STREAM, "{streams}");
-    assert_eq!(streams[0]["source"]["id"], "source");
+    assert_eq!(streams[0]["source"]["id"], net.source.id());
 
     // Every box hands out frames.
     let names: Vec<String> = net.boxes.iter().map(|b| b.name.clone()).collect();
@@ -416,6 +428,7 @@ async fn a_tree_builds_itself_and_survives_a_crash_and_a_leave() {
     if let Some(name) = supernode {
         eprintln!("SIGTERM to supernode {name}");
         let node = net.boxes.iter_mut().find(|b| b.name == name).unwrap();
+        let gone = node.id();
         node.terminate();
         assert_eq!(
             node.wait_exit(Duration::from_secs(10)),
@@ -434,13 +447,13 @@ async fn a_tree_builds_itself_and_survives_a_crash_and_a_leave() {
                     .as_str()
                     .unwrap_or_default()
                     .to_string();
-                if (!supernode.is_empty() && supernode != name) || Instant::now() > deadline {
+                if (!supernode.is_empty() && supernode != gone) || Instant::now() > deadline {
                     break supernode;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             };
             assert_ne!(
-                supernode, name,
+                supernode, gone,
                 "{} still counts on the supernode that left",
                 p.name
             );

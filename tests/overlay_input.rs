@@ -37,12 +37,19 @@ fn source() -> NodeProc {
     )
 }
 
+/// A ticket request for the test's box `child` (its id, or `child` as it is when it
+/// is not a valid name for a key).
 fn ticket_request(child: &str, stream: &str) -> Value {
+    let id = if child.len() <= 32 && !child.contains(' ') {
+        test_id(child)
+    } else {
+        child.to_owned()
+    };
     json!({
         "type": "ticket",
         "stream": stream,
         "child": {
-            "peer": {"id": child, "api": "127.0.0.1:1", "rtmp": "127.0.0.1:2"},
+            "peer": {"id": id, "api": "127.0.0.1:1", "rtmp": "127.0.0.1:2"},
             "max_forwards": 2,
             "upload_kbps": 10000
         },
@@ -55,6 +62,13 @@ fn tickets(node: &NodeProc) -> Value {
     let (code, body) = node.http_get("/tickets");
     assert_eq!(code, 200);
     serde_json::from_str(&body).unwrap()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 async fn try_play(url: &str) -> Result<usize, String> {
@@ -132,15 +146,15 @@ async fn bad_overlay_requests_get_json_errors_and_change_nothing() {
         ),
         (
             "PUT",
-            "/nodes/ghost".into(),
-            json!({"type": "announce", "node": "other", "holdings": []}).to_string(),
+            format!("/nodes/{}", test_id("ghost")),
+            json!({"type": "announce", "node": test_id("other"), "holdings": []}).to_string(),
             400,
             "differ",
         ),
         (
             "PUT",
-            "/nodes/ghost".into(),
-            json!({"type": "announce", "node": "ghost", "holdings": []}).to_string(),
+            format!("/nodes/{}", test_id("ghost")),
+            json!({"type": "announce", "node": test_id("ghost"), "holdings": []}).to_string(),
             404,
             "",
         ),
@@ -148,7 +162,12 @@ async fn bad_overlay_requests_get_json_errors_and_change_nothing() {
     ];
     for (method, path, body, status, needle) in cases {
         let body = (!body.is_empty()).then_some(body);
-        let (got, text) = node.http_anon(method, &path, body.as_deref());
+        let signer = if path.starts_with("/nodes/") {
+            "ghost"
+        } else {
+            "x"
+        };
+        let (got, text) = node.http_signed(signer, method, &path, body.as_deref());
         assert_eq!(got, status, "{method} {path}: {text}");
         let json: Value = serde_json::from_str(&text)
             .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
@@ -166,18 +185,47 @@ async fn bad_overlay_requests_get_json_errors_and_change_nothing() {
         "no box registered"
     );
 
-    // One slot: a first child gets a ticket, a second is refused.
-    let (code, body) = node.http_anon(
-        "POST",
-        "/tickets",
-        Some(&ticket_request("kid", STREAM).to_string()),
+    // Every request between boxes is signed by the box it speaks for, and taken once.
+    let kid = ticket_request("kid", STREAM).to_string();
+    let (code, body) = node.http_anon("POST", "/tickets", Some(&kid));
+    assert_eq!(code, 401, "unsigned: {body}");
+    assert!(body.contains("not signed"), "{body}");
+    let (code, body) = node.http_signed("thief", "POST", "/tickets", Some(&kid));
+    assert_eq!(code, 403, "a ticket for another box: {body}");
+    assert!(body.contains("cannot speak for"), "{body}");
+    let forged = sign_as("kid", "POST", "/tickets", "{}");
+    let (code, body) = node.http_with_signature("POST", "/tickets", Some(&kid), &forged);
+    assert_eq!(code, 403, "a signature of another body: {body}");
+    let long_ago = test_key("kid").sign_request("POST", "/tickets", kid.as_bytes(), 1_000);
+    let (code, body) = node.http_with_signature("POST", "/tickets", Some(&kid), &long_ago);
+    assert_eq!(code, 401, "signed long ago: {body}");
+    assert!(body.contains("NTP"), "{body}");
+    let search = json!({"type": "search", "query": 9, "stream": STREAM, "ttl": 1,
+                        "requester": test_id("x"), "requester_slots": 1})
+    .to_string();
+    let signature = sign_as("x", "POST", "/search", &search);
+    let (code, body) = node.http_with_signature("POST", "/search", Some(&search), &signature);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = node.http_with_signature("POST", "/search", Some(&search), &signature);
+    assert_eq!(code, 403, "a replayed search: {body}");
+    assert!(body.contains("received before"), "{body}");
+    assert_eq!(tickets(&node), json!([]), "no ticket came of them");
+    let log = node.log();
+    assert_eq!(
+        log.matches("refused a request").count(),
+        1,
+        "refusals from one address are logged once a minute:\n{log}"
     );
+
+    // One slot: a first child gets a ticket, a second is refused.
+    let (code, body) = node.http_signed("kid", "POST", "/tickets", Some(&kid));
     assert_eq!(code, 200, "{body}");
     let ticket: Value = serde_json::from_str(&body).unwrap();
     let ticket = &ticket["ticket"];
     let token = ticket["token"].as_str().unwrap().to_owned();
     let id = format!("{:016x}", ticket["id"].as_u64().unwrap());
-    let (code, body) = node.http_anon(
+    let (code, body) = node.http_signed(
+        "kid2",
         "POST",
         "/tickets",
         Some(&ticket_request("kid2", STREAM).to_string()),
@@ -190,7 +238,12 @@ async fn bad_overlay_requests_get_json_errors_and_change_nothing() {
         json!({"type": "end_ticket", "ticket": ticket["id"], "token": token, "handover": null})
             .to_string()
     };
-    let (code, body) = node.http_anon("DELETE", &format!("/tickets/{id}"), Some(&end("forged")));
+    let (code, body) = node.http_signed(
+        "kid",
+        "DELETE",
+        &format!("/tickets/{id}"),
+        Some(&end("forged")),
+    );
     assert_eq!(code, 403, "{body}");
     assert_eq!(
         tickets(&node).as_array().unwrap().len(),
@@ -206,18 +259,35 @@ async fn bad_overlay_requests_get_json_errors_and_change_nothing() {
         .await
         .expect_err("forged");
     assert!(err.contains("ticket"), "{err}");
-    let frames = try_play(&format!("{plain}?ticket={token}"))
-        .await
-        .expect("the ticket plays");
-    assert!(frames > 5, "{frames} frames with a ticket");
-
-    // Once ended, the ticket's token is worth nothing.
-    let (code, body) = node.http_anon("DELETE", &format!("/tickets/{id}"), Some(&end(&token)));
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(tickets(&node), json!([]));
+    // The ticket is the child's: the play must be signed by the box it was granted
+    // to, and each signed play is taken once.
     let err = try_play(&format!("{plain}?ticket={token}"))
         .await
-        .expect_err("replayed");
+        .expect_err("the token alone");
+    assert!(err.contains("not signed"), "{err}");
+    let proof = |name: &str| test_key(name).prove_play(STREAM, &token, unix_ms());
+    let err = try_play(&format!("{plain}?ticket={token}&{}", proof("thief")))
+        .await
+        .expect_err("another box's play of the ticket");
+    assert!(err.contains("granted to"), "{err}");
+    let kids = format!("{plain}?ticket={token}&{}", proof("kid"));
+    let frames = try_play(&kids).await.expect("the ticket plays");
+    assert!(frames > 5, "{frames} frames with a ticket");
+    let err = try_play(&kids).await.expect_err("the same play again");
+    assert!(err.contains("received before"), "{err}");
+
+    // Once ended, the ticket's token is worth nothing.
+    let (code, body) = node.http_signed(
+        "kid",
+        "DELETE",
+        &format!("/tickets/{id}"),
+        Some(&end(&token)),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(tickets(&node), json!([]));
+    let err = try_play(&format!("{plain}?ticket={token}&{}", proof("kid")))
+        .await
+        .expect_err("an ended ticket");
     assert!(err.contains("ticket"), "{err}");
 
     // A publish key made through the API, once per stream, by the owner only.

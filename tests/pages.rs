@@ -269,7 +269,8 @@ fn the_admin_session_works_only_on_the_boxs_own_pages() {
     let (_, _, map) = call(&format!("{base}/map"), "GET", &[], None, &[]);
     let map: Value = serde_json::from_str(&map).unwrap();
     assert_eq!(map["type"], "snapshot");
-    assert_eq!(map["nodes"][0]["peer"]["id"], "box");
+    assert_eq!(map["nodes"][0]["peer"]["id"], node.id());
+    assert_eq!(map["nodes"][0]["name"], "box");
 }
 
 #[test]

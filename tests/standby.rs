@@ -71,10 +71,17 @@ fn failover(standby: Option<&str>, octet: u8) -> Failover {
     }
     let c = start("c", octet + 3, c_args);
     watch(&c);
-    let parent = place(&c)["parent"].as_str().expect("a parent").to_owned();
+    // Node ids as the boxes' names.
+    let ids: Vec<(String, String)> = boxes.iter().map(|b| (b.id(), b.name.clone())).collect();
+    let name = |id: &str| {
+        ids.iter()
+            .find(|(i, _)| i == id)
+            .map_or_else(|| id.to_owned(), |(_, n)| n.clone())
+    };
+    let parent = name(place(&c)["parent"].as_str().expect("a parent"));
     let standby_parent = standby.map(|_| {
         let other = eventually(Duration::from_secs(20), || {
-            place(&c)["standby"].as_str().map(String::from)
+            place(&c)["standby"].as_str().map(name)
         });
         assert_ne!(other, parent, "the standby is another box");
         assert!(["a", "b"].contains(&other.as_str()), "{other}");
@@ -91,8 +98,8 @@ fn failover(standby: Option<&str>, octet: u8) -> Failover {
     let new_parent = eventually(Duration::from_secs(15), || {
         place(&c)["parent"]
             .as_str()
+            .map(name)
             .filter(|p| *p != parent)
-            .map(String::from)
     });
     eprintln!("standby {standby:?}: c moved from {parent} to {new_parent}");
     if let Some(standby_parent) = standby_parent {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use overlay::{CallError, CallId, Config, Input, Node, Output, RequestId, Time};
-use proto::overlay::{NodeCard, NodeId, Peer, StreamId, TicketId};
+use proto::overlay::{NodeCard, NodeId, Peer, Request, StreamId, TicketId};
 
 fn card() -> NodeCard {
     NodeCard {
@@ -106,10 +106,21 @@ fuzz_target!(|data: &[u8]| {
         let rest = chars.as_str();
         match op {
             'R' => {
-                if let Ok(request) = serde_json::from_str(rest) {
+                if let Ok(request) = serde_json::from_str::<Request>(rest) {
                     h.next_request += 1;
                     let id = RequestId(h.next_request);
-                    h.input(Input::Request { id, request });
+                    // Signed by the node it speaks for, or by the supernode (orders
+                    // only it may give), or by some peer: the engine's own checks of
+                    // the sender are in its unit tests.
+                    let from = match request.speaks_for() {
+                        Some(node) => node.clone(),
+                        None => h
+                            .node
+                            .supernode_id()
+                            .cloned()
+                            .unwrap_or_else(|| NodeId::new("peer").unwrap()),
+                    };
+                    h.input(Input::Request { id, from, request });
                 }
             }
             'A' | 'U' => {

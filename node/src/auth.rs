@@ -20,25 +20,9 @@ pub fn token_path(data_dir: &Path) -> PathBuf {
 /// leaves a half-written token behind.
 pub fn load_or_create(data_dir: &Path) -> anyhow::Result<String> {
     let path = token_path(data_dir);
-    match read(&path) {
-        Ok(token) => return Ok(token),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("cannot read the admin token {}", path.display()))
-        }
-    }
-    fs::create_dir_all(data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {} (choose one with --data-dir)",
-            data_dir.display()
-        )
-    })?;
-    let token = new_secret(32);
-    let write = || crate::files::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600);
-    write().with_context(|| format!("cannot write the admin token {}", path.display()))?;
-    tracing::info!(path = %path.display(), "created the admin token");
-    Ok(token)
+    let text =
+        crate::files::read_or_create(&path, "the admin token", || format!("{}\n", new_secret(32)))?;
+    check(&text).with_context(|| format!("cannot read the admin token {}", path.display()))
 }
 
 /// `bytes` random bytes from the OS, in hex.
@@ -50,7 +34,10 @@ pub fn new_secret(bytes: usize) -> String {
 
 /// Reads the token written by [`load_or_create`].
 pub fn read(path: &Path) -> std::io::Result<String> {
-    let text = fs::read_to_string(path)?;
+    check(&fs::read_to_string(path)?)
+}
+
+fn check(text: &str) -> std::io::Result<String> {
     let token = text.trim();
     if token.len() < 32 {
         return Err(std::io::Error::new(

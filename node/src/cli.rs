@@ -266,6 +266,10 @@ impl Client {
         }
         let o = &status.overlay;
         println!("node       {} (astral {})", status.name, status.version);
+        println!(
+            "id         {} (from the key in the data directory)",
+            status.peer.id
+        );
         println!("uptime     {}", human_duration(status.uptime_secs));
         println!("api        {}    rtmp {}", status.api, status.rtmp);
         println!("reached at api {}  rtmp {}", o.me.api, o.me.rtmp);

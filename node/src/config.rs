@@ -23,7 +23,7 @@ pub struct NodeArgs {
     /// TOML config file [default: /etc/astral/node.toml when it exists]
     #[arg(long, env = "ASTRAL_CONFIG")]
     pub config: Option<PathBuf>,
-    /// This node's name, shown to peers and on the portal
+    /// This node's name, shown on the portal's map (its id comes from its key)
     #[arg(long, env = "ASTRAL_NAME")]
     pub name: Option<String>,
     /// ReST API and HTTP-FLV address [default: 127.0.0.1:8000]

@@ -6,6 +6,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use anyhow::Context;
+
 /// Writes `contents` to a temporary file beside `path`, syncs it, renames it over
 /// `path` and syncs the directory. `mode` is the file's permission bits.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
@@ -26,4 +28,30 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
     file.sync_all()?;
     fs::rename(&temp, path)?;
     File::open(dir)?.sync_all()
+}
+
+/// The contents of a secret file in the data directory (mode 0600), made by `make` and
+/// written atomically if there is none. `what` names it in errors and in the log.
+pub fn read_or_create(
+    path: &Path,
+    what: &str,
+    make: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    match fs::read_to_string(path) {
+        Ok(text) => return Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {what} {}", path.display())),
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the data directory {} (choose one with --data-dir)",
+            dir.display()
+        )
+    })?;
+    let text = make();
+    write_atomic(path, text.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {what} {}", path.display()))?;
+    tracing::info!(path = %path.display(), "created {what}");
+    Ok(text)
 }

@@ -17,6 +17,7 @@ pub mod control;
 mod files;
 pub mod firstboot;
 pub mod hub;
+pub mod identity;
 pub mod logs;
 pub mod metrics;
 pub mod panel;
@@ -34,7 +35,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
 use control::Control;
-use proto::overlay::{NodeCard, NodeId, Peer, StreamId};
+use proto::identity::NodeKey;
+use proto::overlay::{NodeCard, Peer, StreamId};
 use proto::{StreamInfo, StreamRole};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -66,6 +68,8 @@ pub struct Node {
     stills: stills::Stills,
     /// The admin page's logins.
     pub sessions: auth::Sessions,
+    /// Peers' signed requests and plays: each signature taken once.
+    pub(crate) verifier: web::signed::Verifier,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,8 +77,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Node {
-    /// A node reached by other boxes as `me`, whose admin calls need `admin_token`.
-    pub fn new(config: Config, me: Peer, admin_token: String) -> Arc<Node> {
+    /// A node reached by other boxes as `me`, signing with `key` (whose node id `me`
+    /// has), whose admin calls need `admin_token`.
+    pub fn new(config: Config, me: Peer, key: NodeKey, admin_token: String) -> Arc<Node> {
         let started = Instant::now();
         let (max_forwards, upload_kbps) = config.capacity();
         let card = NodeCard {
@@ -85,8 +90,10 @@ impl Node {
         let control = Control::new(
             config.overlay.clone(),
             card,
+            config.name.clone(),
             config.portal.clone(),
             client_address(&config),
+            key,
             started,
         );
         let node = Arc::new(Node {
@@ -103,6 +110,7 @@ impl Node {
             stop: tokio::sync::Notify::new(),
             stills: stills::Stills::default(),
             sessions: auth::Sessions::default(),
+            verifier: web::signed::Verifier::default(),
         });
         // Streams this node knows it may carry exist from the start, so players may
         // connect before the publisher does.
@@ -331,22 +339,23 @@ pub async fn run(
              set api = \"0.0.0.0:8000\" to take part in the network"
         );
     }
+    let key = identity::load_or_create(&config.data_dir)?;
     let me = if in_overlay {
         let portal = config.portal.as_deref();
         Peer {
-            id: NodeId::new(config.name.clone()).map_err(anyhow::Error::msg)?,
+            id: key.node_id(),
             api: advertised(api_addr, config.advertise, portal)?,
             rtmp: advertised(rtmp_addr, config.advertise, portal)?,
         }
     } else {
         Peer {
-            id: NodeId::new(config.name.clone()).map_err(anyhow::Error::msg)?,
+            id: key.node_id(),
             api: api_addr,
             rtmp: rtmp_addr,
         }
     };
     let admin_token = auth::load_or_create(&config.data_dir)?;
-    let node = Node::new(config, me, admin_token);
+    let node = Node::new(config, me, key, admin_token);
 
     if let Some(source) = &node.config().source {
         node.start_source(source, 0)
@@ -386,7 +395,13 @@ pub async fn run(
             }
         }));
     }
-    tracing::info!(name = %node.config().name, %rtmp_addr, %api_addr, "node running");
+    tracing::info!(
+        name = %node.config().name,
+        id = %node.control.me().id,
+        %rtmp_addr,
+        %api_addr,
+        "node running"
+    );
     service::ready(&format!(
         "serving RTMP on {rtmp_addr} and the API on {api_addr}"
     ));

@@ -705,12 +705,13 @@ impl Node {
     }
 
     /// The ticket of the player presenting `token` for `stream`, if it has one.
-    pub fn ticket_for_token(&self, stream: &StreamId, token: &str) -> Option<TicketId> {
+    /// The ticket of `stream` with this token, and the child it was granted to.
+    pub fn ticket_for_token(&self, stream: &StreamId, token: &str) -> Option<(TicketId, &NodeId)> {
         let held = self.streams.get(stream)?;
         held.children
             .iter()
             .find(|(_, c)| c.token == token)
-            .map(|(id, _)| *id)
+            .map(|(id, c)| (*id, &c.card.peer.id))
     }
 
     /// Unwatch or unpublish: children are sent on, our parent released.

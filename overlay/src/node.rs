@@ -84,8 +84,11 @@ pub enum Input {
     },
     /// Leave gracefully; [`Output::Left`] says when done.
     Leave,
+    /// A peer's request. `from` is the node that signed it, which the caller has
+    /// checked (`proto::identity`): the engine takes it as the sender.
     Request {
         id: RequestId,
+        from: NodeId,
         request: Request,
     },
     Reply {
@@ -381,8 +384,12 @@ impl Node {
                 }
             }
             Input::Leave => self.leave(),
-            Input::Request { id, request } => {
-                if let Some(result) = self.handle_request(id, request) {
+            Input::Request { id, from, request } => {
+                let result = match self.check_sender(&from, &request) {
+                    Ok(()) => self.handle_request(id, request),
+                    Err(refusal) => Some(Err(refusal)),
+                };
+                if let Some(result) = result {
                     self.respond(id, result);
                 }
             }
@@ -545,6 +552,28 @@ impl Node {
 
     pub(crate) fn announce_soon(&mut self) {
         self.announce_at = self.announce_at.min(self.now);
+    }
+
+    /// A request that speaks for a node must come from it; a supernode's orders to
+    /// its children (adopt them, register elsewhere) from this node's supernode.
+    fn check_sender(&self, from: &NodeId, request: &Request) -> Result<(), Refusal> {
+        if let Some(claimed) = request.speaks_for() {
+            if claimed != from {
+                return Err(Refusal::new(
+                    RefusalKind::Forbidden,
+                    format!("{from} cannot speak for {claimed}"),
+                ));
+            }
+        }
+        if matches!(request, Request::Adopt { .. } | Request::Rehome { .. })
+            && self.supernode_id() != Some(from)
+        {
+            return Err(Refusal::new(
+                RefusalKind::Forbidden,
+                format!("{from} is not this node's supernode"),
+            ));
+        }
+        Ok(())
     }
 
     fn handle_request(

@@ -76,10 +76,23 @@ impl Harness {
         self.answer(id).expect("answered at once")
     }
 
+    /// Sends a request as the node it speaks for would (a supernode's orders as this
+    /// node's supernode, anything else as a passer-by).
     fn send(&mut self, request: Request) -> RequestId {
+        let from = match (&request, request.speaks_for()) {
+            (_, Some(node)) => node.clone(),
+            (Request::Adopt { .. } | Request::Rehome { .. }, None) => {
+                self.node.supernode_id().cloned().expect("a supernode")
+            }
+            _ => NodeId::new("passer-by").unwrap(),
+        };
+        self.send_as(from, request)
+    }
+
+    fn send_as(&mut self, from: NodeId, request: Request) -> RequestId {
         self.next += 1;
         let id = RequestId(self.next);
-        self.input(Input::Request { id, request });
+        self.input(Input::Request { id, from, request });
         id
     }
 
@@ -112,6 +125,34 @@ impl Harness {
     fn children(&self) -> usize {
         self.node.held()[0].children.len()
     }
+}
+
+#[test]
+fn a_box_speaks_only_for_itself_and_takes_orders_from_its_supernode() {
+    let mut src = Harness::source(Config::default());
+    let thief = NodeId::new("thief").unwrap();
+    let request = Request::Ticket {
+        stream: stream(),
+        child: card("a", 2, 6000),
+        path: None,
+        replaces: None,
+        standby: false,
+    };
+    let id = src.send_as(thief.clone(), request);
+    let refusal = src.answer(id).unwrap().unwrap_err();
+    assert_eq!(refusal.kind, RefusalKind::Forbidden);
+    assert_eq!(refusal.error, "thief cannot speak for a");
+    assert_eq!(src.children(), 0);
+    // The source is its own supernode: no one else can send it elsewhere.
+    let rehome = Request::Rehome {
+        supernode: card("evil", 2, 6000).peer,
+    };
+    let id = src.send_as(thief, rehome);
+    assert_eq!(
+        src.answer(id).unwrap().unwrap_err().error,
+        "thief is not this node's supernode"
+    );
+    assert!(src.node.is_supernode());
 }
 
 #[test]

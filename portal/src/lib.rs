@@ -83,6 +83,8 @@ pub struct State {
     pub live: Arc<live::Live>,
     pub clock: Clock,
     pub bootstrap_list: usize,
+    /// Boxes' signed requests: each signature taken once.
+    pub verifier: web::signed::Verifier,
 }
 
 impl State {
@@ -138,6 +140,7 @@ impl Portal {
                 live: Arc::new(live::Live::new(proto::portal::MAP_TTL_SECS)),
                 clock,
                 bootstrap_list: args.bootstrap_list,
+                verifier: web::signed::Verifier::default(),
             },
         })
     }

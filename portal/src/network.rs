@@ -2,9 +2,8 @@
 //! or follow it live over a WebSocket, and a browser with no box of its own is told
 //! where to play.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, State as Axum};
+use axum::extract::{Path, State as Axum};
 use axum::http::StatusCode;
 use axum::response::Response as HttpResponse;
 use axum::routing::{get, put};
@@ -14,12 +13,13 @@ use proto::portal::{MapEvent, NodeReport, PlayAt};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::live::Versions;
-use crate::routes::{check_caller, stream_id, ApiError, Caller, Result};
+use crate::routes::{stream_id, ApiError, Result, Signed};
 use crate::State;
 
 pub fn routes() -> Router<State> {
     Router::new()
         .route("/api/nodes/{id}", put(report).delete(leave))
+        .route("/api/nodes/{id}/key", get(node_key))
         .route("/api/map", get(map))
         .route("/api/map/ws", get(map_ws))
         .route("/api/streams/{id}/play", get(play))
@@ -31,12 +31,11 @@ fn node_id(id: String) -> Result<NodeId> {
 
 async fn report(
     Axum(state): Axum<State>,
-    ConnectInfo(caller): Caller,
     Path(id): Path<String>,
-    body: std::result::Result<Json<NodeReport>, JsonRejection>,
+    signed: Signed,
 ) -> Result<StatusCode> {
     let id = node_id(id)?;
-    let Json(report) = body?;
+    let report: NodeReport = signed.json()?;
     if report.peer.id != id {
         return Err(ApiError::BadRequest(format!(
             "the report is about {}, not {id}",
@@ -44,7 +43,7 @@ async fn report(
         )));
     }
     report.check().map_err(ApiError::BadRequest)?;
-    check_caller(caller, &report.peer, "the report")?;
+    signed.check_peer(&report.peer, "the report")?;
     state
         .live
         .report(report, state.now())
@@ -57,17 +56,32 @@ async fn report(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /api/nodes/{id}/key`: the public key a supernode or a stream's source signed
+/// with, as the portal recorded it.
+async fn node_key(
+    Axum(state): Axum<State>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    let id = node_id(id)?;
+    let key = state
+        .store
+        .node_key(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no key recorded for {id}")))?;
+    Ok(Json(serde_json::json!({ "id": id, "key": key })))
+}
+
 async fn leave(
     Axum(state): Axum<State>,
-    ConnectInfo(caller): Caller,
     Path(id): Path<String>,
+    signed: Signed,
 ) -> Result<StatusCode> {
     let id = node_id(id)?;
     let known = state
         .live
         .node(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no box {id} on the map")))?;
-    check_caller(caller, &known.peer, "the box")?;
+    signed.check_peer(&known.peer, "the box")?;
     state.live.remove(&id);
     Ok(StatusCode::NO_CONTENT)
 }

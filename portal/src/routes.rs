@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State as Axum};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, State as Axum};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, put};
@@ -67,6 +67,59 @@ impl From<JsonRejection> for ApiError {
 
 pub(crate) type Caller = ConnectInfo<SocketAddr>;
 pub(crate) type Result<T> = std::result::Result<T, ApiError>;
+
+/// A box's request whose signature holds (`proto::identity`): who signed it, from
+/// where, and its body. Everything a box changes on the portal comes signed.
+pub(crate) struct Signed {
+    pub by: proto::identity::SignedBy,
+    pub caller: SocketAddr,
+    pub body: Bytes,
+    verifier: web::signed::Verifier,
+}
+
+impl FromRequest<State> for Signed {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &State) -> Result<Signed> {
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .map(|c| c.0)
+            .ok_or_else(|| ApiError::BadRequest("no caller address".into()))?;
+        let (by, body) = state
+            .verifier
+            .read(request, MAX_BODY)
+            .await
+            .map_err(|r| ApiError::Rejected(r.status, r.error))?;
+        Ok(Signed {
+            by,
+            caller,
+            body,
+            verifier: state.verifier.clone(),
+        })
+    }
+}
+
+impl Signed {
+    /// The body as JSON.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            let status = match e.classify() {
+                serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError::Rejected(status, format!("cannot parse the request: {e}"))
+        })
+    }
+
+    /// A call about `peer` must be signed by `peer` and come from its own address.
+    pub fn check_peer(&self, peer: &Peer, what: &str) -> Result<()> {
+        self.verifier
+            .speaks_for(&self.by, &peer.id, self.caller.ip())
+            .map_err(|r| ApiError::Rejected(r.status, r.error))?;
+        check_caller(self.caller, peer, what)
+    }
+}
 
 pub fn router(state: State) -> Router {
     Router::new()
@@ -135,18 +188,13 @@ async fn bootstrap(Axum(state): Axum<State>) -> Result<Json<Response>> {
     Ok(Json(Response::Supernodes { supernodes }))
 }
 
-async fn promote(
-    Axum(state): Axum<State>,
-    ConnectInfo(caller): Caller,
-    body: std::result::Result<Json<Request>, JsonRejection>,
-) -> Result<Json<Response>> {
-    let Json(request) = body?;
-    let Request::PromoteSupernode { peer, viewers } = request else {
+async fn promote(Axum(state): Axum<State>, signed: Signed) -> Result<Json<Response>> {
+    let Request::PromoteSupernode { peer, viewers } = signed.json()? else {
         return Err(ApiError::BadRequest(
             "this route takes a request of type \"promote_supernode\"".into(),
         ));
     };
-    check_caller(caller, &peer, "the supernode")?;
+    signed.check_peer(&peer, "the supernode")?;
     if viewers.len() > MAX_VIEWER_STREAMS {
         return Err(ApiError::BadRequest(format!(
             "viewers: at most {MAX_VIEWER_STREAMS} streams"
@@ -154,7 +202,10 @@ async fn promote(
     }
     let now = state.now();
     let viewers: Vec<(StreamId, u32)> = viewers.into_iter().collect();
-    state.store.renew_supernode(&peer, &viewers, now).await?;
+    state
+        .store
+        .renew_supernode(&peer, &signed.by.key, &viewers, now)
+        .await?;
     let supernodes = state
         .store
         .supernodes(now, state.bootstrap_list, Some(&peer.id))
@@ -164,8 +215,8 @@ async fn promote(
 
 async fn retire(
     Axum(state): Axum<State>,
-    ConnectInfo(caller): Caller,
     Path(id): Path<String>,
+    signed: Signed,
 ) -> Result<Json<Response>> {
     let id = NodeId::new(id).map_err(ApiError::BadRequest)?;
     let peer = state
@@ -173,7 +224,7 @@ async fn retire(
         .supernode(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no supernode {id}")))?;
-    check_caller(caller, &peer, "the supernode")?;
+    signed.check_peer(&peer, "the supernode")?;
     state.store.remove_supernode(&id).await?;
     Ok(Json(Response::Done))
 }
@@ -198,16 +249,19 @@ async fn stream(Axum(state): Axum<State>, Path(id): Path<String>) -> Result<Json
 
 async fn list_stream(
     Axum(state): Axum<State>,
-    ConnectInfo(caller): Caller,
     Path(id): Path<String>,
-    body: std::result::Result<Json<StreamUpdate>, JsonRejection>,
+    signed: Signed,
 ) -> Result<(StatusCode, Json<StreamEntry>)> {
     let id = stream_id(id)?;
-    let Json(update) = body?;
+    let update: StreamUpdate = signed.json()?;
     update.check().map_err(ApiError::BadRequest)?;
-    check_caller(caller, &update.source, "the stream's source")?;
+    signed.check_peer(&update.source, "the stream's source")?;
     let now = state.now();
-    let created = match state.store.list_stream(&id, &update, now).await {
+    let created = match state
+        .store
+        .list_stream(&id, &update, &signed.by.key, now)
+        .await
+    {
         Ok(created) => created,
         Err(e @ ListError::Taken { .. }) => return Err(ApiError::Conflict(e.to_string())),
         Err(ListError::Db(e)) => return Err(e.into()),
@@ -231,8 +285,8 @@ async fn list_stream(
 
 async fn unlist_stream(
     Axum(state): Axum<State>,
-    ConnectInfo(caller): Caller,
     Path(id): Path<String>,
+    signed: Signed,
 ) -> Result<StatusCode> {
     let id = stream_id(id)?;
     let source = state
@@ -240,7 +294,7 @@ async fn unlist_stream(
         .stream_source(&id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no stream {id}")))?;
-    check_caller(caller, &source, "the stream's source")?;
+    signed.check_peer(&source, "the stream's source")?;
     state.store.unlist_stream(&id).await?;
     state.live.stream_gone(&id);
     tracing::info!(stream = %id, "stream taken off");
@@ -250,11 +304,11 @@ async fn unlist_stream(
 /// `PUT /api/streams/{id}/thumbnail`: a still of a live stream, from its source.
 async fn set_thumbnail(
     Axum(state): Axum<State>,
-    ConnectInfo(caller): Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    jpeg: Bytes,
+    signed: Signed,
 ) -> Result<StatusCode> {
+    let jpeg = signed.body.clone();
     let id = stream_id(id)?;
     if headers
         .get(header::CONTENT_TYPE)
@@ -278,7 +332,7 @@ async fn set_thumbnail(
         .stream(&id, state.now())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no live stream {id}")))?;
-    check_caller(caller, &entry.source, "the stream's source")?;
+    signed.check_peer(&entry.source, "the stream's source")?;
     state.live.set_thumbnail(&id, jpeg);
     Ok(StatusCode::NO_CONTENT)
 }

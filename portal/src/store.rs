@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use proto::identity::PublicKey;
 use proto::overlay::{NodeId, Peer, StreamId};
 use proto::portal::{StreamEntry, StreamUpdate};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
@@ -98,10 +99,12 @@ impl Store {
     pub async fn renew_supernode(
         &self,
         peer: &Peer,
+        key: &PublicKey,
         viewers: &[(StreamId, u32)],
         now: u64,
     ) -> sqlx::Result<()> {
         let mut tx = self.write().await?;
+        record_key(&mut tx, &peer.id, key, now).await?;
         sqlx::query(
             "INSERT INTO supernodes (id, api, rtmp, last_seen) VALUES (?, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE
@@ -173,6 +176,7 @@ impl Store {
         &self,
         id: &StreamId,
         update: &StreamUpdate,
+        key: &PublicKey,
         now: u64,
     ) -> Result<bool, ListError> {
         let mut tx = self.write().await?;
@@ -218,6 +222,7 @@ impl Store {
         .bind(i64::from(update.height))
         .execute(&mut *tx)
         .await?;
+        record_key(&mut tx, &update.source.id, key, now).await?;
         tx.commit().await?;
         Ok(started.is_none())
     }
@@ -331,4 +336,36 @@ fn entry_of(row: &sqlx::sqlite::SqliteRow) -> Option<StreamEntry> {
         width: number("width"),
         height: number("height"),
     })
+}
+
+/// Records a box's public key, checked against the signature of its request.
+async fn record_key(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    id: &NodeId,
+    key: &PublicKey,
+    now: u64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO node_keys (id, key, first_seen, last_seen) VALUES (?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+    )
+    .bind(id.as_str())
+    .bind(key.to_hex())
+    .bind(now as i64)
+    .bind(now as i64)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+}
+
+impl Store {
+    /// A box's recorded public key, if it ever registered or listed a stream.
+    pub async fn node_key(&self, id: &NodeId) -> sqlx::Result<Option<PublicKey>> {
+        let row = sqlx::query("SELECT key FROM node_keys WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| PublicKey::from_hex(r.get("key")).map_err(|e| sqlx::Error::Decode(e.into())))
+            .transpose()
+    }
 }

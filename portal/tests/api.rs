@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use portal::{Portal, PortalArgs};
+use proto::identity::{NodeKey, SIGNATURE_HEADER};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -66,7 +67,8 @@ impl Running {
         self.clock.fetch_add(secs, Ordering::SeqCst);
     }
 
-    /// A request from `from` (a loopback address); the status and the JSON body.
+    /// An unsigned request from `from` (a loopback address); the status and the JSON
+    /// body.
     async fn call(
         &self,
         from: [u8; 4],
@@ -74,16 +76,48 @@ impl Running {
         path: &str,
         body: Option<String>,
     ) -> (u16, Value) {
+        self.send(from, method, path, body.map(String::into_bytes), None)
+            .await
+    }
+
+    /// A request signed by the box called `signer` (its key made from the name).
+    async fn call_as(
+        &self,
+        signer: &str,
+        from: [u8; 4],
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> (u16, Value) {
+        let body = body.map(String::into_bytes);
+        let signature = sign(signer, method, path, body.as_deref().unwrap_or_default());
+        self.send(from, method, path, body, Some(signature)).await
+    }
+
+    async fn send(
+        &self,
+        from: [u8; 4],
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        signature: Option<String>,
+    ) -> (u16, Value) {
         let client = reqwest::Client::builder()
             .local_address(IpAddr::from(from))
             .no_proxy()
             .build()
             .unwrap();
         let mut request = client.request(method.parse().unwrap(), format!("{}{path}", self.url));
+        if let Some(signature) = signature {
+            request = request.header(SIGNATURE_HEADER, signature);
+        }
         if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body);
+            let kind = if body.starts_with(&[0xff, 0xd8]) {
+                "image/jpeg"
+            } else {
+                "application/json"
+            };
+            request = request.header("content-type", kind).body(body);
         }
         let response = request.send().await.expect("the portal answers");
         let status = response.status().as_u16();
@@ -100,13 +134,15 @@ impl Running {
     /// `PUT /api/streams/cam` from the box at `ip`, naming itself `source`.
     async fn list_cam(&self, ip: [u8; 4], source: &str, title: &str) -> (u16, Value) {
         let body = listing(source, ip, title);
-        self.call(ip, "PUT", "/api/streams/cam", Some(body)).await
+        self.call_as(source, ip, "PUT", "/api/streams/cam", Some(body))
+            .await
     }
 
     /// `POST /api/supernodes` from the supernode `id` at `ip`.
     async fn promote(&self, ip: [u8; 4], id: &str, viewers: Value) -> (u16, Value) {
         let body = promote(id, ip, viewers);
-        self.call(ip, "POST", "/api/supernodes", Some(body)).await
+        self.call_as(id, ip, "POST", "/api/supernodes", Some(body))
+            .await
     }
 
     async fn get(&self, path: &str) -> Value {
@@ -118,10 +154,42 @@ impl Running {
 
 const LOCAL: [u8; 4] = [127, 0, 0, 1];
 
-fn peer(id: &str, ip: [u8; 4]) -> Value {
+/// The boxes of these tests, by name: each has a key made from its name.
+const NAMES: &[&str] = &[
+    "a", "b", "c", "garden", "shed", "src", "other", "full", "deep", "deeper",
+];
+
+fn key(name: &str) -> NodeKey {
+    let mut seed = [0u8; 32];
+    seed[..name.len()].copy_from_slice(name.as_bytes());
+    NodeKey::from_seed(seed)
+}
+
+/// The node id of the box called `name`.
+fn id(name: &str) -> String {
+    key(name).node_id().to_string()
+}
+
+/// The name of the box with node id `id`.
+fn name(id: &str) -> &'static str {
+    NAMES
+        .iter()
+        .find(|n| self::id(n) == id)
+        .unwrap_or_else(|| panic!("no box of these tests has the id {id}"))
+}
+
+fn sign(name: &str, method: &str, path: &str, body: &[u8]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    key(name).sign_request(method, path, body, now)
+}
+
+fn peer(name: &str, ip: [u8; 4]) -> Value {
     let api = SocketAddr::from((ip, 8000));
     let rtmp = SocketAddr::from((ip, 1935));
-    json!({"id": id, "api": api, "rtmp": rtmp})
+    json!({"id": id(name), "api": api, "rtmp": rtmp})
 }
 
 fn promote(id: &str, ip: [u8; 4], viewers: Value) -> String {
@@ -134,12 +202,13 @@ fn listing(source: &str, ip: [u8; 4], title: &str) -> String {
     .to_string()
 }
 
-fn ids(list: &Value) -> Vec<String> {
-    let mut ids: Vec<String> = list
+/// The names of the boxes in a list of peers.
+fn ids(list: &Value) -> Vec<&'static str> {
+    let mut ids: Vec<&str> = list
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .map(|p| name(p["id"].as_str().unwrap()))
         .collect();
     ids.sort();
     ids
@@ -175,23 +244,52 @@ async fn supernodes_bootstrap_renew_expire_and_retire() {
         ["a", "b"]
     );
 
-    // A box speaks only for itself.
+    // A box speaks only for itself, from its own address, with its own key, once.
+    let c = promote("c", [127, 0, 0, 4], json!({}));
     let (status, body) = portal
-        .call(
-            LOCAL,
-            "POST",
-            "/api/supernodes",
-            Some(promote("c", [127, 0, 0, 4], json!({}))),
-        )
+        .call_as("c", LOCAL, "POST", "/api/supernodes", Some(c.clone()))
         .await;
     assert_eq!(status, 403, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("127.0.0.1"),
         "{body}"
     );
-    let (status, _) = portal
-        .call(LOCAL, "DELETE", "/api/supernodes/a", None)
+    let (status, body) = portal
+        .call([127, 0, 0, 4], "POST", "/api/supernodes", Some(c.clone()))
         .await;
+    assert_eq!(status, 401, "unsigned: {body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not signed"),
+        "{body}"
+    );
+    let (status, body) = portal
+        .call_as(
+            "b",
+            [127, 0, 0, 4],
+            "POST",
+            "/api/supernodes",
+            Some(c.clone()),
+        )
+        .await;
+    assert_eq!(status, 403, "signed by another box: {body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("signed by"),
+        "{body}"
+    );
+    let old = key("c").sign_request("POST", "/api/supernodes", c.as_bytes(), 1_000);
+    let (status, body) = portal
+        .send(
+            [127, 0, 0, 4],
+            "POST",
+            "/api/supernodes",
+            Some(c.clone().into_bytes()),
+            Some(old),
+        )
+        .await;
+    assert_eq!(status, 401, "signed long ago: {body}");
+    assert!(body["error"].as_str().unwrap().contains("NTP"), "{body}");
+    let a_path = format!("/api/supernodes/{}", id("a"));
+    let (status, _) = portal.call_as("a", LOCAL, "DELETE", &a_path, None).await;
     assert_eq!(status, 403);
     assert_eq!(
         ids(&portal.get("/api/supernodes").await["supernodes"]),
@@ -208,12 +306,28 @@ async fn supernodes_bootstrap_renew_expire_and_retire() {
         ["b"]
     );
 
-    let (status, body) = portal
-        .call([127, 0, 0, 3], "DELETE", "/api/supernodes/b", None)
-        .await;
+    // A request copied off the wire is refused when sent again.
+    let b_path = format!("/api/supernodes/{}", id("b"));
+    let signature = sign("b", "DELETE", &b_path, b"");
+    let retire = || {
+        portal.send(
+            [127, 0, 0, 3],
+            "DELETE",
+            &b_path,
+            None,
+            Some(signature.clone()),
+        )
+    };
+    let (status, body) = retire().await;
     assert_eq!((status, &body), (200, &json!({"type": "done"})));
+    let (status, body) = retire().await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("received before"),
+        "{body}"
+    );
     let (status, _) = portal
-        .call([127, 0, 0, 3], "DELETE", "/api/supernodes/b", None)
+        .call_as("b", [127, 0, 0, 3], "DELETE", &b_path, None)
         .await;
     assert_eq!(status, 404);
     assert_eq!(portal.get("/api/status").await["supernodes"], 0);
@@ -239,7 +353,10 @@ async fn the_directory_lists_renews_counts_and_expires_streams() {
     let other = [127, 0, 0, 6];
     let (status, body) = portal.list_cam(other, "shed", "Mine").await;
     assert_eq!(status, 409, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("garden"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains(&id("garden")),
+        "{body}"
+    );
 
     // Viewers: the sum over live supernodes.
     portal.promote([127, 0, 0, 2], "a", json!({"cam": 3})).await;
@@ -261,9 +378,13 @@ async fn the_directory_lists_renews_counts_and_expires_streams() {
     assert_ne!(entry["started"], started);
 
     // Only its source takes it off.
-    let (status, _) = portal.call(src, "DELETE", "/api/streams/cam", None).await;
+    let (status, _) = portal
+        .call_as("garden", src, "DELETE", "/api/streams/cam", None)
+        .await;
     assert_eq!(status, 403);
-    let (status, _) = portal.call(other, "DELETE", "/api/streams/cam", None).await;
+    let (status, _) = portal
+        .call_as("shed", other, "DELETE", "/api/streams/cam", None)
+        .await;
     assert_eq!(status, 204);
     assert_eq!(portal.get("/api/streams").await, json!([]));
     portal.stop().await;
@@ -312,7 +433,7 @@ async fn bad_input_gets_a_json_error_and_changes_nothing() {
         (
             "POST",
             "/api/supernodes",
-            Some(promote("a", src, Value::Object(many))),
+            Some(promote("garden", src, Value::Object(many))),
             400,
         ),
         ("DELETE", "/api/supernodes/nosuch", None, 404),
@@ -320,7 +441,7 @@ async fn bad_input_gets_a_json_error_and_changes_nothing() {
         ("PATCH", "/api/streams/cam", None, 405),
     ];
     for (method, path, body, expected) in cases {
-        let (status, answer) = portal.call(src, method, path, body).await;
+        let (status, answer) = portal.call_as("garden", src, method, path, body).await;
         assert_eq!(status, expected, "{method} {path}: {answer}");
         assert!(
             answer["error"].as_str().is_some_and(|e| !e.is_empty()),
@@ -354,6 +475,11 @@ async fn state_survives_a_restart() {
         ids(&portal.get("/api/supernodes").await["supernodes"]),
         ["garden"]
     );
+    // The key it signed with is on record.
+    let recorded = portal
+        .get(&format!("/api/nodes/{}/key", id("garden")))
+        .await;
+    assert_eq!(recorded["key"], key("garden").public().to_hex());
     portal.stop().await;
 }
 
@@ -367,16 +493,31 @@ fn report(
     slots: u8,
     children: &[&str],
 ) -> String {
+    let children: Vec<String> = children.iter().map(|c| self::id(c)).collect();
     json!({
         "peer": peer(id, ip),
-        "supernode": "src",
+        "supernode": self::id("src"),
         "is_supernode": false,
         "streams": [{
-            "stream": "cam", "parent": parent, "depth": depth, "slots": slots,
+            "stream": "cam", "parent": parent.map(self::id), "depth": depth, "slots": slots,
             "children": children, "flowing": true, "viewers": 0,
         }],
     })
     .to_string()
+}
+
+/// `PUT /api/nodes/{id}` (or another method) about the box called `about`, signed by
+/// `signer`, from `from`.
+async fn on_node(
+    portal: &Running,
+    signer: &str,
+    from: [u8; 4],
+    method: &str,
+    about: &str,
+    body: Option<String>,
+) -> u16 {
+    let path = format!("/api/nodes/{}", id(about));
+    portal.call_as(signer, from, method, &path, body).await.0
 }
 
 /// The map's WebSocket, read one event at a time.
@@ -414,51 +555,48 @@ async fn the_map_follows_the_boxes_reports_live() {
     );
 
     let a = report("a", [127, 0, 0, 2], Some("src"), 1, 2, &["b"]);
-    let (status, body) = portal
-        .call([127, 0, 0, 2], "PUT", "/api/nodes/a", Some(a.clone()))
-        .await;
-    assert_eq!(status, 204, "{body}");
+    let status = on_node(&portal, "a", [127, 0, 0, 2], "PUT", "a", Some(a.clone())).await;
+    assert_eq!(status, 204);
     let event = feed.next().await;
     assert_eq!(event["type"], "node");
-    assert_eq!(event["node"]["streams"][0]["children"], json!(["b"]));
+    assert_eq!(event["node"]["streams"][0]["children"], json!([id("b")]));
 
     // The same report again is no news; a changed one is.
-    portal
-        .call([127, 0, 0, 2], "PUT", "/api/nodes/a", Some(a))
-        .await;
+    on_node(&portal, "a", [127, 0, 0, 2], "PUT", "a", Some(a)).await;
     let moved = report("a", [127, 0, 0, 2], Some("src"), 1, 2, &[]);
-    portal
-        .call([127, 0, 0, 2], "PUT", "/api/nodes/a", Some(moved))
-        .await;
+    on_node(&portal, "a", [127, 0, 0, 2], "PUT", "a", Some(moved)).await;
     let event = feed.next().await;
     assert_eq!(event["node"]["streams"][0]["children"], json!([]));
 
     // A box reports only for itself, about itself, within bounds.
     let b = report("b", [127, 0, 0, 3], Some("a"), 2, 1, &[]);
-    let (status, _) = portal
-        .call(LOCAL, "PUT", "/api/nodes/b", Some(b.clone()))
-        .await;
-    assert_eq!(status, 403);
-    let (status, _) = portal
-        .call([127, 0, 0, 3], "PUT", "/api/nodes/x", Some(b.clone()))
-        .await;
-    assert_eq!(status, 400);
-    let own_parent = report("b", [127, 0, 0, 3], Some("b"), 2, 1, &[]);
-    let (status, _) = portal
-        .call([127, 0, 0, 3], "PUT", "/api/nodes/b", Some(own_parent))
-        .await;
-    assert_eq!(status, 400);
-    let (status, _) = portal
-        .call([127, 0, 0, 3], "PUT", "/api/nodes/b", Some("{".into()))
-        .await;
-    assert_eq!(status, 400);
-    let (status, _) = portal.call(LOCAL, "DELETE", "/api/nodes/a", None).await;
-    assert_eq!(status, 403);
+    let b_ip = [127, 0, 0, 3];
+    assert_eq!(
+        on_node(&portal, "b", LOCAL, "PUT", "b", Some(b.clone())).await,
+        403
+    );
+    assert_eq!(
+        on_node(&portal, "a", b_ip, "PUT", "b", Some(b.clone())).await,
+        403
+    );
+    assert_eq!(
+        on_node(&portal, "b", b_ip, "PUT", "x", Some(b.clone())).await,
+        400
+    );
+    let own_parent = report("b", b_ip, Some("b"), 2, 1, &[]);
+    assert_eq!(
+        on_node(&portal, "b", b_ip, "PUT", "b", Some(own_parent)).await,
+        400
+    );
+    assert_eq!(
+        on_node(&portal, "b", b_ip, "PUT", "b", Some("{".into())).await,
+        400
+    );
+    assert_eq!(on_node(&portal, "a", LOCAL, "DELETE", "a", None).await, 403);
+    assert_eq!(on_node(&portal, "b", b_ip, "DELETE", "a", None).await, 403);
     let impostor = report("a", [127, 0, 0, 9], None, 0, 8, &[]);
-    let (status, body) = portal
-        .call([127, 0, 0, 9], "PUT", "/api/nodes/a", Some(impostor))
-        .await;
-    assert_eq!(status, 409, "a box on the map keeps its address: {body}");
+    let status = on_node(&portal, "a", [127, 0, 0, 9], "PUT", "a", Some(impostor)).await;
+    assert_eq!(status, 409, "a box on the map keeps its address");
     assert_eq!(
         portal.get("/api/map").await["nodes"]
             .as_array()
@@ -467,24 +605,26 @@ async fn the_map_follows_the_boxes_reports_live() {
         1
     );
 
-    portal
-        .call([127, 0, 0, 3], "PUT", "/api/nodes/b", Some(b))
-        .await;
-    assert_eq!(feed.next().await["node"]["peer"]["id"], "b");
-    let (status, _) = portal
-        .call([127, 0, 0, 3], "DELETE", "/api/nodes/b", None)
-        .await;
-    assert_eq!(status, 204);
-    assert_eq!(feed.next().await, json!({"type": "node_gone", "id": "b"}));
+    on_node(&portal, "b", b_ip, "PUT", "b", Some(b)).await;
+    assert_eq!(feed.next().await["node"]["peer"]["id"], id("b"));
+    assert_eq!(on_node(&portal, "b", b_ip, "DELETE", "b", None).await, 204);
+    assert_eq!(
+        feed.next().await,
+        json!({"type": "node_gone", "id": id("b")})
+    );
 
     // A box not heard from for MAP_TTL_SECS is off the map: a dead box says nothing.
     portal.advance(proto::portal::MAP_TTL_SECS + 1);
-    assert_eq!(feed.next().await, json!({"type": "node_gone", "id": "a"}));
+    assert_eq!(
+        feed.next().await,
+        json!({"type": "node_gone", "id": id("a")})
+    );
     assert_eq!(portal.get("/api/map").await["nodes"], json!([]));
 
     // A newcomer gets the map as it stands.
     portal
-        .call(
+        .call_as(
+            "a",
             [127, 0, 0, 2],
             "PUT",
             "/api/streams/cam",
@@ -504,15 +644,17 @@ async fn stills_come_from_the_source_only() {
     portal.list_cam(src, "src", "Cam").await;
     let mut feed = Feed::open(&portal).await;
     feed.next().await;
-    let client = reqwest::Client::builder()
-        .local_address(IpAddr::from(src))
-        .no_proxy()
-        .build()
-        .unwrap();
     let put = |body: Vec<u8>, kind: &'static str| {
-        client
-            .put(format!("{}/api/streams/cam/thumbnail", portal.url))
+        let path = "/api/streams/cam/thumbnail";
+        let signature = sign("src", "PUT", path, &body);
+        reqwest::Client::builder()
+            .local_address(IpAddr::from(src))
+            .no_proxy()
+            .build()
+            .unwrap()
+            .put(format!("{}{path}", portal.url))
             .header("content-type", kind)
+            .header(SIGNATURE_HEADER, signature)
             .body(body)
             .send()
     };
@@ -547,20 +689,25 @@ async fn stills_come_from_the_source_only() {
     assert_eq!(got.bytes().await.unwrap().to_vec(), jpeg);
 
     // Another box may not send stills of this stream.
-    let other = reqwest::Client::builder()
-        .local_address(IpAddr::from([127, 0, 0, 3]))
-        .no_proxy()
-        .build()
-        .unwrap();
-    let status = other
-        .put(format!("{}/api/streams/cam/thumbnail", portal.url))
-        .header("content-type", "image/jpeg")
-        .body(jpeg)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 403);
+    let (status, _) = portal
+        .call_as(
+            "other",
+            [127, 0, 0, 3],
+            "PUT",
+            "/api/streams/cam/thumbnail",
+            None,
+        )
+        .await;
+    let other = portal
+        .send(
+            [127, 0, 0, 3],
+            "PUT",
+            "/api/streams/cam/thumbnail",
+            Some(jpeg.clone()),
+            Some(sign("other", "PUT", "/api/streams/cam/thumbnail", &jpeg)),
+        )
+        .await;
+    assert_eq!((status, other.0), (415, 403));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -581,16 +728,13 @@ async fn a_browser_without_a_box_is_sent_to_the_shallowest_free_slot() {
         ("deeper", [127, 0, 0, 5], 3, 2, vec![]),
     ] {
         let body = report(id, ip, Some("src"), depth, slots, &children);
-        let (status, _) = portal
-            .call(ip, "PUT", &format!("/api/nodes/{id}"), Some(body))
-            .await;
-        assert_eq!(status, 204);
+        assert_eq!(on_node(&portal, id, ip, "PUT", id, Some(body)).await, 204);
     }
     let (status, at) = portal
         .call(LOCAL, "GET", "/api/streams/cam/play", None)
         .await;
     assert_eq!(status, 200, "{at}");
-    assert_eq!(at["node"]["id"], "deep");
+    assert_eq!(at["node"]["id"], id("deep"));
     assert_eq!(at["depth"], 2);
     assert_eq!(
         at["ticket_url"],

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod flv;
+pub mod identity;
 pub mod overlay;
 pub mod portal;
 

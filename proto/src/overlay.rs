@@ -235,6 +235,27 @@ pub enum Request {
     RetireSupernode { id: NodeId },
 }
 
+impl Request {
+    /// The node a request speaks for, which must be the node that signed it: a box
+    /// registers, announces, leaves and asks for tickets for itself only.
+    pub fn speaks_for(&self) -> Option<&NodeId> {
+        match self {
+            Request::Register { node } => Some(&node.peer.id),
+            Request::Announce { node, .. } | Request::Unregister { node } => Some(node),
+            Request::Ticket { child, .. } => Some(&child.peer.id),
+            Request::Neighbour { peer } | Request::PromoteSupernode { peer, .. } => Some(&peer.id),
+            Request::RetireSupernode { id } => Some(id),
+            Request::Search { .. }
+            | Request::EndTicket { .. }
+            | Request::Path { .. }
+            | Request::Ping { .. }
+            | Request::Adopt { .. }
+            | Request::Rehome { .. }
+            | Request::Bootstrap => None,
+        }
+    }
+}
+
 /// The successful answer to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

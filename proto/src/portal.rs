@@ -88,6 +88,10 @@ pub const MAX_THUMBNAIL_BYTES: usize = 60 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct NodeReport {
     pub peer: Peer,
+    /// The name its owner gave it, for people to read; not unique, and not checked
+    /// against anything (the node id is what the box is).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
     /// The supernode this box registered with (itself, on a supernode).
     #[serde(default)]
     pub supernode: Option<NodeId>,
@@ -127,6 +131,14 @@ impl TreePlace {
 
 impl NodeReport {
     pub fn check(&self) -> Result<(), String> {
+        if self.name.chars().count() > crate::overlay::MAX_ID_LEN
+            || self.name.chars().any(char::is_control)
+        {
+            return Err(format!(
+                "name: at most {} characters, none of them control characters",
+                crate::overlay::MAX_ID_LEN
+            ));
+        }
         if self.streams.len() > MAX_REPORT_STREAMS {
             return Err(format!("streams: at most {MAX_REPORT_STREAMS}"));
         }

@@ -237,7 +237,15 @@ impl Sim {
                 self.next_request += 1;
                 let id = RequestId(self.next_request);
                 self.requests.insert((to, id), (from, call));
-                self.input(to, Input::Request { id, request });
+                let from_id = self.boxes[from].engine.id().clone();
+                self.input(
+                    to,
+                    Input::Request {
+                        id,
+                        from: from_id,
+                        request,
+                    },
+                );
             }
             Ev::Reply { to, call, result } => {
                 if self.boxes[to].alive {
@@ -550,7 +558,8 @@ impl Sim {
         }
         let stream = self.stream.clone();
         let ticket = if self.boxes[parent].alive {
-            self.boxes[parent].engine.ticket_for_token(&stream, token)
+            let ticket = self.boxes[parent].engine.ticket_for_token(&stream, token);
+            ticket.map(|(ticket, _)| ticket)
         } else {
             None
         };

@@ -4,6 +4,7 @@
 //! every moment against its slots and upload, and each box's stalls (which the box
 //! times itself, to the millisecond).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -20,7 +21,11 @@ const PROBE_LIMIT: Duration = Duration::from_millis(500);
 /// One box as one sample saw it.
 #[derive(Debug, Clone, Default)]
 pub struct BoxState {
+    /// The box's node id and the name it was started with.
+    pub id: String,
+    pub name: String,
     pub flowing: bool,
+    /// Its parent, by name (by node id if the parent was never sampled).
     pub parent: Option<String>,
     /// Its hot-standby parent, when its feed flows.
     pub standby: Option<String>,
@@ -92,7 +97,10 @@ pub(crate) fn probe(api: &str) -> Option<BoxState> {
         .ok()
         .and_then(|info| serde_json::from_value(info["continuity"].clone()).ok())
         .unwrap_or_default();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
     Some(BoxState {
+        id: text(&status["peer"]["id"]),
+        name: text(&status["name"]),
         flowing: place["flowing"] == true && place["depth"].as_u64() >= Some(1),
         parent: place["parent"].as_str().map(String::from),
         standby: place["standby"].as_str().map(String::from),
@@ -135,11 +143,30 @@ impl Sampler {
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             let mut samples = Vec::new();
+            // Boxes name each other by node id; the report names them as started.
+            let mut names: HashMap<String, String> = HashMap::new();
+            if let Ok(status) = get(&format!("{source}/status")) {
+                if let (Some(id), Some(name)) =
+                    (status["peer"]["id"].as_str(), status["name"].as_str())
+                {
+                    names.insert(id.to_owned(), name.to_owned());
+                }
+            }
             while !flag.load(Ordering::Relaxed) {
                 let began = Instant::now();
                 let stream_kbps = get(&format!("{source}/streams/{STREAM}"))
                     .map_or(0, |i| i["bitrate_kbps"].as_u64().unwrap_or(0));
-                let boxes = probe_all(&boxes);
+                let mut boxes = probe_all(&boxes);
+                for b in boxes.iter().flatten() {
+                    names.entry(b.id.clone()).or_insert_with(|| b.name.clone());
+                }
+                for b in boxes.iter_mut().flatten() {
+                    for id in [&mut b.parent, &mut b.standby].into_iter().flatten() {
+                        if let Some(name) = names.get(id.as_str()) {
+                            id.clone_from(name);
+                        }
+                    }
+                }
                 samples.push(Sample {
                     at: began - start,
                     stream_kbps,

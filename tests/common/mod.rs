@@ -164,9 +164,46 @@ impl NodeProc {
         )
     }
 
-    /// A call without the admin token, as another box or a stranger makes it.
+    /// A call without the admin token or a signature, as a stranger makes it.
     pub fn http_anon(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         http(&format!("http://{}{path}", self.api), method, body)
+    }
+
+    /// A call signed by the test's box `signer`, as another box makes it.
+    pub fn http_signed(
+        &self,
+        signer: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let signature = sign_as(signer, method, path, body.unwrap_or_default());
+        self.http_with_signature(method, path, body, &signature)
+    }
+
+    /// A call with this `Astral-Signature`, made or copied.
+    pub fn http_with_signature(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        signature: &str,
+    ) -> (u16, String) {
+        let url = format!("http://{}{path}", self.api);
+        http_with(
+            &url,
+            method,
+            body,
+            &[(proto::identity::SIGNATURE_HEADER, signature)],
+        )
+    }
+
+    /// The node id the box made from its key.
+    pub fn id(&self) -> String {
+        self.status()["peer"]["id"]
+            .as_str()
+            .expect("an id")
+            .to_owned()
     }
 
     pub fn admin_token(&self) -> String {
@@ -315,9 +352,44 @@ pub fn http(url: &str, method: &str, body: Option<&str>) -> (u16, String) {
 }
 
 pub fn http_as(url: &str, method: &str, body: Option<&str>, token: Option<&str>) -> (u16, String) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("authorization", b.as_str()))
+        .collect();
+    http_with(url, method, body, &headers)
+}
+
+/// The key of a box the test plays itself, made from its name.
+pub fn test_key(name: &str) -> proto::identity::NodeKey {
+    let mut seed = [0u8; 32];
+    seed[..name.len()].copy_from_slice(name.as_bytes());
+    proto::identity::NodeKey::from_seed(seed)
+}
+
+/// The node id of the box the test plays as `name`.
+pub fn test_id(name: &str) -> String {
+    test_key(name).node_id().to_string()
+}
+
+/// The `Astral-Signature` of a request by the test's box `name`, made now.
+pub fn sign_as(name: &str, method: &str, path: &str, body: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    test_key(name).sign_request(method, path, body.as_bytes(), now)
+}
+
+pub fn http_with(
+    url: &str,
+    method: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let mut request = ureq::request(method, url).timeout(Duration::from_secs(10));
-    if let Some(token) = token {
-        request = request.set("authorization", &format!("Bearer {token}"));
+    for (name, value) in headers {
+        request = request.set(name, value);
     }
     let result = match body {
         Some(body) => request

@@ -4,9 +4,11 @@
 //! The JavaScript is bundled at build time (`build.rs`: esbuild, with mpegts.js from
 //! npm as `package-lock.json` pins it), so a box needs no Node.js and no files beside
 //! its binary. This crate hands out the files; the servers decide where they go,
-//! and serve them, and their APIs, through [`server`].
+//! and serve them, and their APIs, through [`server`], reading boxes' signed requests
+//! through [`signed`].
 
 pub mod server;
+pub mod signed;
 
 use axum::http::{header, Method};
 use axum::response::{IntoResponse, Response};

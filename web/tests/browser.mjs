@@ -160,15 +160,16 @@ const scenarios = {
   /** The map: every box, then the map again after one is killed. */
   async map() {
     await page.goto(`${cfg.portal}/map`);
+    // Boxes by the names their owners gave them.
     const shows = (names) => {
-      const drawn = new Set([...document.querySelectorAll("[data-node]")].map((g) => g.dataset.node));
+      const drawn = new Set([...document.querySelectorAll("[data-node]")].map((g) => g.dataset.name));
       return names.every((n) => drawn.has(n));
     };
     await page.waitForFunction(shows, cfg.nodes, { timeout: 30000 });
     const snapshot = () =>
       page.evaluate(() => ({
-        nodes: [...document.querySelectorAll("[data-node]")].map((g) => g.dataset.node).sort(),
-        edges: [...document.querySelectorAll("[data-edge]")].map((l) => l.dataset.edge).sort(),
+        nodes: [...document.querySelectorAll("[data-node]")].map((g) => g.dataset.name).sort(),
+        edges: [...document.querySelectorAll("[data-edge]")].map((l) => l.dataset.edgeNames).sort(),
       }));
     const before = await snapshot();
     if (!cfg.kill) return { before };
@@ -178,8 +179,8 @@ const scenarios = {
     const rest = cfg.nodes.filter((n) => n !== cfg.kill.name);
     await page.waitForFunction(
       ({ rest, dead, source }) => {
-        const drawn = new Set([...document.querySelectorAll("[data-node]")].map((g) => g.dataset.node));
-        const edges = [...document.querySelectorAll("[data-edge]")].map((l) => l.dataset.edge.split(">"));
+        const drawn = new Set([...document.querySelectorAll("[data-node]")].map((g) => g.dataset.name));
+        const edges = [...document.querySelectorAll("[data-edge]")].map((l) => l.dataset.edgeNames.split(">"));
         const parentOf = new Map(edges.map(([p, c]) => [c, p]));
         return (
           !drawn.has(dead) &&

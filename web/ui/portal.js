@@ -12,6 +12,12 @@ const state = {
   connected: false,
 };
 
+/** A box's name, for people: its owner's name for it, else the start of its node id. */
+function nameOf(id) {
+  const node = state.nodes.get(id);
+  return (node && node.name) || (id ? id.slice(0, 8) : "");
+}
+
 // ---- the feed -------------------------------------------------------------
 
 function apply(event) {
@@ -126,7 +132,7 @@ function card(e) {
       h(
         "div",
         { class: "facts" },
-        h("span", { title: "source box" }, `from ${e.source.id}`),
+        h("span", { title: `source box ${e.source.id}` }, `from ${nameOf(e.source.id)}`),
         h("span", { "data-viewers": viewers }, `${viewers} watching`),
         h("span", { "data-uptime": e.started }, `live ${duration(now() - e.started)}`),
         e.width ? h("span", {}, `${e.width}×${e.height}`) : null,
@@ -174,7 +180,7 @@ function watchPage(id) {
       status = `Asking your box (${me.name}) to join the stream…`;
       redraw();
       const w = await join(local);
-      via = { kind: "local", api: local, id: me.name, flv: `${local}/live/${encodeURIComponent(id)}.flv`, rtmp: w.rtmp };
+      via = { kind: "local", api: local, id: me.peer.id, flv: `${local}/live/${encodeURIComponent(id)}.flv`, rtmp: w.rtmp };
     } catch (err) {
       if (stopped) return;
       status = err.status
@@ -257,7 +263,7 @@ function watchPage(id) {
     player.load();
     video.muted = true;
     Promise.resolve(player.play()).catch(() => {});
-    status = via.kind === "local" ? `Playing through your box, ${via.id}` : `Playing from public box ${via.id}`;
+    status = via.kind === "local" ? `Playing through your box, ${nameOf(via.id)}` : `Playing from public box ${nameOf(via.id)}`;
   }
 
   /** Depth, parent and latency, once a second. */
@@ -280,7 +286,7 @@ function watchPage(id) {
     }
     if (place) {
       facts.depth = place.depth;
-      facts.parent = place.parent || "(the source)";
+      facts.parent = place.parent ? nameOf(place.parent) : "(the source)";
     }
     redraw();
   }
@@ -330,11 +336,11 @@ function watchPage(id) {
       document.getElementById("watch-status").textContent = status;
       const flv = via && via.flv;
       const rows = [
-        ["Source box", e ? e.source.id : "–"],
+        ["Source box", e ? nameOf(e.source.id) : "–"],
         ["Resolution", e && e.width ? `${e.width}×${e.height}` : "–"],
         ["Bitrate", e && e.bitrate_kbps ? kbps(e.bitrate_kbps) : "–"],
         ["Watching", e ? String(holders(id) || e.viewers) : "–"],
-        ["Playing via", via ? `${via.id} (${via.kind === "local" ? "your box" : "public box"})` : "–"],
+        ["Playing via", via ? `${nameOf(via.id)} (${via.kind === "local" ? "your box" : "public box"})` : "–"],
         ["Depth in tree", facts.depth ?? "–"],
         ["Parent", facts.parent ?? "–"],
         ["Latency", facts.latency != null ? `${Math.round(facts.latency * 1000)} ms buffered` : "–"],
@@ -422,7 +428,14 @@ function drawTree(tree) {
   for (const [id, place] of tree.places) {
     if (place.parent && pos.has(place.parent)) {
       const a = pos.get(place.parent), b = pos.get(id);
-      edges.push(s("line", { class: "edge", x1: X(a), y1: Y(a), x2: X(b), y2: Y(b), "data-edge": `${place.parent}>${id}` }));
+      edges.push(
+        s("line", {
+          class: "edge",
+          x1: X(a), y1: Y(a), x2: X(b), y2: Y(b),
+          "data-edge": `${place.parent}>${id}`,
+          "data-edge-names": `${nameOf(place.parent)}>${nameOf(id)}`,
+        }),
+      );
     }
   }
   const nodes = [...pos].map(([id, p]) => {
@@ -435,10 +448,10 @@ function drawTree(tree) {
     const free = place.slots - place.children.length - (place.viewers || 0);
     return s(
       "g",
-      { class: cls, "data-node": id },
-      s("title", {}, `${id}: depth ${place.depth}, ${place.children.length}/${place.slots} forwards${report && report.is_supernode ? ", supernode" : ""}`),
+      { class: cls, "data-node": id, "data-name": nameOf(id) },
+      s("title", {}, `${nameOf(id)} (${id}): depth ${place.depth}, ${place.children.length}/${place.slots} forwards${report && report.is_supernode ? ", supernode" : ""}`),
       shape,
-      s("text", { x: X(p), y: Y(p) + 30 }, id),
+      s("text", { x: X(p), y: Y(p) + 30 }, nameOf(id)),
       s("text", { x: X(p), y: Y(p) + 4, "font-size": 10 }, free > 0 ? `+${free}` : ""),
     );
   });
@@ -477,7 +490,7 @@ const map = {
           "Lines are tickets, parent above child; red: a source; orange: waiting for video; +N: free forward slots.",
         ),
         all.length ? all.map(drawTree) : h("p", { class: "empty" }, "No stream is relayed right now."),
-        idle.length ? [h("h2", {}, "Boxes holding no stream"), h("p", { "data-idle": true }, idle.map((n) => n.peer.id).join(", "))] : null,
+        idle.length ? [h("h2", {}, "Boxes holding no stream"), h("p", { "data-idle": true }, idle.map((n) => nameOf(n.peer.id)).join(", "))] : null,
         supernodes.length
           ? [
               h("h2", {}, "Supernodes and their boxes"),
@@ -486,7 +499,8 @@ const map = {
                 {},
                 supernodes.map((sn) => {
                   const members = [...state.nodes.values()].filter((n) => n.supernode === sn.peer.id && n.peer.id !== sn.peer.id);
-                  return h("li", { "data-supernode": sn.peer.id }, h("b", {}, sn.peer.id), `: ${members.map((m) => m.peer.id).join(", ") || "no boxes"}`);
+                  const names = members.map((m) => nameOf(m.peer.id)).join(", ");
+                  return h("li", { "data-supernode": sn.peer.id }, h("b", {}, nameOf(sn.peer.id)), `: ${names || "no boxes"}`);
                 }),
               ),
             ]

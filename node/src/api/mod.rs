@@ -35,7 +35,7 @@ use crate::rtmp::url::RtmpUrl;
 use crate::Node;
 
 /// Largest request body: an adoption by a leaving supernode is the largest request.
-const MAX_BODY: usize = 256 * 1024;
+pub(crate) const MAX_BODY: usize = 256 * 1024;
 
 /// An API failure, rendered as its status code and a JSON body.
 #[derive(Debug, thiserror::Error)]

@@ -1,21 +1,67 @@
 //! Routes other boxes call: the overlay's requests (`proto::overlay::Request`), each
-//! on its own route, its body the request's tagged JSON. The engine decides; these
-//! handlers only check that the body is the request the route is for, and that ids
-//! in the path match the body. The client side is `crate::control::http`.
+//! on its own route, its body the request's tagged JSON, signed by the calling box
+//! (`proto::identity`). The engine decides; these handlers only check the signature
+//! (each taken once), that the body is the request the route is for, and that ids in
+//! the path match the body. The engine is told who signed, and refuses a request
+//! that speaks for another node. The client side is `crate::control::http`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use proto::identity::SignedBy;
 use proto::overlay::{NodeId, Request, Response, StreamId, TicketId};
 use serde::Deserialize;
 
-use super::ApiError;
+use super::{ApiError, MAX_BODY};
 use crate::Node;
+
+/// A peer's request whose signature holds: who signed it, and its body.
+pub(super) struct Signed {
+    by: SignedBy,
+    body: Bytes,
+}
+
+impl FromRequest<Arc<Node>> for Signed {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        node: &Arc<Node>,
+    ) -> Result<Signed, ApiError> {
+        let (by, body) = node
+            .verifier
+            .read(request, MAX_BODY)
+            .await
+            .map_err(|r| ApiError::Rejected(r.status, r.error))?;
+        Ok(Signed { by, body })
+    }
+}
+
+impl Signed {
+    /// The body, if it is the request this route takes.
+    fn request(&self, expected: &str, is: fn(&Request) -> bool) -> Result<Request, ApiError> {
+        let request: Request = serde_json::from_slice(&self.body).map_err(|e| {
+            let status = match e.classify() {
+                serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError::Rejected(status, format!("cannot parse the request: {e}"))
+        })?;
+        if is(&request) {
+            Ok(request)
+        } else {
+            Err(ApiError::BadRequest(format!(
+                "this route takes a request of type \"{expected}\""
+            )))
+        }
+    }
+}
 
 type Answer = Result<Json<Response>, ApiError>;
 
@@ -49,40 +95,23 @@ pub fn routes() -> Router<Arc<Node>> {
         )
 }
 
-type Body = Result<Json<Request>, JsonRejection>;
 type Reply = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
 /// A handler for a route whose path holds nothing: the body is the whole request.
 fn plain(
     expected: &'static str,
     is: fn(&Request) -> bool,
-) -> impl Fn(State<Arc<Node>>, Body) -> Reply + Clone + Send + Sync + 'static {
-    move |State(node), request| {
+) -> impl Fn(State<Arc<Node>>, Signed) -> Reply + Clone + Send + Sync + 'static {
+    move |State(node), signed| {
         Box::pin(async move {
-            let request = body(request, expected, is)?;
-            ask(&node, request).await
+            let request = signed.request(expected, is)?;
+            ask(&node, &signed, request).await
         })
     }
 }
 
-/// The body, if it is the request this route takes.
-fn body(
-    body: Result<Json<Request>, JsonRejection>,
-    expected: &str,
-    is: fn(&Request) -> bool,
-) -> Result<Request, ApiError> {
-    let Json(request) = body?;
-    if is(&request) {
-        Ok(request)
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "this route takes a request of type \"{expected}\""
-        )))
-    }
-}
-
-async fn ask(node: &Arc<Node>, request: Request) -> Answer {
-    node.overlay_request(request)
+async fn ask(node: &Arc<Node>, signed: &Signed, request: Request) -> Answer {
+    node.overlay_request(signed.by.node.clone(), request)
         .await
         .map(Json)
         .map_err(ApiError::Refused)
@@ -104,53 +133,45 @@ fn ticket_id(id: &str) -> Result<TicketId, ApiError> {
         .ok_or_else(|| ApiError::BadRequest(format!("{id:?} is not a ticket id (16 hex digits)")))
 }
 
-async fn announce(
-    State(node): State<Arc<Node>>,
-    Path(id): Path<String>,
-    request: Result<Json<Request>, JsonRejection>,
-) -> Answer {
+async fn announce(State(node): State<Arc<Node>>, Path(id): Path<String>, signed: Signed) -> Answer {
     let id = node_id(id)?;
-    let request = body(request, "announce", |r| {
-        matches!(r, Request::Announce { .. })
-    })?;
+    let request = signed.request("announce", |r| matches!(r, Request::Announce { .. }))?;
     if !matches!(&request, Request::Announce { node, .. } if *node == id) {
         return Err(mismatch("node id"));
     }
-    ask(&node, request).await
+    ask(&node, &signed, request).await
 }
 
 /// `DELETE /nodes/{id}`: the path says it all; a body, if any, is ignored.
-async fn unregister(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Answer {
+async fn unregister(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> Answer {
     let request = Request::Unregister { node: node_id(id)? };
-    ask(&node, request).await
+    ask(&node, &signed, request).await
 }
 
 async fn end_ticket(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
-    request: Result<Json<Request>, JsonRejection>,
+    signed: Signed,
 ) -> Answer {
     let id = ticket_id(&id)?;
-    let request = body(request, "end_ticket", |r| {
-        matches!(r, Request::EndTicket { .. })
-    })?;
+    let request = signed.request("end_ticket", |r| matches!(r, Request::EndTicket { .. }))?;
     if !matches!(&request, Request::EndTicket { ticket, .. } if *ticket == id) {
         return Err(mismatch("ticket id"));
     }
-    ask(&node, request).await
+    ask(&node, &signed, request).await
 }
 
-async fn path(
-    State(node): State<Arc<Node>>,
-    Path(id): Path<String>,
-    request: Result<Json<Request>, JsonRejection>,
-) -> Answer {
+async fn path(State(node): State<Arc<Node>>, Path(id): Path<String>, signed: Signed) -> Answer {
     let id = ticket_id(&id)?;
-    let request = body(request, "path", |r| matches!(r, Request::Path { .. }))?;
+    let request = signed.request("path", |r| matches!(r, Request::Path { .. }))?;
     if !matches!(&request, Request::Path { ticket, .. } if *ticket == id) {
         return Err(mismatch("ticket id"));
     }
-    ask(&node, request).await
+    ask(&node, &signed, request).await
 }
 
 #[derive(Deserialize)]
@@ -162,6 +183,7 @@ struct PingQuery {
 async fn ping(
     State(node): State<Arc<Node>>,
     query: Result<Query<PingQuery>, axum::extract::rejection::QueryRejection>,
+    signed: Signed,
 ) -> Answer {
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let stream = query
@@ -169,5 +191,5 @@ async fn ping(
         .map(StreamId::new)
         .transpose()
         .map_err(ApiError::BadRequest)?;
-    ask(&node, Request::Ping { stream }).await
+    ask(&node, &signed, Request::Ping { stream }).await
 }

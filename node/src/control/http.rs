@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use overlay::{CallError, Target};
+use proto::identity::{NodeKey, SIGNATURE_HEADER};
 use proto::overlay::{Peer, Refusal, RefusalKind, Request, Response, StreamId};
 use proto::portal::{StreamEntry, StreamUpdate};
 use reqwest::{Method, StatusCode};
@@ -16,19 +17,71 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest answer read from a peer: a lying peer cannot make us buffer more.
 const MAX_BODY: usize = 1 << 20;
 
-/// The client for overlay calls; they leave from `local` when the node's API is bound
-/// to a specific address, so that peers and the portal see the address it advertises.
-pub fn client(local: Option<std::net::IpAddr>) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(local)
-        .timeout(TIMEOUT)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .user_agent(concat!("astral/", env!("CARGO_PKG_VERSION")))
-        // Boxes talk to each other directly, never through a proxy from the
-        // environment.
-        .no_proxy()
-        .build()
-        .expect("a client without TLS always builds")
+/// The client for calls to peers and the portal. Every request is signed with the
+/// node's key (`proto::identity`); they leave from `local` when the node's API is
+/// bound to a specific address, so that peers and the portal see the address it
+/// advertises.
+pub struct Client {
+    http: reqwest::Client,
+    key: NodeKey,
+}
+
+impl Client {
+    pub fn new(local: Option<std::net::IpAddr>, key: NodeKey) -> Client {
+        let http = reqwest::Client::builder()
+            .local_address(local)
+            .timeout(TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("astral/", env!("CARGO_PKG_VERSION")))
+            // Boxes talk to each other directly, never through a proxy from the
+            // environment.
+            .no_proxy()
+            .build()
+            .expect("a client without TLS always builds");
+        Client { http, key }
+    }
+
+    pub fn key(&self) -> &NodeKey {
+        &self.key
+    }
+
+    /// A request to `url` with `body` (of `content_type`), signed.
+    fn request(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<(&'static str, bytes::Bytes)>,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+        let path = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let bytes = body.as_ref().map_or(&[][..], |(_, b)| b);
+        let signature =
+            self.key
+                .sign_request(method.as_str(), &path, bytes, web::signed::now_unix_ms());
+        let mut builder = self
+            .http
+            .request(method, url)
+            .header(SIGNATURE_HEADER, signature);
+        if let Some((content_type, body)) = body {
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body);
+        }
+        Ok(builder)
+    }
+
+    fn json(
+        &self,
+        method: Method,
+        url: &str,
+        value: &impl serde::Serialize,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let body = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        self.request(method, url, Some(("application/json", body.into())))
+    }
 }
 
 /// The method and path of `request` on a node's API or on the portal.
@@ -65,7 +118,7 @@ pub fn describe(request: &Request) -> String {
 
 /// Carries one overlay call and reads its answer.
 pub async fn call(
-    client: &reqwest::Client,
+    client: &Client,
     portal: Option<&str>,
     to: &Target,
     request: &Request,
@@ -77,11 +130,14 @@ pub async fn call(
             .to_owned(),
     };
     let (method, path) = route(request);
-    let mut builder = client.request(method.clone(), format!("{base}{path}"));
-    if method != Method::GET {
-        builder = builder.json(request);
-    }
+    let url = format!("{base}{path}");
+    let builder = if method == Method::GET {
+        client.request(method, &url, None)
+    } else {
+        client.json(method, &url, request)
+    };
     let response = builder
+        .map_err(CallError::Unreachable)?
         .send()
         .await
         .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
@@ -149,9 +205,10 @@ pub enum PortalError {
 }
 
 async fn portal_json<T: DeserializeOwned>(
-    builder: reqwest::RequestBuilder,
+    builder: Result<reqwest::RequestBuilder, String>,
 ) -> Result<(StatusCode, Option<T>), PortalError> {
     let response = builder
+        .map_err(PortalError::Unreachable)?
         .send()
         .await
         .map_err(|e| PortalError::Unreachable(error_chain(&e)))?;
@@ -175,12 +232,12 @@ async fn portal_json<T: DeserializeOwned>(
 
 /// The portal's directory entry of `stream`.
 pub async fn stream_entry(
-    client: &reqwest::Client,
+    client: &Client,
     portal: &str,
     stream: &StreamId,
 ) -> Result<StreamEntry, PortalError> {
     let url = format!("{portal}/api/streams/{stream}");
-    match portal_json::<StreamEntry>(client.get(url)).await {
+    match portal_json::<StreamEntry>(client.request(Method::GET, &url, None)).await {
         Ok((_, Some(entry))) => Ok(entry),
         Ok((_, None)) => Err(PortalError::Unreachable("empty answer".into())),
         Err(PortalError::Refused { status: 404, .. }) => {
@@ -192,75 +249,72 @@ pub async fn stream_entry(
 
 /// Creates or renews the directory entry of a stream published here.
 pub async fn list_stream(
-    client: &reqwest::Client,
+    client: &Client,
     portal: &str,
     stream: &StreamId,
     listing: &StreamUpdate,
 ) -> Result<(), PortalError> {
     let url = format!("{portal}/api/streams/{stream}");
-    portal_json::<StreamEntry>(client.put(url).json(listing))
+    portal_json::<StreamEntry>(client.json(Method::PUT, &url, listing))
         .await
         .map(drop)
 }
 
 pub async fn unlist_stream(
-    client: &reqwest::Client,
+    client: &Client,
     portal: &str,
     stream: &StreamId,
 ) -> Result<(), PortalError> {
     let url = format!("{portal}/api/streams/{stream}");
-    portal_json::<serde_json::Value>(client.delete(url))
+    portal_json::<serde_json::Value>(client.request(Method::DELETE, &url, None))
         .await
         .map(drop)
 }
 
 /// Reports this box's place in the network, for the portal's map.
 pub async fn report_place(
-    client: &reqwest::Client,
+    client: &Client,
     portal: &str,
     report: &proto::portal::NodeReport,
 ) -> Result<(), PortalError> {
     let url = format!("{portal}/api/nodes/{}", report.peer.id);
-    portal_json::<serde_json::Value>(client.put(url).json(report))
+    portal_json::<serde_json::Value>(client.json(Method::PUT, &url, report))
         .await
         .map(drop)
 }
 
 /// Takes this box off the portal's map.
 pub async fn forget_place(
-    client: &reqwest::Client,
+    client: &Client,
     portal: &str,
     node: &proto::overlay::NodeId,
 ) -> Result<(), PortalError> {
     let url = format!("{portal}/api/nodes/{node}");
-    portal_json::<serde_json::Value>(client.delete(url))
+    portal_json::<serde_json::Value>(client.request(Method::DELETE, &url, None))
         .await
         .map(drop)
 }
 
 /// Sends a still of a stream published here.
 pub async fn send_still(
-    client: &reqwest::Client,
+    client: &Client,
     portal: &str,
     stream: &StreamId,
     jpeg: bytes::Bytes,
 ) -> Result<(), PortalError> {
     let url = format!("{portal}/api/streams/{stream}/thumbnail");
-    let request = client
-        .put(url)
-        .header(reqwest::header::CONTENT_TYPE, "image/jpeg")
-        .body(jpeg);
+    let request = client.request(Method::PUT, &url, Some(("image/jpeg", jpeg)));
     portal_json::<serde_json::Value>(request).await.map(drop)
 }
 
 /// Who answers at a node's API address: its `GET /status` names it.
-pub async fn status_peer(client: &reqwest::Client, api: SocketAddr) -> Result<Peer, String> {
+pub async fn status_peer(client: &Client, api: SocketAddr) -> Result<Peer, String> {
     #[derive(serde::Deserialize)]
     struct Status {
         peer: Peer,
     }
     let response = client
-        .get(format!("http://{api}/status"))
+        .request(Method::GET, &format!("http://{api}/status"), None)?
         .send()
         .await
         .map_err(|e| error_chain(&e))?;

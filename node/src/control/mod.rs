@@ -48,10 +48,12 @@ const RATE_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Control {
     state: Mutex<State>,
     wake: Notify,
-    client: reqwest::Client,
+    client: http::Client,
     portal: Option<String>,
     started: Instant,
     me: Peer,
+    /// The name the owner gave the box, for the map.
+    name: String,
     left: watch::Sender<bool>,
     /// Set once a graceful leave begins: the box no longer reports its place.
     leaving: std::sync::atomic::AtomicBool,
@@ -82,8 +84,10 @@ impl Control {
     pub fn new(
         cfg: overlay::Config,
         card: NodeCard,
+        name: String,
         portal: Option<String>,
         client_address: Option<IpAddr>,
+        key: proto::identity::NodeKey,
         started: Instant,
     ) -> Control {
         let me = card.peer.clone();
@@ -102,10 +106,11 @@ impl Control {
                 viewers: viewers::Viewers::default(),
             }),
             wake: Notify::new(),
-            client: http::client(client_address),
+            client: http::Client::new(client_address, key),
             portal: portal.map(|p| p.trim_end_matches('/').to_owned()),
             started,
             me,
+            name,
             left: watch::Sender::new(false),
             leaving: std::sync::atomic::AtomicBool::new(false),
             in_flight: watch::Sender::new(0),
@@ -125,7 +130,7 @@ impl Control {
     }
 
     /// The HTTP client calls to peers and the portal leave from.
-    pub(crate) fn client(&self) -> &reqwest::Client {
+    pub(crate) fn client(&self) -> &http::Client {
         &self.client
     }
 
@@ -151,12 +156,20 @@ impl Control {
     }
 
     /// The ticket a child's player presents, if it is a live one for `stream`.
+    /// The ticket of `stream` with this token, and the child box it was granted to.
     pub fn ticket_for_token(
         &self,
         stream: &StreamId,
         token: &str,
-    ) -> Option<proto::overlay::TicketId> {
-        lock(&self.state).engine.ticket_for_token(stream, token)
+    ) -> Option<(proto::overlay::TicketId, proto::overlay::NodeId)> {
+        let state = lock(&self.state);
+        let (ticket, child) = state.engine.ticket_for_token(stream, token)?;
+        Some((ticket, child.clone()))
+    }
+
+    /// The node's key, which its requests and its plays are signed with.
+    pub fn key(&self) -> &proto::identity::NodeKey {
+        self.client.key()
     }
 
     /// Completes once a graceful leave is done.
@@ -199,8 +212,12 @@ impl Node {
         result
     }
 
-    /// A peer's request: the engine's answer, or why there is none.
-    pub async fn overlay_request(self: &Arc<Self>, request: Request) -> Result<Response, Refusal> {
+    /// A peer's request, signed by `from`: the engine's answer, or why there is none.
+    pub async fn overlay_request(
+        self: &Arc<Self>,
+        from: proto::overlay::NodeId,
+        request: Request,
+    ) -> Result<Response, Refusal> {
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut state = lock(&self.control.state);
@@ -209,7 +226,7 @@ impl Node {
             state.waiting.insert(id, tx);
             id
         };
-        self.overlay_input(Input::Request { id, request });
+        self.overlay_input(Input::Request { id, from, request });
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
         lock(&self.control.state).waiting.remove(&id);
         match answer {

@@ -23,6 +23,7 @@ impl Control {
         let engine = &state.engine;
         NodeReport {
             peer: self.me.clone(),
+            name: self.name.clone(),
             supernode: engine.supernode_id().cloned(),
             is_supernode: engine.is_supernode(),
             streams: engine
@@ -50,6 +51,7 @@ impl Control {
             for (card, holdings) in registry.children {
                 nodes.push(NodeReport {
                     peer: card.peer,
+                    name: String::new(),
                     supernode: Some(me.peer.id.clone()),
                     is_supernode: false,
                     streams: holdings
@@ -73,6 +75,7 @@ impl Control {
                     .into_iter()
                     .map(|peer: Peer| NodeReport {
                         peer,
+                        name: String::new(),
                         supernode: None,
                         is_supernode: true,
                         streams: Vec::new(),

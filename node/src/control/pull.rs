@@ -72,6 +72,7 @@ impl SteeredPull {
             stall_timeout,
             idle_standby: node.config().standby == crate::config::Standby::Idle,
             bind: node.config().rtmp.ip(),
+            key: node.control().key().clone(),
         };
         let span = tracing::info_span!("pull", stream = %hub.name());
         let task = tokio::spawn(tracing::Instrument::instrument(
@@ -108,6 +109,8 @@ struct Puller {
     /// The node's own RTMP address: pulls leave from it, so that the parent sees
     /// which box connects.
     bind: std::net::IpAddr,
+    /// Proves to the parent that this box holds the ticket it plays with.
+    key: proto::identity::NodeKey,
 }
 
 /// A parent being connected: the player once its first tag arrived, with what came
@@ -325,7 +328,8 @@ impl Puller {
         let url = match self.publisher.hub().last_video() {
             Some(after) => url.resuming_after(after),
             None => url,
-        };
+        }
+        .proven_by(&self.key);
         Box::pin(async move {
             timeout(CONNECT_TIMEOUT, async {
                 let socket = connect_from(bind, &url).await?;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use proto::identity::{verify_play, SignatureError};
 use proto::overlay::StreamId;
 use proto::Tag;
 use rml_rtmp::handshake::PeerType;
@@ -32,6 +33,7 @@ use crate::control::{ChildGuard, PublishGuard, ViewerSlot};
 use crate::hub::{Feed, Packet, Publisher, Subscription};
 use crate::Node;
 use web::server::PerAddress;
+use web::signed::now_unix_ms;
 
 /// A peer that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -325,7 +327,24 @@ impl Connection {
                     Some((id, ticket))
                 });
                 match ticket {
-                    Some((id, ticket)) => {
+                    Some((id, (ticket, holder))) => {
+                        // The box it was granted to, and no other with the token.
+                        let proof = [param("node"), param("t"), param("sig")];
+                        let [key, time, sig] = proof.each_ref().map(Option::as_deref);
+                        let play = verify_play(stream, &token, key, time, sig, now_unix_ms())
+                            .and_then(|signed| match signed.node == holder {
+                                true => Ok(signed),
+                                false => Err(SignatureError::NotHolder {
+                                    holder,
+                                    signer: signed.node,
+                                }),
+                            });
+                        let what = format!("RTMP play of {stream}");
+                        if let Err(refused) =
+                            self.node.verifier.take(Some(self.peer.ip()), &what, play)
+                        {
+                            return self.refuse(request_id, "NetStream.Play.Failed", refused.error);
+                        }
                         let (ended, guard) = self.node.child_connected(id, ticket);
                         (Some(ended), Some(guard), None)
                     }

@@ -66,6 +66,26 @@ impl RtmpUrl {
         }
     }
 
+    /// The URL with this box's proof that it plays the ticket in it (see
+    /// `proto::identity::verify_play`). Made anew for each connection: a parent takes
+    /// each proof once. A URL without a ticket is returned as it is.
+    pub fn proven_by(&self, key: &proto::identity::NodeKey) -> RtmpUrl {
+        let Some((stream, query)) = self.play_path.split_once('?') else {
+            return self.clone();
+        };
+        let Some(token) = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "ticket")
+            .map(|(_, v)| v.into_owned())
+        else {
+            return self.clone();
+        };
+        let proof = key.prove_play(stream, &token, web::signed::now_unix_ms());
+        RtmpUrl {
+            play_path: format!("{}&{proof}", self.play_path),
+            ..self.clone()
+        }
+    }
+
     /// The same URL asking to resume after source timestamp `after`, which the
     /// player already has (see `Hub::subscribe_after`).
     pub fn resuming_after(&self, after: u32) -> RtmpUrl {

@@ -1,0 +1,147 @@
+//! Requests signed by boxes (`proto::identity`), as a server reads them: the body is
+//! read whole, the signature checked against it, the method and the path, and each
+//! signature is taken once. A refused request is logged once a minute per address, so
+//! that a flood of them cannot flood the log.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::StatusCode;
+use proto::identity::{verify_request, SeenSignatures, SignatureError, SignedBy, SIGNATURE_HEADER};
+
+/// How often one address's refusals are logged.
+const LOG_EVERY_MS: u64 = 60_000;
+
+/// The clock signatures are checked against: the wall clock, which the signer's is
+/// compared with.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One server's check of signed requests.
+#[derive(Clone, Default)]
+pub struct Verifier {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    seen: SeenSignatures,
+    /// Per address: when its last refusal was logged, and the refusals since.
+    logged: HashMap<IpAddr, (u64, u64)>,
+}
+
+/// Why a signed request was not read.
+#[derive(Debug)]
+pub struct Rejection {
+    pub status: StatusCode,
+    pub error: String,
+}
+
+impl Verifier {
+    /// Reads `request`'s body (at most `limit` bytes) and checks its signature.
+    pub async fn read(
+        &self,
+        request: Request,
+        limit: usize,
+    ) -> Result<(SignedBy, Bytes), Rejection> {
+        let (parts, body) = request.into_parts();
+        let caller = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_canonical());
+        let body = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| Rejection {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                error: format!("the body is larger than {limit} bytes, or was cut short"),
+            })?;
+        let header = parts
+            .headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |p| p.as_str());
+        let what = format!("{} {}", parts.method, parts.uri.path());
+        let checked = verify_request(header, parts.method.as_str(), path, &body, now_unix_ms());
+        self.take(caller, &what, checked)
+            .map(|signed| (signed, body))
+    }
+
+    /// Takes a signature checked elsewhere (`what`, from `caller`, for the log): once
+    /// only, and a refusal logged as [`Verifier::read`] logs them.
+    pub fn take(
+        &self,
+        caller: Option<IpAddr>,
+        what: &str,
+        checked: Result<SignedBy, SignatureError>,
+    ) -> Result<SignedBy, Rejection> {
+        let now = now_unix_ms();
+        let checked = checked.and_then(|signed| {
+            self.lock().seen.take(&signed, now)?;
+            Ok(signed)
+        });
+        checked.map_err(|e| self.refuse(caller, what, e, now))
+    }
+
+    /// Checks that a signed request speaks for its signer.
+    pub fn speaks_for(
+        &self,
+        signed: &SignedBy,
+        claimed: &proto::overlay::NodeId,
+        caller: IpAddr,
+    ) -> Result<(), Rejection> {
+        if signed.node == *claimed {
+            return Ok(());
+        }
+        let e = SignatureError::NotYours {
+            claimed: claimed.clone(),
+            signer: signed.node.clone(),
+        };
+        Err(self.refuse(Some(caller), "", e, now_unix_ms()))
+    }
+
+    fn refuse(&self, caller: Option<IpAddr>, what: &str, e: SignatureError, now: u64) -> Rejection {
+        let status = match e {
+            SignatureError::Missing
+            | SignatureError::Malformed(_)
+            | SignatureError::Stale { .. } => StatusCode::UNAUTHORIZED,
+            SignatureError::Forged
+            | SignatureError::Replayed
+            | SignatureError::NotYours { .. }
+            | SignatureError::NotHolder { .. } => StatusCode::FORBIDDEN,
+        };
+        let error = e.to_string();
+        if let Some(ip) = caller {
+            let mut inner = self.lock();
+            if inner.logged.len() > 4096 {
+                inner.logged.clear();
+            }
+            let (last, since) = inner.logged.entry(ip).or_insert((0, 0));
+            if now.saturating_sub(*last) >= LOG_EVERY_MS {
+                let what = if what.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({what})")
+                };
+                tracing::warn!(%ip, refused_since = *since, "refused a request{what}: {error}");
+                (*last, *since) = (now, 0);
+            } else {
+                *since += 1;
+            }
+        }
+        Rejection { status, error }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
