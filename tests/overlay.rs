@@ -329,6 +329,20 @@ async fn a_tree_builds_itself_and_survives_a_crash_and_a_leave() {
         );
     }
 
+    // The source seals each GOP, and every box checks what its parent sends against
+    // the seals (a GOP counts once it came whole and its seal came after it): nothing
+    // altered.
+    eventually(Duration::from_secs(15), || {
+        net.boxes
+            .iter()
+            .all(|b| b.metric("gops_verified_total", STREAM) > 0.0)
+            .then_some(())
+    });
+    assert!(net.source.metric("gops_sealed_total", STREAM) > 0.0);
+    for b in &net.boxes {
+        assert_eq!(b.metric("tampered_total", STREAM), 0.0, "{}", b.name);
+    }
+
     // kill -9 the interior box with the most descendants: each of them plays on.
     let victim = places
         .values()

@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use proto::identity::NodeKey;
+use proto::seal::{headers_digest, tag_digest, Seal};
 use proto::{StreamMeta, Tag, TagKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -56,6 +58,9 @@ impl Default for HubConfig {
 pub enum Packet {
     Meta(Arc<StreamMeta>),
     Media(Arc<Frame>),
+    /// The source's seal of a GOP (`proto::seal`), for child boxes only: players are
+    /// never sent one. It follows the GOP's last tag, or the next keyframe.
+    Seal(Arc<Frame>),
 }
 
 /// A media tag as the hub hands it out: one allocation shared by every subscriber and
@@ -115,6 +120,9 @@ pub struct Hub {
     state: Mutex<State>,
 }
 
+/// The sequence headers in force, video's and audio's.
+type Headers = (Option<Bytes>, Option<Bytes>);
+
 #[derive(Default)]
 struct State {
     feed: Option<(u64, Feed)>,
@@ -130,6 +138,8 @@ struct State {
     /// parent or moves resumes from here, after the last frame it has, so a failover
     /// that takes less than that loses no frame (see [`Hub::subscribe_after`]).
     history: VecDeque<Vec<Arc<Frame>>>,
+    /// The seals of the GOPs in `history`, by their first timestamp.
+    seals: VecDeque<(u32, Arc<Frame>)>,
     last_video: Option<u32>,
     last_audio: Option<u32>,
     subscribers: Vec<Slot>,
@@ -144,6 +154,13 @@ struct Slot {
     headers_gen: u64,
     /// Set while the subscriber is being skipped to the next keyframe.
     behind_since: Option<Instant>,
+}
+
+impl State {
+    fn headers(&self) -> Headers {
+        let header = |h: &Option<Arc<Frame>>| h.as_ref().map(|f| f.tag.data.clone());
+        (header(&self.video_header), header(&self.audio_header))
+    }
 }
 
 /// Bitrate, frame rate and keyframe interval from source timestamps.
@@ -256,6 +273,7 @@ impl Hub {
             state.last_audio = None;
             state.gop.clear();
             state.history.clear();
+            state.seals.clear();
             state.video_header = None;
             state.audio_header = None;
             state.meta = None;
@@ -268,6 +286,7 @@ impl Hub {
         Ok(Publisher {
             hub: Arc::clone(self),
             id,
+            sealer: None,
         })
     }
 
@@ -291,19 +310,40 @@ impl Hub {
         initial.extend(state.meta.clone().map(Packet::Meta));
         initial.extend(state.video_header.clone().map(Packet::Media));
         initial.extend(state.audio_header.clone().map(Packet::Media));
-        let history = state.history.iter().flatten().chain(&state.gop);
-        let oldest = history.clone().next().map(|f| f.tag.timestamp);
+        let oldest = state
+            .history
+            .iter()
+            .flatten()
+            .chain(&state.gop)
+            .next()
+            .map(|f| f.tag.timestamp);
         let covered = after.filter(|&after| {
             oldest.is_some_and(|oldest| oldest <= after)
                 && state.last_video.is_some_and(|last| after <= last)
         });
         match covered {
-            Some(after) => initial.extend(
-                history
-                    .filter(|f| f.tag.timestamp > after)
-                    .cloned()
-                    .map(Packet::Media),
-            ),
+            // Each whole GOP kept is followed by its seal, for a child box to check.
+            Some(after) => {
+                for gop in &state.history {
+                    initial.extend(
+                        gop.iter()
+                            .filter(|f| f.tag.timestamp > after)
+                            .cloned()
+                            .map(Packet::Media),
+                    );
+                    let start = gop.first().map(|f| f.tag.timestamp);
+                    let seal = state.seals.iter().find(|(s, _)| Some(*s) == start);
+                    initial.extend(seal.map(|(_, seal)| Packet::Seal(Arc::clone(seal))));
+                }
+                initial.extend(
+                    state
+                        .gop
+                        .iter()
+                        .filter(|f| f.tag.timestamp > after)
+                        .cloned()
+                        .map(Packet::Media),
+                );
+            }
             None => initial.extend(state.gop.iter().cloned().map(Packet::Media)),
         }
         let headers_gen = state.headers_gen;
@@ -437,6 +477,7 @@ impl Hub {
                     state.last_audio = None;
                     state.continuity.restart();
                     state.history.clear();
+                    state.seals.clear();
                     state.gop.clear();
                 } else {
                     // Already forwarded: a replayed GOP after a reconnect.
@@ -475,17 +516,58 @@ impl Hub {
             {
                 state.history.pop_front();
             }
+            let oldest = state
+                .history
+                .front()
+                .and_then(|g| g.first())
+                .map(|f| f.tag.timestamp);
+            state
+                .seals
+                .retain(|(start, _)| oldest.is_some_and(|oldest| *start >= oldest));
         }
         if !state.gop.is_empty() || keyframe {
             if state.gop.len() >= self.config.max_gop_tags {
                 tracing::warn!(stream = %self.name, "no keyframe in {} tags; GOP cache dropped", self.config.max_gop_tags);
                 state.gop.clear();
                 state.history.clear();
+                state.seals.clear();
             } else {
                 state.gop.push(Arc::clone(&frame));
             }
         }
         self.fan_out(&mut state, Packet::Media(frame), sync_point, now);
+    }
+
+    /// Keeps the seal of a GOP (`proto::seal`) with it and sends it on. A seal is
+    /// small and skips no frame, so it goes to a subscriber that is behind as well,
+    /// if there is room in its queue.
+    fn push_seal(&self, start: u32, frame: Arc<Frame>) {
+        let mut state = self.lock();
+        if state.seals.iter().any(|(s, _)| *s == start) {
+            return;
+        }
+        state.seals.push_back((start, Arc::clone(&frame)));
+        if state.seals.len() > 64 {
+            state.seals.pop_front();
+        }
+        state.subscribers.retain(|slot| {
+            !matches!(
+                slot.tx.try_send(Packet::Seal(Arc::clone(&frame))),
+                Err(mpsc::error::TrySendError::Closed(_))
+            )
+        });
+    }
+
+    /// The GOP closed last (by a keyframe just pushed) if it is not sealed yet, with
+    /// the sequence headers in force.
+    fn unsealed_gop(&self) -> Option<(Vec<Arc<Frame>>, Headers)> {
+        let state = self.lock();
+        let gop = state.history.back()?;
+        let start = gop.first()?.tag.timestamp;
+        if state.seals.iter().any(|(s, _)| *s == start) {
+            return None;
+        }
+        Some((gop.clone(), state.headers()))
     }
 
     /// Sends `packet` to every subscriber without ever waiting. `sync_point` says a
@@ -559,6 +641,8 @@ impl Hub {
 pub struct Publisher {
     hub: Arc<Hub>,
     id: u64,
+    /// The source's key: each GOP is sealed when the next keyframe closes it.
+    sealer: Option<NodeKey>,
 }
 
 impl Publisher {
@@ -566,8 +650,39 @@ impl Publisher {
         &self.hub
     }
 
+    /// Seals each GOP with the node's key from now on: this box is the stream's source.
+    pub fn seal_with(&mut self, key: NodeKey) {
+        self.sealer = Some(key);
+    }
+
     pub fn push(&self, tag: Tag) {
+        // A seal is not media: an RTMP publisher's seal-like tag is not passed on, and
+        // a relay's are checked and pushed with `push_seal`.
+        if Seal::from_tag(&tag).is_some() {
+            return;
+        }
+        let keyframe = tag.is_keyframe();
         self.hub.push(tag);
+        if let (true, Some(key)) = (keyframe, &self.sealer) {
+            self.seal(key);
+        }
+    }
+
+    fn seal(&self, key: &NodeKey) {
+        let Some((gop, (video, audio))) = self.hub.unsealed_gop() else {
+            return;
+        };
+        let start = gop[0].tag.timestamp;
+        let digests = gop.iter().map(|f| tag_digest(&f.tag)).collect();
+        let headers = headers_digest(video.as_deref(), audio.as_deref());
+        let seal = Seal::sign(key, self.hub.name(), start, headers, digests);
+        self.hub.push_seal(start, Frame::new(seal.to_tag()));
+        self.hub.metrics.gops_sealed.inc();
+    }
+
+    /// A seal from upstream, checked (see `control::seals`).
+    pub fn push_seal(&self, seal: &Seal, tag: Tag) {
+        self.hub.push_seal(seal.start, Frame::new(tag));
     }
 
     pub fn set_meta(&self, meta: StreamMeta) {

@@ -26,6 +26,9 @@ pub struct Metrics {
     repeats_dropped: Family<StreamLabel, Counter>,
     lagging_disconnects: Family<StreamLabel, Counter>,
     reconnects: Family<StreamLabel, Counter>,
+    gops_sealed: Family<StreamLabel, Counter>,
+    gops_verified: Family<StreamLabel, Counter>,
+    tampered: Family<StreamLabel, Counter>,
     subscribers: Family<StreamLabel, Gauge>,
 }
 
@@ -40,6 +43,9 @@ pub struct StreamMetrics {
     pub repeats_dropped: Counter,
     pub lagging_disconnects: Counter,
     pub reconnects: Counter,
+    pub gops_sealed: Counter,
+    pub gops_verified: Counter,
+    pub tampered: Counter,
     pub subscribers: Gauge,
 }
 
@@ -55,6 +61,9 @@ impl Default for Metrics {
             repeats_dropped: Family::default(),
             lagging_disconnects: Family::default(),
             reconnects: Family::default(),
+            gops_sealed: Family::default(),
+            gops_verified: Family::default(),
+            tampered: Family::default(),
             subscribers: Family::default(),
         };
         let counters = [
@@ -98,6 +107,21 @@ impl Default for Metrics {
                 "Relay reconnections to an upstream",
                 metrics.reconnects.clone(),
             ),
+            (
+                "gops_sealed",
+                "GOPs this box sealed as the stream's source",
+                metrics.gops_sealed.clone(),
+            ),
+            (
+                "gops_verified",
+                "GOPs received whole from a parent and found as the source sealed them",
+                metrics.gops_verified.clone(),
+            ),
+            (
+                "tampered",
+                "Parents dropped for sending what the source did not seal",
+                metrics.tampered.clone(),
+            ),
         ];
         for (name, help, family) in counters {
             metrics.registry.register(name, help, family);
@@ -125,6 +149,9 @@ impl Metrics {
             repeats_dropped: self.repeats_dropped.get_or_create(&label).clone(),
             lagging_disconnects: self.lagging_disconnects.get_or_create(&label).clone(),
             reconnects: self.reconnects.get_or_create(&label).clone(),
+            gops_sealed: self.gops_sealed.get_or_create(&label).clone(),
+            gops_verified: self.gops_verified.get_or_create(&label).clone(),
+            tampered: self.tampered.get_or_create(&label).clone(),
             subscribers: self.subscribers.get_or_create(&label).clone(),
         }
     }

@@ -96,7 +96,8 @@ impl Node {
     /// Starts the configured source, its timestamps from `start_ms`.
     pub(crate) fn start_source(&self, source: &SourceConfig, start_ms: u32) -> anyhow::Result<()> {
         let hub = self.hub_or_create(&source.stream);
-        let handle = source::start(&hub, &source.kind, source.audio.as_ref(), start_ms)?;
+        let key = self.control().key().clone();
+        let handle = source::start(&hub, &source.kind, source.audio.as_ref(), start_ms, key)?;
         *lock(&self.source) = Some(handle);
         Ok(())
     }

@@ -85,6 +85,7 @@ pub fn start(
     kind: &SourceKind,
     audio: Option<&MicrophoneConfig>,
     start_ms: u32,
+    seal_with: proto::identity::NodeKey,
 ) -> anyhow::Result<SourceHandle> {
     // The clock video and sound both count from.
     let epoch = Instant::now();
@@ -100,7 +101,9 @@ pub fn start(
             config.video.fps,
         ),
     };
-    let publisher = Arc::new(hub.claim(Feed::Local { name: name.into() })?);
+    let mut publisher = hub.claim(Feed::Local { name: name.into() })?;
+    publisher.seal_with(seal_with);
+    let publisher = Arc::new(publisher);
     let stop = Arc::new(AtomicBool::new(false));
     let next_ms = Arc::new(AtomicU32::new(start_ms));
     let last_tag_ms = Arc::new(AtomicU64::new(0));

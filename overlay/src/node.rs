@@ -109,6 +109,11 @@ pub enum Input {
     Silent {
         stream: StreamId,
     },
+    /// The media plane caught the parent sending what the source did not seal
+    /// (altered or injected video, or seals withheld), and hung up on it.
+    Tampered {
+        stream: StreamId,
+    },
     /// The media plane: the standby parent's first tag arrived.
     StandbyFlowing {
         stream: StreamId,
@@ -202,6 +207,11 @@ pub enum Event {
         stream: StreamId,
         child: NodeId,
         ticket: TicketId,
+    },
+    /// The parent sent what the source did not seal: it is avoided for a while.
+    Distrusted {
+        stream: StreamId,
+        parent: NodeId,
     },
 }
 
@@ -297,6 +307,8 @@ pub struct Node {
     pub(crate) streams: BTreeMap<StreamId, Box<Held>>,
     pub(crate) leaving: Option<crate::forward::Leaving>,
     pub(crate) claims: HashMap<u64, crate::forward::Claim>,
+    /// Parents caught sending what the source did not seal, kept away from until then.
+    pub(crate) distrusted: HashMap<NodeId, Time>,
     pub(crate) announce_at: Time,
     pub(crate) messages_sent: u64,
 }
@@ -318,6 +330,7 @@ impl Node {
             streams: BTreeMap::new(),
             leaving: None,
             claims: HashMap::new(),
+            distrusted: HashMap::new(),
             announce_at: Time::NEVER,
             messages_sent: 0,
         }
@@ -401,6 +414,7 @@ impl Node {
             Input::Flowing { stream } => self.flowing(&stream),
             Input::Stalled { stream } => self.stalled(&stream),
             Input::Silent { stream } => self.silent(&stream),
+            Input::Tampered { stream } => self.tampered(&stream),
             Input::StandbyFlowing { stream } => self.standby_flowing(&stream),
             Input::StandbyLost { stream } => self.standby_lost(&stream),
             Input::PlayerConnected { stream, ticket } => self.player(&stream, ticket, true),

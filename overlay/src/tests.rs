@@ -1084,3 +1084,66 @@ fn a_supernode_reports_a_change_of_viewers_within_seconds() {
     // One box watches; the source itself is not counted.
     assert_eq!(reported, Some([(stream(), 1)].into_iter().collect()));
 }
+
+/// A parent caught sending what the source did not seal is left at once (its slot is
+/// not claimed: it is alive) and kept away from, with every place below it.
+#[test]
+fn a_parent_that_tampers_is_left_and_avoided_with_its_subtree() {
+    let mut h = Harness::alone(Config::default(), card("c", 3, 4000), 9);
+    let (g, p, q, r) = (
+        card("g", 1, 8000),
+        card("p", 2, 8000),
+        card("q", 4, 8000),
+        card("r", 5, 8000),
+    );
+    let holding = |path: &[&NodeCard]| proto::overlay::Holding {
+        stream: stream(),
+        path: path.iter().map(|c| c.peer.id.clone()).collect(),
+        slots: 2,
+        free: 1,
+        weakest_child: None,
+    };
+    h.input(Input::Watch {
+        stream: stream(),
+        kbps: 2500,
+        source: Some(g.peer.clone()),
+    });
+    let ask = h
+        .call_to(|_, r| matches!(r, Request::Ticket { .. }))
+        .expect("asks for a ticket");
+    h.input(Input::Reply {
+        call: ask,
+        result: granted_by(&p),
+    });
+    h.input(Input::Flowing { stream: stream() });
+    for (c, path) in [(&p, vec![&g]), (&q, vec![&g, &p]), (&r, vec![&g])] {
+        h.request(Request::Register { node: c.clone() }).unwrap();
+        h.request(Request::Announce {
+            node: c.peer.id.clone(),
+            holdings: vec![holding(&path)],
+        })
+        .unwrap();
+    }
+    h.outputs.clear();
+
+    h.input(Input::Tampered { stream: stream() });
+    assert!(h
+        .outputs
+        .iter()
+        .any(|o| matches!(o, Output::StopPull { .. })));
+    assert!(
+        h.call_to(|t, r| matches!(t, Target::Node(n) if n.id == p.peer.id)
+            && matches!(r, Request::EndTicket { .. }))
+            .is_some(),
+        "the ticket is given back: {:?}",
+        h.outputs
+    );
+    let pinged = |who: &NodeCard| {
+        h.call_to(|t, r| {
+            matches!(t, Target::Node(n) if n.id == who.peer.id) && matches!(r, Request::Ping { .. })
+        })
+        .is_some()
+    };
+    assert!(pinged(&r), "a place away from it is tried: {:?}", h.outputs);
+    assert!(!pinged(&p) && !pinged(&q), "not it, nor below it");
+}

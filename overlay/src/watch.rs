@@ -17,6 +17,8 @@ use crate::Time;
 
 /// How often a node asks a parent that is repairing itself whether it is done.
 const RECHECK: Duration = Duration::from_secs(1);
+/// How long a parent caught sending what the source did not seal is kept away from.
+pub(crate) const DISTRUST: Duration = Duration::from_secs(600);
 
 pub(crate) struct Watch {
     /// The stream's source, asked directly when a search finds nobody.
@@ -370,6 +372,16 @@ impl Node {
         };
         let depth = watch.path().len();
         let parent = watch.parent().map(|p| p.id.clone());
+        let found: Vec<Candidate> = found
+            .into_iter()
+            .filter(|c| {
+                !self.is_distrusted(&c.peer.id)
+                    && !c.holding.path.iter().any(|id| self.is_distrusted(id))
+            })
+            .collect();
+        let Some(watch) = self.watch_mut(stream) else {
+            return;
+        };
         let mut candidates: Vec<Candidate> = found
             .into_iter()
             .filter(|c| {
@@ -813,6 +825,31 @@ impl Node {
                 early,
             };
         }
+    }
+
+    /// The parent sent what the source did not seal: avoid it, and any place below
+    /// it, for [`DISTRUST`], and go to the standby or search (its slot is not
+    /// claimed: it is alive).
+    pub(crate) fn tampered(&mut self, stream: &StreamId) {
+        let Some(parent) = self.watch_mut(stream).and_then(|w| w.parent().cloned()) else {
+            return;
+        };
+        let now = self.now;
+        self.distrusted.retain(|_, until| *until > now);
+        self.distrusted.insert(parent.id.clone(), now + DISTRUST);
+        self.event(Event::Distrusted {
+            stream: stream.clone(),
+            parent: parent.id,
+        });
+        if !self.promote_standby(stream) {
+            self.stalled_hard(stream);
+        }
+    }
+
+    fn is_distrusted(&self, id: &NodeId) -> bool {
+        self.distrusted
+            .get(id)
+            .is_some_and(|until| *until > self.now)
     }
 
     /// The parent cannot be kept (it is in our own subtree): repair at once.

@@ -61,6 +61,16 @@ impl PublicKey {
         hex::encode(self.0.as_bytes())
     }
 
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<PublicKey, SignatureError> {
+        VerifyingKey::from_bytes(bytes)
+            .map(PublicKey)
+            .map_err(|_| SignatureError::Malformed("key"))
+    }
+
     pub fn from_hex(text: &str) -> Result<PublicKey, SignatureError> {
         let bytes: [u8; 32] = decode_hex(text).ok_or(SignatureError::Malformed("key"))?;
         VerifyingKey::from_bytes(&bytes)

@@ -10,6 +10,7 @@ pub mod flv;
 pub mod identity;
 pub mod overlay;
 pub mod portal;
+pub mod seal;
 
 pub use api::{ApiError, Continuity, PullRequest, Stall, StreamInfo, StreamRole};
 pub use flv::{StreamMeta, Tag, TagKind};

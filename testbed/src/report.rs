@@ -4,8 +4,10 @@
 //! against its upload, and the bytes it sent, so that the share served by peers
 //! rather than by the source comes out.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 
+use crate::timeline::BoxState;
 use crate::{Host, Testbed, STREAM};
 
 #[derive(Debug, Clone)]
@@ -169,11 +171,31 @@ impl Report {
 pub(crate) fn gather(bed: &Testbed) -> anyhow::Result<Report> {
     let info = bed.source.get(&format!("/streams/{STREAM}"))?;
     let stream_kbps = info["bitrate_kbps"].as_u64().unwrap_or(0);
+    let mut states: Vec<BoxState> = bed
+        .viewers
+        .iter()
+        .map(|host| crate::timeline::probe(&host.api()).unwrap_or_default())
+        .collect();
+    // Boxes name their parents by node id; the report by the names they started with.
+    let mut names: HashMap<String, String> = states
+        .iter()
+        .map(|s| (s.id.clone(), s.name.clone()))
+        .collect();
+    let source = bed.source.get("/status")?;
+    if let (Some(id), Some(name)) = (source["peer"]["id"].as_str(), source["name"].as_str()) {
+        names.insert(id.to_owned(), name.to_owned());
+    }
+    for state in &mut states {
+        state.name_parents(&names);
+    }
     let viewers = bed
         .viewers
         .iter()
         .zip(&bed.joined)
-        .map(|(host, joined)| viewer(host, joined.map(|j| j.as_millis()), stream_kbps))
+        .zip(states)
+        .map(|((host, joined), state)| {
+            viewer(host, state, joined.map(|j| j.as_millis()), stream_kbps)
+        })
         .collect();
     Ok(Report {
         stream_kbps,
@@ -182,8 +204,7 @@ pub(crate) fn gather(bed: &Testbed) -> anyhow::Result<Report> {
     })
 }
 
-fn viewer(host: &Host, join_ms: Option<u128>, stream_kbps: u64) -> Viewer {
-    let state = crate::timeline::probe(&host.api()).unwrap_or_default();
+fn viewer(host: &Host, state: BoxState, join_ms: Option<u128>, stream_kbps: u64) -> Viewer {
     let seen = &state.seen;
     Viewer {
         name: host.name.clone(),

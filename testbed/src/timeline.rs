@@ -41,6 +41,15 @@ pub struct BoxState {
 }
 
 impl BoxState {
+    /// Gives its parent and standby by name, where `names` (node id to name) knows them.
+    pub(crate) fn name_parents(&mut self, names: &HashMap<String, String>) {
+        for id in [&mut self.parent, &mut self.standby].into_iter().flatten() {
+            if let Some(name) = names.get(id.as_str()) {
+                id.clone_from(name);
+            }
+        }
+    }
+
     /// Whether `later` counts on from this state, rather than from a restart.
     fn continues(&self, later: &BoxState) -> bool {
         later.uptime_secs >= self.uptime_secs && later.seen.frames >= self.seen.frames
@@ -161,11 +170,7 @@ impl Sampler {
                     names.entry(b.id.clone()).or_insert_with(|| b.name.clone());
                 }
                 for b in boxes.iter_mut().flatten() {
-                    for id in [&mut b.parent, &mut b.standby].into_iter().flatten() {
-                        if let Some(name) = names.get(id.as_str()) {
-                            id.clone_from(name);
-                        }
-                    }
+                    b.name_parents(&names);
                 }
                 samples.push(Sample {
                     at: began - start,

@@ -491,6 +491,7 @@ fn write_packet(sub: &Subscription, packet: Packet, out: &mut BytesMut) {
             timestamp: 0,
             data: on_metadata(&meta),
         },
+        Packet::Seal(_) => return,
     };
     tag.write_flv(out);
 }

@@ -12,6 +12,7 @@ pub(crate) mod http;
 mod place;
 mod pull;
 mod report;
+mod seals;
 mod streams;
 mod viewers;
 
@@ -165,6 +166,15 @@ impl Control {
         let state = lock(&self.state);
         let (ticket, child) = state.engine.ticket_for_token(stream, token)?;
         Some((ticket, child.clone()))
+    }
+
+    /// The source of `stream`, as this box's place in its tree says (the first of its
+    /// path); `None` before it has a parent, or at the source.
+    pub fn source_of(&self, stream: &StreamId) -> Option<proto::overlay::NodeId> {
+        let state = lock(&self.state);
+        let held = state.engine.held();
+        let held = held.into_iter().find(|h| h.stream == *stream)?;
+        held.path.into_iter().next()
     }
 
     /// The node's key, which its requests and its plays are signed with.
@@ -340,9 +350,15 @@ impl Node {
                 child,
                 ticket,
             } => format!("{stream}: ticket {ticket} of {child} ended"),
+            Event::Distrusted { stream, parent } => format!(
+                "{stream}: parent {parent} sent what the source did not seal; \
+                 keeping away from it"
+            ),
         };
         match event {
-            Event::NoParent { .. } | Event::Orphaned { .. } => tracing::warn!("{line}"),
+            Event::NoParent { .. } | Event::Orphaned { .. } | Event::Distrusted { .. } => {
+                tracing::warn!("{line}")
+            }
             _ => tracing::info!("{line}"),
         }
         let mut state = lock(&self.control.state);

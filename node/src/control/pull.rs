@@ -22,11 +22,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 
+use super::seals::{SealCheck, Tamper};
 use crate::hub::{Feed, Hub, HubError, Publisher};
 use crate::rtmp::client::{Player, Received};
 use crate::rtmp::url::RtmpUrl;
 use crate::rtmp::RtmpError;
 use crate::Node;
+use proto::seal::Seal;
 
 /// A new parent must connect and send its first tag within this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -129,6 +131,8 @@ struct Link {
     /// Silent for half the stall timeout, and reported: the engine asks the parent
     /// early whether it is alive.
     silent: bool,
+    /// What it sends against the source's seals.
+    seals: SealCheck,
 }
 
 impl Puller {
@@ -190,14 +194,15 @@ impl Puller {
                 },
                 joined = wait(&mut connecting) => {
                     connecting = None;
-                    match joined {
-                        Ok(joined) => {
+                    match joined.map(|joined| self.link(joined, url.clone())) {
+                        Ok(Ok(link)) => {
                             let switched = current.is_some();
-                            current = Some(self.link(joined, url.clone()));
+                            current = Some(link);
                             self.publisher.set_upstream(url.to_string(), true);
                             tracing::info!(parent = %url, switched, "relaying");
                             self.report(Input::Flowing { stream: self.stream.clone() });
                         }
+                        Ok(Err((parent, tamper))) => self.tampered(&parent, &tamper),
                         Err(e) => {
                             tracing::warn!(parent = %url, "cannot pull: {e}");
                             self.report(Input::Stalled { stream: self.stream.clone() });
@@ -207,19 +212,25 @@ impl Puller {
                 joined = wait(&mut standby_connecting) => {
                     standby_connecting = None;
                     let to = standby_url.clone().expect("a standby being connected");
-                    match joined {
-                        Ok(joined) => {
+                    match joined.map(|joined| self.link(joined, to.clone())) {
+                        Ok(Ok(link)) => {
                             tracing::info!(parent = %to, "standby flowing");
-                            standby = Some(self.link(joined, to));
+                            standby = Some(link);
                             self.report(Input::StandbyFlowing { stream: self.stream.clone() });
                         }
+                        Ok(Err((_, tamper))) => self.standby_lost(&to, &tamper.to_string()),
                         Err(e) => self.standby_lost(&to, &e.to_string()),
                     }
                 }
                 received = next(&mut current) => match received {
                     Ok(received) => {
                         let media = matches!(received, Received::Media(_));
-                        self.take(&mut current, received);
+                        let link = current.as_mut().expect("read from it");
+                        if let Err(tamper) = self.take(link, received) {
+                            let link = current.take().expect("read from it");
+                            self.tampered(&link.url, &tamper);
+                            continue;
+                        }
                         let link = current.as_mut().expect("read from it");
                         if media && (link.stalled || link.silent) {
                             if link.stalled {
@@ -237,7 +248,13 @@ impl Puller {
                     }
                 },
                 received = next(&mut standby) => match received {
-                    Ok(received) => self.take(&mut standby, received),
+                    Ok(received) => {
+                        let link = standby.as_mut().expect("read from it");
+                        if let Err(tamper) = self.take(link, received) {
+                            let lost = standby.take().expect("read from it");
+                            self.standby_lost(&lost.url, &format!("it sent {tamper}"));
+                        }
+                    }
                     Err(e) => {
                         let lost = standby.take().expect("read only from a standby");
                         self.standby_lost(&lost.url, &e.to_string());
@@ -266,18 +283,26 @@ impl Puller {
         }
     }
 
-    /// A parent connected: what it sent first goes into the hub.
-    fn link(&self, (player, first): (Player, Vec<Received>), url: RtmpUrl) -> Link {
-        for received in first {
-            self.deliver(received);
-        }
-        Link {
+    /// A parent connected: what it sent first goes into the hub, once checked.
+    fn link(
+        &self,
+        (player, first): (Player, Vec<Received>),
+        url: RtmpUrl,
+    ) -> Result<Link, (RtmpUrl, Tamper)> {
+        let mut link = Link {
             player,
             url,
             last_media: Instant::now(),
             stalled: false,
             silent: false,
+            seals: SealCheck::new(self.stream.as_str()),
+        };
+        for received in first {
+            if let Err(tamper) = self.take(&mut link, received) {
+                return Err((link.url, tamper));
+            }
         }
+        Ok(link)
     }
 
     fn standby_lost(&self, parent: &RtmpUrl, why: &str) {
@@ -287,14 +312,38 @@ impl Puller {
         });
     }
 
-    /// What a parent sent: into the hub, which keeps the first copy of each frame.
-    fn take(&self, link: &mut Option<Link>, received: Received) {
-        if matches!(received, Received::Media(_)) {
-            if let Some(link) = link.as_mut() {
-                link.last_media = Instant::now();
+    /// What a parent sent: checked against the source's seals, and into the hub,
+    /// which keeps the first copy of each frame.
+    fn take(&self, link: &mut Link, received: Received) -> Result<(), Tamper> {
+        if let Received::Media(tag) = &received {
+            link.last_media = Instant::now();
+            if let Some(seal) = Seal::from_tag(tag) {
+                let seal = seal.map_err(|_| Tamper::Forged)?;
+                let source = self
+                    .node
+                    .upgrade()
+                    .and_then(|n| n.control().source_of(&self.stream));
+                if link.seals.seal(&seal, source.as_ref())? {
+                    self.publisher.hub().metrics().gops_verified.inc();
+                }
+                self.publisher.push_seal(&seal, tag.clone());
+                return Ok(());
             }
+            link.seals.tag(tag)?;
         }
         self.deliver(received);
+        Ok(())
+    }
+
+    /// A parent sent what the source did not seal: it is dropped, and the engine
+    /// told, which goes elsewhere and keeps away from it.
+    fn tampered(&self, parent: &RtmpUrl, tamper: &Tamper) {
+        self.publisher.hub().metrics().tampered.inc();
+        tracing::warn!(%parent, "the parent sent {tamper}: dropped, and avoided from now on");
+        self.publisher.set_upstream(parent.to_string(), false);
+        self.report(Input::Tampered {
+            stream: self.stream.clone(),
+        });
     }
 
     /// The parent that fed the hub is gone. While a new parent is being connected

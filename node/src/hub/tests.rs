@@ -1,6 +1,7 @@
 use bytes::Bytes;
 
 use super::*;
+use proto::seal::{headers_digest, tag_digest, Seal};
 
 fn avc_header() -> Tag {
     Tag::video(0, Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x64]))
@@ -50,7 +51,7 @@ fn media(packets: &[Packet]) -> Vec<Tag> {
         .iter()
         .filter_map(|p| match p {
             Packet::Media(f) => Some(f.tag.clone()),
-            Packet::Meta(_) => None,
+            Packet::Meta(_) | Packet::Seal(_) => None,
         })
         .collect()
 }
@@ -273,4 +274,68 @@ fn reports_rates_from_source_time() {
     assert_eq!(snap.last_timestamp_ms, Some(119 * 1000 / 30));
     // 61 frames of 6 bytes in 2 s of source time.
     assert_eq!(snap.bitrate_kbps, 1);
+}
+
+#[test]
+fn the_source_seals_each_gop_and_a_resumed_child_gets_the_seals_of_the_gops_it_gets() {
+    let hub = hub();
+    let key = NodeKey::from_seed([5; 32]);
+    let mut publisher = hub.claim(local()).unwrap();
+    publisher.seal_with(key.clone());
+    let mut live = hub.subscribe();
+    publisher.push(avc_header());
+    // Three GOPs of 30 frames, and the keyframe of a fourth.
+    push_frames(&publisher, 0, 91, 30);
+    let packets = drain(&mut live);
+    let seals: Vec<Seal> = packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Seal(f) => Some(Seal::from_tag(&f.tag).unwrap().unwrap()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seals.len(), 3, "one per closed GOP");
+    let tags = media(&packets);
+    let frames: Vec<&Tag> = tags.iter().filter(|t| !t.is_sequence_header()).collect();
+    for (i, seal) in seals.iter().enumerate() {
+        assert_eq!(seal.verify(), Ok(()));
+        assert!(seal.key.is_of(&key.node_id()));
+        assert_eq!(seal.start, frames[i * 30].timestamp);
+        assert_eq!(seal.tags.len(), 30);
+        assert!(frames[i * 30..(i + 1) * 30]
+            .iter()
+            .all(|t| seal.covers(&tag_digest(t))));
+        assert_eq!(seal.headers, headers_digest(Some(&avc_header().data), None));
+    }
+    assert_eq!(hub.metrics().gops_sealed.get(), 3);
+
+    // A child resuming in the first GOP gets the rest of it, then each whole GOP
+    // followed by its seal.
+    let resumed = drain(&mut hub.subscribe_after(Some(frames[10].timestamp)));
+    let order: Vec<String> = resumed
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Seal(f) => Some(format!("seal {}", f.tag.timestamp)),
+            Packet::Media(f) if f.tag.is_keyframe() => Some(format!("key {}", f.tag.timestamp)),
+            _ => None,
+        })
+        .collect();
+    let ts = |i: usize| frames[i].timestamp;
+    assert_eq!(
+        order,
+        [
+            format!("seal {}", ts(0)),
+            format!("key {}", ts(30)),
+            format!("seal {}", ts(30)),
+            format!("key {}", ts(60)),
+            format!("seal {}", ts(60)),
+            format!("key {}", ts(90)),
+        ]
+    );
+
+    // A publisher's own seal-like tag is not media, and is not passed on.
+    let mut sub = hub.subscribe();
+    drain(&mut sub);
+    publisher.push(seals[0].to_tag());
+    assert!(drain(&mut sub).is_empty());
 }

@@ -18,7 +18,7 @@ use rml_rtmp::handshake::PeerType;
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::{timeout, timeout_at, Instant};
@@ -101,7 +101,7 @@ enum Role {
         /// viewer of a stream the box no longer holds.
         ended: Option<oneshot::Receiver<()>>,
         /// A child box's ticket, or the slot of a player from beyond the box's network.
-        _child: Option<ChildGuard>,
+        child: Option<ChildGuard>,
         _viewer: Option<ViewerSlot>,
     },
 }
@@ -115,12 +115,33 @@ struct Connection {
     role: Role,
 }
 
+/// Serves one RTMP connection from `peer` over any byte stream, as [`serve`] serves
+/// each socket it accepts: for fuzzing the session (`fuzz/`), which feeds it bytes.
+#[doc(hidden)]
+pub async fn serve_stream(
+    stream: impl AsyncRead + AsyncWrite + Send,
+    peer: SocketAddr,
+    node: Arc<Node>,
+) -> Result<(), RtmpError> {
+    let (reader, writer) = tokio::io::split(stream);
+    Connection::run_on(reader, writer, peer, node).await
+}
+
 impl Connection {
     async fn run(socket: TcpStream, node: Arc<Node>) -> Result<(), RtmpError> {
-        let set_up_by = Instant::now() + SETUP_TIMEOUT;
         crate::tune_player_socket(&socket)?;
         let peer = socket.peer_addr()?;
-        let (mut reader, mut writer) = socket.into_split();
+        let (reader, writer) = socket.into_split();
+        Connection::run_on(reader, writer, peer, node).await
+    }
+
+    async fn run_on(
+        mut reader: impl AsyncRead + Unpin,
+        mut writer: impl AsyncWrite + Unpin,
+        peer: SocketAddr,
+        node: Arc<Node>,
+    ) -> Result<(), RtmpError> {
+        let set_up_by = Instant::now() + SETUP_TIMEOUT;
         let mut buf = vec![0u8; 64 * 1024];
 
         let leftover = timeout(
@@ -287,12 +308,13 @@ impl Connection {
             return self.refuse(request_id, "NetStream.Publish.BadName", reason);
         }
         let hub = self.node.hub_or_create(stream);
-        let publisher = match hub.claim(Feed::Local {
+        let mut publisher = match hub.claim(Feed::Local {
             name: "rtmp".into(),
         }) {
             Ok(p) => p,
             Err(e) => return self.refuse(request_id, "NetStream.Publish.BadName", e.to_string()),
         };
+        publisher.seal_with(self.node.control().key().clone());
         let results = self.session.accept_request(request_id)?;
         self.handle_results(results)?;
         tracing::info!(stream, "publishing");
@@ -394,7 +416,7 @@ impl Connection {
             stream_id,
             subscription,
             ended,
-            _child: child,
+            child,
             _viewer: viewer,
         };
         Ok(())
@@ -416,6 +438,7 @@ impl Connection {
         let Role::Playing {
             stream_id,
             subscription,
+            child,
             ..
         } = &self.role
         else {
@@ -431,6 +454,11 @@ impl Connection {
                 subscription.count_sent(&frame);
                 self.out.push(chunk::for_player(&frame, *stream_id));
             }
+            // Seals go to child boxes, which check them; a player has no use for them.
+            Packet::Seal(frame) if child.is_some() => {
+                self.out.push(chunk::for_player(&frame, *stream_id));
+            }
+            Packet::Seal(_) => {}
         }
         Ok(())
     }
