@@ -217,9 +217,30 @@ async fn bad_overlay_requests_get_json_errors_and_change_nothing() {
         "refusals from one address are logged once a minute:\n{log}"
     );
 
-    // One slot: a first child gets a ticket, a second is refused.
-    let (code, body) = node.http_signed("kid", "POST", "/tickets", Some(&kid));
+    // One slot: a first child gets a ticket, signed by the parent for that request;
+    // a second is refused.
+    let request = sign_as("kid", "POST", "/tickets", &kid);
+    let url = format!("http://{}/tickets", node.api);
+    let header = [(proto::identity::SIGNATURE_HEADER, request.as_str())];
+    let (code, body, answer) = http_answer(&url, "POST", Some(&kid), &header);
     assert_eq!(code, 200, "{body}");
+    let for_request = request.rsplit('.').next().unwrap();
+    let verify = |body: &str, request: &str| {
+        proto::identity::verify_response(
+            answer.as_deref(),
+            request,
+            200,
+            body.as_bytes(),
+            unix_ms(),
+        )
+    };
+    assert_eq!(
+        verify(&body, for_request).map(|s| s.node.to_string()),
+        Ok(node.id())
+    );
+    let altered = body.replacen("\"token\":\"", "\"token\":\"0", 1);
+    assert!(verify(&altered, for_request).is_err(), "altered");
+    assert!(verify(&body, "00").is_err(), "for another request");
     let ticket: Value = serde_json::from_str(&body).unwrap();
     let ticket = &ticket["ticket"];
     let token = ticket["token"].as_str().unwrap().to_owned();

@@ -35,6 +35,15 @@ fn request_message(method: &str, path: &str, unix_ms: u64, body: &[u8]) -> Vec<u
     message
 }
 
+/// What a node signs to answer a signed request: the request's signature, the
+/// status, the time and the body.
+fn response_message(request_signature: &str, status: u16, unix_ms: u64, body: &[u8]) -> Vec<u8> {
+    let mut message =
+        format!("astral response 1\n{request_signature}\n{status}\n{unix_ms}\n").into_bytes();
+    message.extend_from_slice(body);
+    message
+}
+
 /// What a child signs to play its parent's stream with a ticket: the stream and the
 /// ticket's token, so that a proof is good for that ticket only, and the time.
 fn play_message(stream: &str, token: &str, unix_ms: u64) -> Vec<u8> {
@@ -152,6 +161,22 @@ impl NodeKey {
         )
     }
 
+    /// The `Astral-Signature` header's value for the answer to a signed request.
+    pub fn sign_response(
+        &self,
+        request_signature: &str,
+        status: u16,
+        body: &[u8],
+        unix_ms: u64,
+    ) -> String {
+        let signature = self.sign(&response_message(request_signature, status, unix_ms, body));
+        format!(
+            "{}.{unix_ms}.{}",
+            self.public().to_hex(),
+            hex::encode(signature)
+        )
+    }
+
     /// The `Astral-Signature` header's value for a request: `KEY.TIME.SIGNATURE`.
     pub fn sign_request(&self, method: &str, path: &str, body: &[u8], unix_ms: u64) -> String {
         let signature = self.sign(&request_message(method, path, unix_ms, body));
@@ -178,6 +203,13 @@ pub struct SignedBy {
     pub signature: [u8; 64],
 }
 
+impl SignedBy {
+    /// The signature in hex, as the answer to the request is signed for it.
+    pub fn signature_hex(&self) -> String {
+        hex::encode(self.signature)
+    }
+}
+
 /// Checks a request's `Astral-Signature` header against the request and the
 /// receiver's clock.
 pub fn verify_request(
@@ -187,16 +219,36 @@ pub fn verify_request(
     body: &[u8],
     now_unix_ms: u64,
 ) -> Result<SignedBy, SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?;
-    let mut parts = header.trim().split('.');
-    let (Some(key), Some(time), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(SignatureError::Malformed("header"));
-    };
+    let (key, time, signature) = header_parts(header)?;
     verify(key, time, signature, now_unix_ms, |unix_ms| {
         request_message(method, path, unix_ms, body)
     })
+}
+
+/// Checks the `Astral-Signature` of an answer to the request signed with
+/// `request_signature`: the answering node signed its status and body for that very
+/// request, so an answer cannot be altered on the way, nor an old one passed off.
+pub fn verify_response(
+    header: Option<&str>,
+    request_signature: &str,
+    status: u16,
+    body: &[u8],
+    now_unix_ms: u64,
+) -> Result<SignedBy, SignatureError> {
+    let (key, time, signature) = header_parts(header)?;
+    verify(key, time, signature, now_unix_ms, |unix_ms| {
+        response_message(request_signature, status, unix_ms, body)
+    })
+}
+
+/// `KEY.TIME.SIGNATURE`.
+fn header_parts(header: Option<&str>) -> Result<(&str, &str, &str), SignatureError> {
+    let header = header.ok_or(SignatureError::Missing)?;
+    let mut parts = header.trim().split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(key), Some(time), Some(signature), None) => Ok((key, time, signature)),
+        _ => Err(SignatureError::Malformed("header")),
+    }
 }
 
 /// Checks the proof of a ticketed play (`node`, `t` and `sig` of its query, as
@@ -396,6 +448,33 @@ mod tests {
         assert_eq!(
             verify_play("cam", "t0k3n", None, None, None, NOW),
             Err(SignatureError::Missing)
+        );
+    }
+
+    #[test]
+    fn an_answer_is_signed_for_its_request() {
+        let (child, parent) = (NodeKey::from_seed([7; 32]), NodeKey::from_seed([8; 32]));
+        let request = child.sign_request("POST", "/tickets", b"{}", NOW);
+        let answer = parent.sign_response(&request, 200, b"{\"ticket\":1}", NOW + 3);
+        let verify = |request: &str, status, body: &[u8]| {
+            verify_response(Some(&answer), request, status, body, NOW + 5)
+        };
+        assert_eq!(
+            verify(&request, 200, b"{\"ticket\":1}").unwrap().node,
+            parent.node_id()
+        );
+        assert_eq!(
+            verify(&request, 200, b"{\"ticket\":2}"),
+            Err(SignatureError::Forged)
+        );
+        assert_eq!(
+            verify(&request, 409, b"{\"ticket\":1}"),
+            Err(SignatureError::Forged)
+        );
+        let other = child.sign_request("POST", "/tickets", b"{}", NOW + 1);
+        assert_eq!(
+            verify(&other, 200, b"{\"ticket\":1}"),
+            Err(SignatureError::Forged)
         );
     }
 

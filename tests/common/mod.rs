@@ -381,12 +381,13 @@ pub fn sign_as(name: &str, method: &str, path: &str, body: &str) -> String {
     test_key(name).sign_request(method, path, body.as_bytes(), now)
 }
 
-pub fn http_with(
+/// A call's status, body, and the answer's `Astral-Signature`.
+pub fn http_answer(
     url: &str,
     method: &str,
     body: Option<&str>,
     headers: &[(&str, &str)],
-) -> (u16, String) {
+) -> (u16, String, Option<String>) {
     let mut request = ureq::request(method, url).timeout(Duration::from_secs(10));
     for (name, value) in headers {
         request = request.set(name, value);
@@ -397,11 +398,28 @@ pub fn http_with(
             .send_string(body),
         None => request.call(),
     };
-    match result {
-        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+    let response = match result {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
         Err(e) => panic!("{method} {url}: {e}"),
-    }
+    };
+    let signature = response
+        .header(proto::identity::SIGNATURE_HEADER)
+        .map(String::from);
+    (
+        response.status(),
+        response.into_string().unwrap_or_default(),
+        signature,
+    )
+}
+
+pub fn http_with(
+    url: &str,
+    method: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let (status, body, _) = http_answer(url, method, body, headers);
+    (status, body)
 }
 
 /// A 20 s H.264 + AAC clip, made once per test process: 640x360, 30 fps, a keyframe

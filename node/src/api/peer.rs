@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderName, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
-use proto::identity::SignedBy;
-use proto::overlay::{NodeId, Request, Response, StreamId, TicketId};
+use axum::Router;
+use proto::identity::{SignedBy, SIGNATURE_HEADER};
+use proto::overlay::{NodeId, Request, StreamId, TicketId};
 use serde::Deserialize;
 
 use super::{ApiError, MAX_BODY};
@@ -63,7 +64,8 @@ impl Signed {
     }
 }
 
-type Answer = Result<Json<Response>, ApiError>;
+/// The engine's answer or refusal, signed for the request it answers.
+type Answer = Result<axum::response::Response, ApiError>;
 
 pub fn routes() -> Router<Arc<Node>> {
     Router::new()
@@ -110,11 +112,34 @@ fn plain(
     }
 }
 
+/// Asks the engine, and signs what it answers for the request (`proto::identity::
+/// verify_response`): a ticket, a search's candidates or a refusal cannot be altered
+/// on the way or replayed to another request.
 async fn ask(node: &Arc<Node>, signed: &Signed, request: Request) -> Answer {
-    node.overlay_request(signed.by.node.clone(), request)
-        .await
-        .map(Json)
-        .map_err(ApiError::Refused)
+    let answer = node.overlay_request(signed.by.node.clone(), request).await;
+    let (status, body) = match &answer {
+        Ok(response) => (StatusCode::OK, serde_json::to_vec(response)),
+        Err(refusal) => (
+            StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            serde_json::to_vec(refusal),
+        ),
+    };
+    let body = body.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let signature = node.control().key().sign_response(
+        &signed.by.signature_hex(),
+        status.as_u16(),
+        &body,
+        web::signed::now_unix_ms(),
+    );
+    Ok((
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (HeaderName::from_static(SIGNATURE_HEADER), signature),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 fn mismatch(what: &str) -> ApiError {

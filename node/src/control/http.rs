@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use overlay::{CallError, Target};
-use proto::identity::{NodeKey, SIGNATURE_HEADER};
+use proto::identity::{verify_response, NodeKey, SIGNATURE_HEADER};
 use proto::overlay::{Peer, Refusal, RefusalKind, Request, Response, StreamId};
 use proto::portal::{StreamEntry, StreamUpdate};
 use reqwest::{Method, StatusCode};
@@ -52,6 +52,16 @@ impl Client {
         url: &str,
         body: Option<(&'static str, bytes::Bytes)>,
     ) -> Result<reqwest::RequestBuilder, String> {
+        self.signed(method, url, body).map(|(builder, _)| builder)
+    }
+
+    /// A signed request, and its signature (which its answer is signed for).
+    fn signed(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<(&'static str, bytes::Bytes)>,
+    ) -> Result<(reqwest::RequestBuilder, String), String> {
         let url = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
         let path = match url.query() {
             Some(query) => format!("{}?{query}", url.path()),
@@ -61,6 +71,7 @@ impl Client {
         let signature =
             self.key
                 .sign_request(method.as_str(), &path, bytes, web::signed::now_unix_ms());
+        let signed = signature.rsplit('.').next().unwrap_or_default().to_owned();
         let mut builder = self
             .http
             .request(method, url)
@@ -70,7 +81,7 @@ impl Client {
                 .header(reqwest::header::CONTENT_TYPE, content_type)
                 .body(body);
         }
-        Ok(builder)
+        Ok((builder, signed))
     }
 
     fn json(
@@ -79,8 +90,18 @@ impl Client {
         url: &str,
         value: &impl serde::Serialize,
     ) -> Result<reqwest::RequestBuilder, String> {
+        self.signed_json(method, url, value)
+            .map(|(builder, _)| builder)
+    }
+
+    fn signed_json(
+        &self,
+        method: Method,
+        url: &str,
+        value: &impl serde::Serialize,
+    ) -> Result<(reqwest::RequestBuilder, String), String> {
         let body = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-        self.request(method, url, Some(("application/json", body.into())))
+        self.signed(method, url, Some(("application/json", body.into())))
     }
 }
 
@@ -131,18 +152,49 @@ pub async fn call(
     };
     let (method, path) = route(request);
     let url = format!("{base}{path}");
-    let builder = if method == Method::GET {
-        client.request(method, &url, None)
+    let (builder, signature) = if method == Method::GET {
+        client.signed(method, &url, None)
     } else {
-        client.json(method, &url, request)
-    };
+        client.signed_json(method, &url, request)
+    }
+    .map_err(CallError::Unreachable)?;
     let response = builder
-        .map_err(CallError::Unreachable)?
         .send()
         .await
         .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
     let status = response.status();
+    let answer_signature = response
+        .headers()
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = read_body(response).await.map_err(CallError::Unreachable)?;
+    // A box's answer is signed by that box, for this request: one altered on the way,
+    // or from someone else, counts as no answer.
+    if let Target::Node(peer) = to {
+        let signed = verify_response(
+            answer_signature.as_deref(),
+            &signature,
+            status.as_u16(),
+            &body,
+            web::signed::now_unix_ms(),
+        );
+        match signed {
+            Ok(by) if by.node == peer.id => {}
+            Ok(by) => {
+                return Err(CallError::Unreachable(format!(
+                    "the answer is signed by {}, not by {}",
+                    by.node, peer.id
+                )))
+            }
+            Err(e) => {
+                return Err(CallError::Unreachable(format!(
+                    "the answer of {} does not hold: {e}",
+                    peer.id
+                )))
+            }
+        }
+    }
     if status.is_success() {
         return serde_json::from_slice(&body).map_err(|e| {
             CallError::Unreachable(format!("answer is not an overlay response: {e}"))
