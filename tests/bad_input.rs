@@ -166,6 +166,19 @@ async fn bad_rtmp_input_is_refused_and_other_streams_keep_flowing() {
                 "oversized chunk size: connection closed"
             );
 
+            // A message begun before the last one ended (a fuzzer's find: the RTMP
+            // library subtracted past zero on it), and one longer than allowed.
+            let mut s = handshaken(node);
+            let mut interleaved = vec![0x03, 0, 0, 0, 0, 1, 0x2c, 20, 0, 0, 0, 0];
+            interleaved.extend([0u8; 128]);
+            interleaved.extend([0x04, 0, 0, 0, 0, 0, 10, 20, 0, 0, 0, 0]);
+            s.write_all(&interleaved).unwrap();
+            assert!(closed_by_server(s), "interleaved messages: closed");
+            let mut s = handshaken(node);
+            s.write_all(&[0x06, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0])
+                .unwrap();
+            assert!(closed_by_server(s), "a 16 MB message: closed");
+
             // Publishing with a wrong key, and without one.
             let (code, _) = Publish::start(&format!("{}?key=wrong-key-99", node.rtmp_url("cam")))
                 .wait(Duration::from_secs(10));
@@ -202,7 +215,12 @@ async fn bad_rtmp_input_is_refused_and_other_streams_keep_flowing() {
     for (needle, times) in [
         ("bad handshake", 1),
         ("peer closed the connection during the handshake", 1),
-        ("protocol error", 1),
+        ("malformed chunk stream: a chunk size of 2147483647", 1),
+        (
+            "malformed chunk stream: a chunk on stream 4 before the message on stream 3 ended",
+            1,
+        ),
+        ("malformed chunk stream: a message of 16777215 bytes", 1),
         ("refused: wrong key for \"cam\"", 1),
         ("refused: publishing \"cam\" needs its key", 1),
         ("refused: stream \"good\" already has a publisher", 1),

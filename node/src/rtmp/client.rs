@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use super::guard::ChunkGuard;
 use super::outbox::Outbox;
 use super::url::RtmpUrl;
 use super::{handshake, meta, RtmpError};
@@ -34,6 +35,8 @@ pub struct Player {
     play_path: String,
     buf: Vec<u8>,
     out: Outbox,
+    /// What the server sends, checked before the session parses it.
+    guard: ChunkGuard,
 }
 
 impl Player {
@@ -65,10 +68,12 @@ impl Player {
             play_path: url.play_path.clone(),
             buf,
             out: Outbox::default(),
+            guard: ChunkGuard::default(),
         };
         player.handle(initial.into_iter().chain([connect]).collect())?;
         if !leftover.is_empty() {
-            let results = player.session.handle_input(&leftover)?;
+            player.guard.check(&leftover)?;
+            let results = super::contained(|| player.session.handle_input(&leftover))??;
             player.handle(results)?;
         }
         while !player.playing {
@@ -96,7 +101,9 @@ impl Player {
         if n == 0 {
             return Err(RtmpError::Closed("by the server"));
         }
-        let results = self.session.handle_input(&self.buf[..n])?;
+        self.guard.check(&self.buf[..n])?;
+        let bytes = &self.buf[..n];
+        let results = super::contained(|| self.session.handle_input(bytes))??;
         self.handle(results)
     }
 

@@ -3,6 +3,7 @@
 
 pub mod chunk;
 pub mod client;
+pub mod guard;
 pub mod meta;
 mod outbox;
 pub mod pull;
@@ -27,6 +28,10 @@ pub enum RtmpError {
     Server(#[from] ServerSessionError),
     #[error("protocol error: {0}")]
     Client(#[from] ClientSessionError),
+    #[error("malformed chunk stream: {0}")]
+    Chunks(#[from] guard::ChunkError),
+    #[error("malformed input: the RTMP library failed on it")]
+    Library,
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
     #[error("peer closed the connection {0}")]
@@ -41,6 +46,13 @@ pub enum RtmpError {
     Unpublished,
     #[error("the ticket ended")]
     TicketEnded,
+}
+
+/// Runs rml_rtmp's parsing of a peer's bytes, which `guard` checked first; a panic in
+/// it (a bug of the library on input the guard let through) closes the connection
+/// like any malformed input, instead of unwinding through its task.
+pub(crate) fn contained<T>(parse: impl FnOnce() -> T) -> Result<T, RtmpError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse)).map_err(|_| RtmpError::Library)
 }
 
 /// How `RtmpError::Closed` reads when the peer closed without sending a byte: health

@@ -25,6 +25,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tracing::Instrument;
 
 use super::chunk;
+use super::guard::ChunkGuard;
 use super::meta::{self, MetaSender};
 use super::outbox::Outbox;
 use super::{handshake, RtmpError, APP, BEFORE_HANDSHAKE};
@@ -113,6 +114,7 @@ struct Connection {
     meta_sender: MetaSender,
     out: Outbox,
     role: Role,
+    guard: ChunkGuard,
 }
 
 /// Serves one RTMP connection from `peer` over any byte stream, as [`serve`] serves
@@ -162,6 +164,7 @@ impl Connection {
             meta_sender,
             out: Outbox::default(),
             role: Role::Idle,
+            guard: ChunkGuard::default(),
         };
         conn.handle_results(initial)?;
         conn.handle_input(&leftover)?;
@@ -208,7 +211,8 @@ impl Connection {
         if bytes.is_empty() {
             return Ok(());
         }
-        let results = self.session.handle_input(bytes)?;
+        self.guard.check(bytes)?;
+        let results = super::contained(|| self.session.handle_input(bytes))??;
         self.handle_results(results)
     }
 
