@@ -499,6 +499,12 @@ impl Node {
             .collect()
     }
 
+    /// The source of `stream`, the first of this node's path in its tree; `None`
+    /// before it has a parent, and at the source.
+    pub fn source_of(&self, stream: &StreamId) -> Option<&NodeId> {
+        self.streams.get(stream)?.path().first()
+    }
+
     /// Slots of `stream` free for a new child or viewer now.
     pub fn free(&self, stream: &StreamId) -> u8 {
         self.free_slots(stream)

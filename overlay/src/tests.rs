@@ -599,6 +599,11 @@ fn watcher_under(p: &NodeCard, g: &NodeCard) -> Harness {
         standby: true,
         ..Config::default()
     };
+    attached_under(cfg, p, g)
+}
+
+/// Box c, watching with `cfg`, attached under `p`, a child of the source `g`.
+fn attached_under(cfg: Config, p: &NodeCard, g: &NodeCard) -> Harness {
     let mut h = Harness::alone(cfg, card("c", 3, 4000), 9);
     h.input(Input::Watch {
         stream: stream(),
@@ -1089,7 +1094,6 @@ fn a_supernode_reports_a_change_of_viewers_within_seconds() {
 /// not claimed: it is alive) and kept away from, with every place below it.
 #[test]
 fn a_parent_that_tampers_is_left_and_avoided_with_its_subtree() {
-    let mut h = Harness::alone(Config::default(), card("c", 3, 4000), 9);
     let (g, p, q, r) = (
         card("g", 1, 8000),
         card("p", 2, 8000),
@@ -1103,19 +1107,7 @@ fn a_parent_that_tampers_is_left_and_avoided_with_its_subtree() {
         free: 1,
         weakest_child: None,
     };
-    h.input(Input::Watch {
-        stream: stream(),
-        kbps: 2500,
-        source: Some(g.peer.clone()),
-    });
-    let ask = h
-        .call_to(|_, r| matches!(r, Request::Ticket { .. }))
-        .expect("asks for a ticket");
-    h.input(Input::Reply {
-        call: ask,
-        result: granted_by(&p),
-    });
-    h.input(Input::Flowing { stream: stream() });
+    let mut h = attached_under(Config::default(), &p, &g);
     for (c, path) in [(&p, vec![&g]), (&q, vec![&g, &p]), (&r, vec![&g])] {
         h.request(Request::Register { node: c.clone() }).unwrap();
         h.request(Request::Announce {

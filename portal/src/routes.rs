@@ -103,13 +103,7 @@ impl FromRequest<State> for Signed {
 impl Signed {
     /// The body as JSON.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            let status = match e.classify() {
-                serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            ApiError::Rejected(status, format!("cannot parse the request: {e}"))
-        })
+        web::signed::parse_json(&self.body).map_err(|r| ApiError::Rejected(r.status, r.error))
     }
 
     /// A call about `peer` must be signed by `peer` and come from its own address.

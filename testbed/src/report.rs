@@ -181,10 +181,7 @@ pub(crate) fn gather(bed: &Testbed) -> anyhow::Result<Report> {
         .iter()
         .map(|s| (s.id.clone(), s.name.clone()))
         .collect();
-    let source = bed.source.get("/status")?;
-    if let (Some(id), Some(name)) = (source["peer"]["id"].as_str(), source["name"].as_str()) {
-        names.insert(id.to_owned(), name.to_owned());
-    }
+    names.extend(crate::timeline::id_and_name(&bed.source.get("/status")?));
     for state in &mut states {
         state.name_parents(&names);
     }

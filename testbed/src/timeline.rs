@@ -40,6 +40,13 @@ pub struct BoxState {
     pub uptime_secs: u64,
 }
 
+/// The node id and name a box's `/status` gives.
+pub(crate) fn id_and_name(status: &serde_json::Value) -> Option<(String, String)> {
+    let id = status["peer"]["id"].as_str()?;
+    let name = status["name"].as_str()?;
+    Some((id.to_owned(), name.to_owned()))
+}
+
 impl BoxState {
     /// Gives its parent and standby by name, where `names` (node id to name) knows them.
     pub(crate) fn name_parents(&mut self, names: &HashMap<String, String>) {
@@ -154,13 +161,8 @@ impl Sampler {
             let mut samples = Vec::new();
             // Boxes name each other by node id; the report names them as started.
             let mut names: HashMap<String, String> = HashMap::new();
-            if let Ok(status) = get(&format!("{source}/status")) {
-                if let (Some(id), Some(name)) =
-                    (status["peer"]["id"].as_str(), status["name"].as_str())
-                {
-                    names.insert(id.to_owned(), name.to_owned());
-                }
-            }
+            let status = get(&format!("{source}/status")).ok();
+            names.extend(status.as_ref().and_then(id_and_name));
             while !flag.load(Ordering::Relaxed) {
                 let began = Instant::now();
                 let stream_kbps = get(&format!("{source}/streams/{STREAM}"))

@@ -37,6 +37,18 @@ struct Inner {
     logged: HashMap<IpAddr, (u64, u64)>,
 }
 
+/// A signed body as JSON: 400 when it is not JSON, 422 when it is JSON of the wrong
+/// shape (as axum's `Json` answers).
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Rejection> {
+    serde_json::from_slice(body).map_err(|e| Rejection {
+        status: match e.classify() {
+            serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        },
+        error: format!("cannot parse the request: {e}"),
+    })
+}
+
 /// Why a signed request was not read.
 #[derive(Debug)]
 pub struct Rejection {

@@ -47,13 +47,8 @@ impl FromRequest<Arc<Node>> for Signed {
 impl Signed {
     /// The body, if it is the request this route takes.
     fn request(&self, expected: &str, is: fn(&Request) -> bool) -> Result<Request, ApiError> {
-        let request: Request = serde_json::from_slice(&self.body).map_err(|e| {
-            let status = match e.classify() {
-                serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            ApiError::Rejected(status, format!("cannot parse the request: {e}"))
-        })?;
+        let request: Request = web::signed::parse_json(&self.body)
+            .map_err(|r| ApiError::Rejected(r.status, r.error))?;
         if is(&request) {
             Ok(request)
         } else {

@@ -171,10 +171,7 @@ impl Control {
     /// The source of `stream`, as this box's place in its tree says (the first of its
     /// path); `None` before it has a parent, or at the source.
     pub fn source_of(&self, stream: &StreamId) -> Option<proto::overlay::NodeId> {
-        let state = lock(&self.state);
-        let held = state.engine.held();
-        let held = held.into_iter().find(|h| h.stream == *stream)?;
-        held.path.into_iter().next()
+        lock(&self.state).engine.source_of(stream).cloned()
     }
 
     /// The node's key, which its requests and its plays are signed with.
