@@ -54,14 +54,18 @@ fn a_parent_that_alters_video_is_caught_by_the_seals_and_left() {
         (portal.get("/api/streams")[0]["id"] == STREAM).then_some(())
     });
 
-    // m is reached through the middle, at 127.0.0.52.
+    // m's video is reached through the middle: m advertises 127.0.0.52, where its API
+    // listens (a box calls others from the address it names), and the middle listens
+    // on the RTMP port, relaying to m's RTMP server at 127.0.0.51.
     let mut m_args = args("1");
     m_args.extend(["--advertise".into(), "127.0.0.52".into()]);
-    let m = start("m", 51, &m_args);
-    let middle = |port: u16| SocketAddr::from(([127, 0, 0, 52], port));
+    let m_args: Vec<&str> = m_args.iter().map(String::as_str).collect();
+    let middle = SocketAddr::from(([127, 0, 0, 52], free_port()));
+    let m_rtmp = SocketAddr::from(([127, 0, 0, 51], middle.port()));
     let flipped = Arc::new(AtomicU64::new(0));
-    relay(middle(m.api.port()), m.api, None);
-    relay(middle(m.rtmp.port()), m.rtmp, Some(Arc::clone(&flipped)));
+    relay(middle, m_rtmp, Some(Arc::clone(&flipped)));
+    let m_api = SocketAddr::from(([127, 0, 0, 52], free_port()));
+    let m = NodeProc::start_on("m", m_api, m_rtmp, "", &m_args);
     watch(&m);
     flowing(&m);
     let mut f = start("f", 53, &args("0"));
@@ -108,6 +112,21 @@ fn a_parent_that_alters_video_is_caught_by_the_seals_and_left() {
     let before = frames(&r);
     std::thread::sleep(Duration::from_secs(2));
     assert!(frames(&r) > before, "r plays again");
+
+    // r told the portal; the portal names who reported whom, and takes no action of
+    // its own on one box's word.
+    let reports = eventually(Duration::from_secs(5), || {
+        let reports = portal.get("/api/reports");
+        (reports.as_array()?.len() == 1).then_some(reports)
+    });
+    let report = &reports[0];
+    assert_eq!(report["reporter"], r.id());
+    assert_eq!(report["parent"], m.id());
+    assert_eq!(report["stream"], STREAM);
+    assert!(
+        report["what"].as_str().unwrap().contains("did not seal"),
+        "{report}"
+    );
 
     // m was never at fault with its own parent, and plays on.
     assert_eq!(m.metric("tampered_total", STREAM), 0.0);

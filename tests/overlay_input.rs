@@ -217,6 +217,39 @@ async fn bad_overlay_requests_get_json_errors_and_change_nothing() {
         "refusals from one address are logged once a minute:\n{log}"
     );
 
+    // A box names only its own address: no one can send others to connect to a
+    // third party for it.
+    let mut elsewhere = ticket_request("kid", STREAM);
+    elsewhere["child"]["peer"]["api"] = json!("192.0.2.1:8000");
+    let (code, body) = node.http_signed("kid", "POST", "/tickets", Some(&elsewhere.to_string()));
+    assert_eq!(code, 403, "a ticket for another address: {body}");
+    assert!(body.contains("names only its own address"), "{body}");
+
+    // A box's own searches: a burst of ten, then it must wait.
+    let flood = |query: u64| {
+        json!({"type": "search", "query": query, "stream": STREAM, "ttl": 0,
+               "requester": test_id("flood"), "requester_slots": 1})
+        .to_string()
+    };
+    for query in 100..110 {
+        let (code, body) = node.http_signed("flood", "POST", "/search", Some(&flood(query)));
+        assert_eq!(code, 200, "search {query}: {body}");
+    }
+    let (code, body) = node.http_signed("flood", "POST", "/search", Some(&flood(110)));
+    assert_eq!(code, 429, "the eleventh search at once: {body}");
+    assert!(body.contains("too many searches from this box"), "{body}");
+    let (code, body) = node.http_signed("other", "POST", "/search", Some(&flood(111)));
+    assert_eq!(
+        code, 200,
+        "a search forwarded by a supernode is counted apart: {body}"
+    );
+    assert_eq!(tickets(&node), json!([]), "no ticket came of them");
+    assert_eq!(
+        node.log().matches("refused a request").count(),
+        1,
+        "still logged once a minute"
+    );
+
     // One slot: a first child gets a ticket, signed by the parent for that request;
     // a second is refused.
     let request = sign_as("kid", "POST", "/tickets", &kid);
@@ -326,4 +359,27 @@ async fn bad_overlay_requests_get_json_errors_and_change_nothing() {
     assert_eq!(code, 400, "control characters in a title: {body}");
     let (code, body) = node.http("PUT", "/streams/nosuch", Some(r#"{"title": "x"}"#));
     assert_eq!(code, 404, "{body}");
+
+    // Every peer request is counted against its address before its signature is
+    // checked: a flood with fresh keys is stopped there, and the owner's admin API
+    // and the stream are not touched by it.
+    let mut codes = std::collections::BTreeMap::new();
+    let mut limited = String::new();
+    for _ in 0..450 {
+        let (code, body) = node.http_anon("GET", "/ping", None);
+        *codes.entry(code).or_insert(0) += 1;
+        if code == 429 {
+            limited = body;
+        }
+    }
+    assert!(codes.contains_key(&429) && codes[&401] >= 300, "{codes:?}");
+    assert!(
+        limited.contains("too many requests from this address"),
+        "{limited}"
+    );
+    let (code, _) = node.http("GET", "/status", None);
+    assert_eq!(code, 200, "the admin API is not limited");
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, body) = node.http_signed("late", "GET", "/ping", None);
+    assert_eq!(code, 200, "a second later: {body}");
 }

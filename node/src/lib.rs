@@ -70,6 +70,8 @@ pub struct Node {
     pub sessions: auth::Sessions,
     /// Peers' signed requests and plays: each signature taken once.
     pub(crate) verifier: web::signed::Verifier,
+    /// How often other boxes may call this one.
+    pub(crate) limits: api::limits::Limits,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -111,6 +113,7 @@ impl Node {
             stills: stills::Stills::default(),
             sessions: auth::Sessions::default(),
             verifier: web::signed::Verifier::default(),
+            limits: api::limits::Limits::default(),
         });
         // Streams this node knows it may carry exist from the start, so players may
         // connect before the publisher does.

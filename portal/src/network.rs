@@ -6,10 +6,10 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State as Axum};
 use axum::http::StatusCode;
 use axum::response::Response as HttpResponse;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use proto::overlay::NodeId;
-use proto::portal::{MapEvent, NodeReport, PlayAt};
+use proto::portal::{MapEvent, NodeReport, PlayAt, TamperEntry, TamperReport};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::live::Versions;
@@ -20,6 +20,8 @@ pub fn routes() -> Router<State> {
     Router::new()
         .route("/api/nodes/{id}", put(report).delete(leave))
         .route("/api/nodes/{id}/key", get(node_key))
+        .route("/api/nodes/{id}/reports", post(report_tamper))
+        .route("/api/reports", get(tamper_reports))
         .route("/api/map", get(map))
         .route("/api/map/ws", get(map_ws))
         .route("/api/streams/{id}/play", get(play))
@@ -69,6 +71,37 @@ async fn node_key(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no key recorded for {id}")))?;
     Ok(Json(serde_json::json!({ "id": id, "key": key })))
+}
+
+/// `POST /api/nodes/{id}/reports`: box `id`, on the map, caught its parent tampering.
+async fn report_tamper(
+    Axum(state): Axum<State>,
+    Path(id): Path<String>,
+    signed: Signed,
+) -> Result<StatusCode> {
+    let id = node_id(id)?;
+    let report: TamperReport = signed.json()?;
+    report.check(&id).map_err(ApiError::BadRequest)?;
+    let known = state.live.node(&id).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no box {id} on the map: a box reports its place before it reports others"
+        ))
+    })?;
+    signed.check_peer(&known.peer, "the report")?;
+    state.store.report_tamper(&id, &report, state.now()).await?;
+    tracing::warn!(
+        reporter = %id,
+        parent = %report.parent,
+        stream = %report.stream,
+        "a box reports that its parent {}",
+        report.what
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/reports`: the tampering boxes reported, newest first.
+async fn tamper_reports(Axum(state): Axum<State>) -> Result<Json<Vec<TamperEntry>>> {
+    Ok(Json(state.store.tamper_reports().await?))
 }
 
 async fn leave(

@@ -147,15 +147,7 @@ async fn page(method: Method, uri: Uri) -> std::result::Result<HttpResponse, Api
 
 /// A call about `peer` must come from `peer`'s own address.
 pub(crate) fn check_caller(caller: SocketAddr, peer: &Peer, what: &str) -> Result<()> {
-    let ip = caller.ip().to_canonical();
-    if peer.api.ip().to_canonical() == ip {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "{what} names {} but comes from {ip}; a box speaks only for itself",
-            peer.api.ip()
-        )))
-    }
+    web::signed::check_own_address(caller.ip(), peer, what).map_err(ApiError::Forbidden)
 }
 
 #[derive(Serialize)]

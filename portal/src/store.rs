@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use proto::identity::PublicKey;
 use proto::overlay::{NodeId, Peer, StreamId};
-use proto::portal::{StreamEntry, StreamUpdate};
+use proto::portal::{StreamEntry, StreamUpdate, TamperEntry, TamperReport};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 
@@ -278,6 +278,10 @@ impl Store {
             .bind(supernodes)
             .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM tamper_reports WHERE last_at < ?")
+            .bind(since(now, TAMPER_REPORTS_KEPT_SECS))
+            .execute(&mut *tx)
+            .await?;
         let gone = sqlx::query("DELETE FROM streams WHERE updated < ? RETURNING id")
             .bind(since(now, self.ttl.stream))
             .fetch_all(&mut *tx)
@@ -301,6 +305,13 @@ const SELECT_STREAMS: &str = "SELECT s.id, s.title, s.description, s.source_id, 
                   JOIN supernodes n ON n.id = v.supernode
                   WHERE v.stream = s.id AND n.last_seen >= ?), 0) AS viewers
  FROM streams s";
+
+/// How long a tampering report is kept.
+const TAMPER_REPORTS_KEPT_SECS: u64 = 7 * 24 * 3600;
+/// Most tampering reports kept: past it, the oldest go.
+const MAX_TAMPER_REPORTS: i64 = 10_000;
+/// Most tampering reports `GET /api/reports` lists.
+const LISTED_TAMPER_REPORTS: i64 = 200;
 
 /// The oldest time still alive for a time-to-live.
 fn since(now: u64, ttl: u64) -> i64 {
@@ -367,5 +378,66 @@ impl Store {
             .await?;
         row.map(|r| PublicKey::from_hex(r.get("key")).map_err(|e| sqlx::Error::Decode(e.into())))
             .transpose()
+    }
+
+    /// Records a box's report of tampering, or counts a repeated one.
+    pub async fn report_tamper(
+        &self,
+        reporter: &NodeId,
+        report: &TamperReport,
+        now: u64,
+    ) -> sqlx::Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO tamper_reports (reporter, parent, stream, what, first_at, last_at, count)
+             VALUES (?, ?, ?, ?, ?, ?, 1)
+             ON CONFLICT (reporter, parent, stream) DO UPDATE SET
+                 what = excluded.what, last_at = excluded.last_at,
+                 count = tamper_reports.count + 1",
+        )
+        .bind(reporter.as_str())
+        .bind(report.parent.as_str())
+        .bind(report.stream.as_str())
+        .bind(&report.what)
+        .bind(now as i64)
+        .bind(now as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM tamper_reports WHERE last_at <
+             (SELECT last_at FROM tamper_reports ORDER BY last_at DESC LIMIT 1 OFFSET ?)",
+        )
+        .bind(MAX_TAMPER_REPORTS)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// The latest tampering reports, newest first.
+    pub async fn tamper_reports(&self) -> sqlx::Result<Vec<TamperEntry>> {
+        let rows = sqlx::query(
+            "SELECT reporter, parent, stream, what, first_at, last_at, count
+             FROM tamper_reports ORDER BY last_at DESC LIMIT ?",
+        )
+        .bind(LISTED_TAMPER_REPORTS)
+        .fetch_all(&self.pool)
+        .await?;
+        let time = |row: &sqlx::sqlite::SqliteRow, column: &str| {
+            u64::try_from(row.get::<i64, _>(column)).unwrap_or(0)
+        };
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                Some(TamperEntry {
+                    reporter: NodeId::new(row.get::<String, _>("reporter")).ok()?,
+                    parent: NodeId::new(row.get::<String, _>("parent")).ok()?,
+                    stream: StreamId::new(row.get::<String, _>("stream")).ok()?,
+                    what: row.get("what"),
+                    first_at: time(row, "first_at"),
+                    last_at: time(row, "last_at"),
+                    count: time(row, "count"),
+                })
+            })
+            .collect())
     }
 }

@@ -638,6 +638,56 @@ async fn the_map_follows_the_boxes_reports_live() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_box_on_the_map_reports_a_tampering_parent() {
+    let (_dir, portal) = fresh().await;
+    let b_ip = [127, 0, 0, 3];
+    let tamper = |parent: &str, what: &str| {
+        json!({"stream": "cam", "parent": id(parent), "what": what}).to_string()
+    };
+    let path = format!("/api/nodes/{}/reports", id("b"));
+    let portal = &portal;
+    let path = &path;
+    let reports = |signer: &'static str, from: [u8; 4], body: String| async move {
+        portal.call_as(signer, from, "POST", path, Some(body)).await
+    };
+    let (status, body) = reports("b", b_ip, tamper("a", "sent a forged seal")).await;
+    assert_eq!(status, 404, "not on the map: {body}");
+    assert!(body["error"].as_str().unwrap().contains("on the map"));
+
+    let b = report("b", b_ip, Some("a"), 2, 1, &[]);
+    assert_eq!(on_node(portal, "b", b_ip, "PUT", "b", Some(b)).await, 204);
+    let (status, _) = reports("a", b_ip, tamper("a", "x")).await;
+    assert_eq!(status, 403, "signed by another box");
+    let (status, _) = reports("b", LOCAL, tamper("a", "x")).await;
+    assert_eq!(status, 403, "from another address");
+    let (status, body) = reports("b", b_ip, tamper("a", "bell\u{7}")).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = reports("b", b_ip, tamper("b", "x")).await;
+    assert_eq!(status, 400, "about itself");
+    assert_eq!(
+        portal.get("/api/reports").await,
+        json!([]),
+        "nothing recorded"
+    );
+
+    for what in ["sent a forged seal", "sent a tag the source did not seal"] {
+        let (status, body) = reports("b", b_ip, tamper("a", what)).await;
+        assert_eq!(status, 204, "{body}");
+    }
+    let listed = portal.get("/api/reports").await;
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "one per reporter and parent"
+    );
+    let entry = &listed[0];
+    assert_eq!(entry["reporter"], id("b"));
+    assert_eq!(entry["parent"], id("a"));
+    assert_eq!(entry["what"], "sent a tag the source did not seal");
+    assert_eq!(entry["count"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn stills_come_from_the_source_only() {
     let (_dir, portal) = fresh().await;
     let src = [127, 0, 0, 2];

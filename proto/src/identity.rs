@@ -321,6 +321,8 @@ pub enum SignatureError {
     NotYours { claimed: NodeId, signer: NodeId },
     #[error("the ticket was granted to {holder}, not to {signer}, who signed the play")]
     NotHolder { holder: NodeId, signer: NodeId },
+    #[error("this box is busy: it remembers {} recent signatures, to take each once, and takes no more until older ones expire; try again in a few seconds", SeenSignatures::MAX)]
+    Busy,
 }
 
 /// Signatures taken in the last window, so that each is taken once. A signature
@@ -348,7 +350,7 @@ impl SeenSignatures {
             return Err(SignatureError::Replayed);
         }
         if self.seen.len() >= Self::MAX {
-            return Err(SignatureError::Replayed);
+            return Err(SignatureError::Busy);
         }
         self.seen.insert(signed.signature, signed.unix_ms);
         Ok(())
@@ -492,5 +494,21 @@ mod tests {
         let fresh = verify_request(Some(&fresh), "POST", "/search", b"", later).unwrap();
         assert_eq!(seen.take(&fresh, later), Ok(()));
         assert_eq!(seen.seen.len(), 1);
+    }
+
+    #[test]
+    fn a_full_memory_of_signatures_says_the_box_is_busy() {
+        let key = NodeKey::from_seed([7; 32]);
+        let header = key.sign_request("POST", "/search", b"", NOW);
+        let mut signed = verify_request(Some(&header), "POST", "/search", b"", NOW).unwrap();
+        let mut seen = SeenSignatures::default();
+        for i in 0..SeenSignatures::MAX as u64 {
+            signed.signature[..8].copy_from_slice(&i.to_le_bytes());
+            seen.take(&signed, NOW).unwrap();
+        }
+        signed.signature[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert_eq!(seen.take(&signed, NOW + 1), Err(SignatureError::Busy));
+        signed.signature[..8].copy_from_slice(&0u64.to_le_bytes());
+        assert_eq!(seen.take(&signed, NOW + 1), Err(SignatureError::Replayed));
     }
 }

@@ -284,6 +284,8 @@ pub enum RefusalKind {
     Loop,
     /// 503: this node is not a supernode, or is leaving.
     Unavailable,
+    /// 429: the caller asked too often (`node::api::limits`); ask again later.
+    TooMany,
 }
 
 /// A refused request: what and why, for a log line or an API error body.
@@ -322,6 +324,7 @@ impl Refusal {
             RefusalKind::NotFound => 404,
             RefusalKind::Full | RefusalKind::Loop => 409,
             RefusalKind::Unavailable => 503,
+            RefusalKind::TooMany => 429,
         }
     }
 }

@@ -162,6 +162,50 @@ impl NodeReport {
     }
 }
 
+/// Longest account of a tampering in a report.
+pub const MAX_TAMPER_WHAT: usize = 200;
+
+/// `POST /api/nodes/{id}/reports`: box `id` caught its parent sending video of
+/// `stream` that the source did not seal (`crate::seal`), left it, and says so. The
+/// portal records it for the network's operators; it is one box's word, so the portal
+/// takes no action on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TamperReport {
+    pub stream: StreamId,
+    pub parent: NodeId,
+    /// What the parent did, as the box's log says it.
+    pub what: String,
+}
+
+impl TamperReport {
+    pub fn check(&self, reporter: &NodeId) -> Result<(), String> {
+        if self.what.chars().count() > MAX_TAMPER_WHAT || self.what.chars().any(char::is_control) {
+            return Err(format!(
+                "what: at most {MAX_TAMPER_WHAT} characters, none of them control characters"
+            ));
+        }
+        if self.parent == *reporter {
+            return Err("parent: a box does not report itself".into());
+        }
+        Ok(())
+    }
+}
+
+/// `GET /api/reports`: the tampering reported by boxes, newest first. One entry per
+/// reporter, parent and stream; a repeated report counts up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TamperEntry {
+    pub reporter: NodeId,
+    pub parent: NodeId,
+    pub stream: StreamId,
+    pub what: String,
+    /// Seconds since the Unix epoch.
+    pub first_at: u64,
+    pub last_at: u64,
+    pub count: u64,
+}
+
 /// What the portal pushes over `/api/map/ws`: everything at once on connecting (and
 /// again after a client fell behind), then each change as it happens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -73,10 +73,21 @@ impl NodeProc {
     /// Starts a node on a loopback address of its own, as if on a box of its own: the
     /// boxes it connects to see it come from `ip`.
     pub fn start_at(name: &str, ip: [u8; 4], config: &str, args: &[&str]) -> NodeProc {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        std::fs::write(dir.path().join("node.toml"), config).expect("writing the config");
         let api = SocketAddr::from((ip, free_port()));
         let rtmp = SocketAddr::from((ip, free_port()));
+        NodeProc::start_on(name, api, rtmp, config, args)
+    }
+
+    /// A node whose API and RTMP server listen on these addresses.
+    pub fn start_on(
+        name: &str,
+        api: SocketAddr,
+        rtmp: SocketAddr,
+        config: &str,
+        args: &[&str],
+    ) -> NodeProc {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(dir.path().join("node.toml"), config).expect("writing the config");
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let child = spawn_node(name, dir.path(), api, rtmp, &args);
         let node = NodeProc {

@@ -130,30 +130,78 @@ impl Verifier {
             | SignatureError::Replayed
             | SignatureError::NotYours { .. }
             | SignatureError::NotHolder { .. } => StatusCode::FORBIDDEN,
+            SignatureError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         };
         let error = e.to_string();
         if let Some(ip) = caller {
-            let mut inner = self.lock();
-            if inner.logged.len() > 4096 {
-                inner.logged.clear();
-            }
-            let (last, since) = inner.logged.entry(ip).or_insert((0, 0));
-            if now.saturating_sub(*last) >= LOG_EVERY_MS {
-                let what = if what.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({what})")
-                };
-                tracing::warn!(%ip, refused_since = *since, "refused a request{what}: {error}");
-                (*last, *since) = (now, 0);
-            } else {
-                *since += 1;
-            }
+            self.log_refusal(ip, what, &error, now);
         }
         Rejection { status, error }
     }
 
+    /// Logs a refused request (`what`, for the log, may be empty): the first from an
+    /// address in a minute, then how many followed, so that a flood of refused
+    /// requests cannot flood the log.
+    pub fn log_refusal(&self, ip: IpAddr, what: &str, error: &str, now: u64) {
+        let mut inner = self.lock();
+        if inner.logged.len() > 4096 {
+            inner.logged.clear();
+        }
+        let (last, since) = inner.logged.entry(ip).or_insert((0, 0));
+        if now.saturating_sub(*last) >= LOG_EVERY_MS {
+            let what = if what.is_empty() {
+                String::new()
+            } else {
+                format!(" ({what})")
+            };
+            tracing::warn!(%ip, refused_since = *since, "refused a request{what}: {error}");
+            (*last, *since) = (now, 0);
+        } else {
+            *since += 1;
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Whether a request from `caller` may name `claimed` as its own address: the same
+/// address, whether written as IPv4 or as IPv4-mapped IPv6. A box that could name
+/// any address could have others connect to a victim for it.
+pub fn same_host(caller: IpAddr, claimed: IpAddr) -> bool {
+    caller.to_canonical() == claimed.to_canonical()
+}
+
+/// Whether `peer`'s addresses are `caller`'s own; if not, the error to answer.
+pub fn check_own_address(
+    caller: IpAddr,
+    peer: &proto::overlay::Peer,
+    what: &str,
+) -> Result<(), String> {
+    for named in [peer.api.ip(), peer.rtmp.ip()] {
+        if !same_host(caller, named) {
+            return Err(format!(
+                "{what} names {named} but comes from {}; a box names only its own address",
+                caller.to_canonical()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_host;
+
+    #[test]
+    fn a_box_names_only_its_own_address() {
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(same_host(ip("192.0.2.7"), ip("192.0.2.7")));
+        assert!(same_host(ip("::ffff:192.0.2.7"), ip("192.0.2.7")));
+        assert!(!same_host(ip("127.0.0.1"), ip("127.0.0.52")));
+        assert!(!same_host(ip("192.0.2.7"), ip("192.0.2.8")));
+        assert!(!same_host(ip("127.0.0.1"), ip("192.0.2.8")));
+        assert!(!same_host(ip("192.0.2.7"), ip("127.0.0.1")));
     }
 }

@@ -7,6 +7,7 @@
 //! from the portal's origin and from localhost only (CORS).
 
 mod admin;
+pub(crate) mod limits;
 mod peer;
 mod session;
 
@@ -61,6 +62,9 @@ pub enum ApiError {
     /// A bad setting, named in the body's `field`.
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// The caller asked too often (`limits`): 429, with when to ask again.
+    #[error("{}", .0.error)]
+    TooMany(limits::Limited),
     /// The node could not do what was asked, for a reason of its own.
     #[error("{0}")]
     Internal(String),
@@ -83,6 +87,19 @@ impl IntoResponse for ApiError {
                     field: Some(field.clone()),
                 };
                 return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+            }
+            ApiError::TooMany(limited) => {
+                let body = proto::ApiError {
+                    error: self.to_string(),
+                    field: None,
+                };
+                let seconds = limited.retry_after.as_millis().div_ceil(1000).max(1);
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(axum::http::header::RETRY_AFTER, seconds.to_string())],
+                    Json(body),
+                )
+                    .into_response();
             }
             ApiError::Refused(refusal) => {
                 let status = StatusCode::from_u16(refusal.status())

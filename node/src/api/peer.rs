@@ -1,30 +1,33 @@
 //! Routes other boxes call: the overlay's requests (`proto::overlay::Request`), each
 //! on its own route, its body the request's tagged JSON, signed by the calling box
 //! (`proto::identity`). The engine decides; these handlers only check the signature
-//! (each taken once), that the body is the request the route is for, and that ids in
-//! the path match the body. The engine is told who signed, and refuses a request
-//! that speaks for another node. The client side is `crate::control::http`.
+//! (each taken once), that the body is the request the route is for, that ids in the
+//! path match the body, that a box names only its own address, and how often it
+//! calls (`super::limits`). The engine is told who signed, and refuses a request that
+//! speaks for another node. The client side is `crate::control::http`.
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequest, Path, Query, State};
 use axum::http::{header, HeaderName, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::Router;
 use proto::identity::{SignedBy, SIGNATURE_HEADER};
-use proto::overlay::{NodeId, Request, StreamId, TicketId};
+use proto::overlay::{NodeId, Refusal, RefusalKind, Request, StreamId, TicketId};
 use serde::Deserialize;
 
 use super::{ApiError, MAX_BODY};
 use crate::Node;
 
-/// A peer's request whose signature holds: who signed it, and its body.
+/// A peer's request whose signature holds: who signed it, from where, and its body.
 pub(super) struct Signed {
     by: SignedBy,
+    caller: Option<IpAddr>,
     body: Bytes,
 }
 
@@ -35,12 +38,25 @@ impl FromRequest<Arc<Node>> for Signed {
         request: axum::extract::Request,
         node: &Arc<Node>,
     ) -> Result<Signed, ApiError> {
+        let caller = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_canonical());
+        // Counted before the signature is checked: checking one costs more than this.
+        if let Some(ip) = caller {
+            node.limits.address(ip).map_err(|limited| {
+                let what = format!("{} {}", request.method(), request.uri().path());
+                node.verifier
+                    .log_refusal(ip, &what, &limited.error, web::signed::now_unix_ms());
+                ApiError::TooMany(limited)
+            })?;
+        }
         let (by, body) = node
             .verifier
             .read(request, MAX_BODY)
             .await
             .map_err(|r| ApiError::Rejected(r.status, r.error))?;
-        Ok(Signed { by, body })
+        Ok(Signed { by, caller, body })
     }
 }
 
@@ -107,11 +123,21 @@ fn plain(
     }
 }
 
-/// Asks the engine, and signs what it answers for the request (`proto::identity::
-/// verify_response`): a ticket, a search's candidates or a refusal cannot be altered
-/// on the way or replayed to another request.
+/// Asks the engine, if the request is admitted, and signs what it answers for the
+/// request (`proto::identity::verify_response`): a ticket, a search's candidates or a
+/// refusal cannot be altered on the way or replayed to another request.
 async fn ask(node: &Arc<Node>, signed: &Signed, request: Request) -> Answer {
-    let answer = node.overlay_request(signed.by.node.clone(), request).await;
+    let answer = match admit(node, signed, &request) {
+        Ok(()) => node.overlay_request(signed.by.node.clone(), request).await,
+        Err(refusal) => {
+            if let Some(ip) = signed.caller {
+                let what = crate::control::http::describe(&request);
+                node.verifier
+                    .log_refusal(ip, &what, &refusal.error, web::signed::now_unix_ms());
+            }
+            Err(refusal)
+        }
+    };
     let (status, body) = match &answer {
         Ok(response) => (StatusCode::OK, serde_json::to_vec(response)),
         Err(refusal) => (
@@ -135,6 +161,26 @@ async fn ask(node: &Arc<Node>, signed: &Signed, request: Request) -> Answer {
         body,
     )
         .into_response())
+}
+
+/// What is checked before the engine is asked: a box that names an address in a
+/// request (its card, or itself as a neighbour) names its own, so that no one can
+/// have boxes connect to a third party; searches and ticket requests come no faster
+/// than `super::limits` allows.
+fn admit(node: &Node, signed: &Signed, request: &Request) -> Result<(), Refusal> {
+    let named = match request {
+        Request::Register { node } => Some((&node.peer, "the registration")),
+        Request::Ticket { child, .. } => Some((&child.peer, "the ticket request")),
+        Request::Neighbour { peer } => Some((peer, "the introduction")),
+        _ => None,
+    };
+    if let (Some((peer, what)), Some(caller)) = (named, signed.caller) {
+        web::signed::check_own_address(caller, peer, what)
+            .map_err(|e| Refusal::new(RefusalKind::Forbidden, e))?;
+    }
+    node.limits
+        .request(&signed.by.node, request)
+        .map_err(|limited| Refusal::new(RefusalKind::TooMany, limited.error))
 }
 
 fn mismatch(what: &str) -> ApiError {

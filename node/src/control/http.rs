@@ -187,6 +187,16 @@ pub async fn call(
                     by.node, peer.id
                 )))
             }
+            // Refused before the request was read (too many from this address, a
+            // signature refused): the box's error says why, unsigned.
+            Err(_) if !status.is_success() && answer_signature.is_none() => {
+                let error = serde_json::from_slice::<proto::ApiError>(&body)
+                    .map_or_else(|_| String::from_utf8_lossy(&body).into_owned(), |e| e.error);
+                return Err(CallError::Unreachable(format!(
+                    "{} refused the request ({status}, unsigned): {error}",
+                    peer.id
+                )));
+            }
             Err(e) => {
                 return Err(CallError::Unreachable(format!(
                     "the answer of {} does not hold: {e}",
@@ -331,6 +341,19 @@ pub async fn report_place(
 ) -> Result<(), PortalError> {
     let url = format!("{portal}/api/nodes/{}", report.peer.id);
     portal_json::<serde_json::Value>(client.json(Method::PUT, &url, report))
+        .await
+        .map(drop)
+}
+
+/// Reports a parent that sent video the source did not seal.
+pub async fn report_tamper(
+    client: &Client,
+    portal: &str,
+    me: &proto::overlay::NodeId,
+    report: &proto::portal::TamperReport,
+) -> Result<(), PortalError> {
+    let url = format!("{portal}/api/nodes/{me}/reports");
+    portal_json::<serde_json::Value>(client.json(Method::POST, &url, report))
         .await
         .map(drop)
 }

@@ -174,6 +174,32 @@ impl Control {
         lock(&self.state).engine.source_of(stream).cloned()
     }
 
+    /// The parent `stream` plays from here, if it has one.
+    pub fn parent_of(&self, stream: &StreamId) -> Option<proto::overlay::NodeId> {
+        let state = lock(&self.state);
+        let held = state
+            .engine
+            .held()
+            .into_iter()
+            .find(|h| h.stream == *stream);
+        held.and_then(|h| h.parent)
+    }
+
+    /// Tells the portal that a parent tampered with a stream. Best effort: a box that
+    /// cannot reach the portal says so in its log, and has logged the tampering itself.
+    pub async fn report_tamper(&self, report: proto::portal::TamperReport) {
+        let Some(portal) = self.portal.as_deref() else {
+            return;
+        };
+        match http::report_tamper(&self.client, portal, &self.me.id, &report).await {
+            Ok(()) => tracing::info!(parent = %report.parent, "reported to the portal"),
+            Err(e) => tracing::warn!(
+                parent = %report.parent,
+                "cannot report the tampering to the portal: {e}"
+            ),
+        }
+    }
+
     /// The node's key, which its requests and its plays are signed with.
     pub fn key(&self) -> &proto::identity::NodeKey {
         self.client.key()

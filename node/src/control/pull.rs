@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use overlay::Input;
 use proto::overlay::StreamId;
+use proto::portal::{TamperReport, MAX_TAMPER_WHAT};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
@@ -341,6 +342,21 @@ impl Puller {
         self.publisher.hub().metrics().tampered.inc();
         tracing::warn!(%parent, "the parent sent {tamper}: dropped, and avoided from now on");
         self.publisher.set_upstream(parent.to_string(), false);
+        if let Some(node) = self.node.upgrade() {
+            // Named now: once the engine hears of it, the stream's parent changes.
+            if let Some(parent) = node.control().parent_of(&self.stream) {
+                let mut what = format!("sent {tamper}");
+                if let Some((cut, _)) = what.char_indices().nth(MAX_TAMPER_WHAT) {
+                    what.truncate(cut);
+                }
+                let report = TamperReport {
+                    stream: self.stream.clone(),
+                    parent,
+                    what,
+                };
+                tokio::spawn(async move { node.control().report_tamper(report).await });
+            }
+        }
         self.report(Input::Tampered {
             stream: self.stream.clone(),
         });
