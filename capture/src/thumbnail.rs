@@ -23,12 +23,7 @@ pub fn jpeg(video_header: &[u8], keyframe: &[u8], max_width: u32) -> Result<Vec<
         });
     }
     let invalid = CaptureError::InvalidVideo;
-    let record = avc_body(video_header, 0).ok_or(invalid("not an AVC sequence header"))?;
-    let frame = avc_body(keyframe, 1).ok_or(invalid("not an AVC frame"))?;
-    if keyframe[0] >> 4 != 1 {
-        return Err(invalid("not a keyframe"));
-    }
-    let annex_b = annex_b(record, frame).ok_or(invalid("malformed H.264 NAL units"))?;
+    let annex_b = access_unit(video_header, keyframe)?;
 
     ff::init().map_err(ffmpeg_failed("initialising FFmpeg"))?;
     // swscale warns of YUVJ's range on every still; errors are what matter here.
@@ -85,6 +80,20 @@ pub fn jpeg(video_header: &[u8], keyframe: &[u8], max_width: u32) -> Result<Vec<
         .and_then(|()| encoder.receive_packet(&mut packet))
         .map_err(ffmpeg_failed("encoding the JPEG"))?;
     Ok(packet.data().unwrap_or_default().to_vec())
+}
+
+/// What a still is decoded from: the SPS and PPS of an AVC sequence header and the NAL
+/// units of a keyframe (both FLV video tag bodies), as one Annex B access unit. Pure
+/// parsing of what a publisher or a parent sent; public for the `flv_avc` fuzz target.
+#[doc(hidden)]
+pub fn access_unit(video_header: &[u8], keyframe: &[u8]) -> Result<Vec<u8>, CaptureError> {
+    let invalid = CaptureError::InvalidVideo;
+    let record = avc_body(video_header, 0).ok_or(invalid("not an AVC sequence header"))?;
+    let frame = avc_body(keyframe, 1).ok_or(invalid("not an AVC frame"))?;
+    if keyframe[0] >> 4 != 1 {
+        return Err(invalid("not a keyframe"));
+    }
+    annex_b(record, frame).ok_or(invalid("malformed H.264 NAL units"))
 }
 
 /// The payload of an FLV AVC video tag body of the given AVCPacketType.

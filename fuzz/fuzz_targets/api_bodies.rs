@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use proto::overlay::{Request, Response, Ticket};
-use proto::portal::{NodeReport, StreamUpdate};
+use proto::portal::{NodeReport, StreamUpdate, TamperReport};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, body)) = data.split_first() else {
         return;
     };
-    match which % 6 {
+    match which % 7 {
         0 => {
             let _ = parse::<Request>(body);
         }
@@ -47,8 +47,13 @@ fuzz_target!(|data: &[u8]| {
                 let _ = report.check();
             }
         }
-        _ => {
+        5 => {
             let _ = parse::<proto::PullRequest>(body);
+        }
+        _ => {
+            if let Some(report) = parse::<TamperReport>(body) {
+                let _ = report.check(&report.parent);
+            }
         }
     }
 });

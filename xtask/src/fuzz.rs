@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 
 /// The targets, in `fuzz/fuzz_targets/`.
-const TARGETS: [&str; 3] = ["overlay_messages", "api_bodies", "rtmp_session"];
+const TARGETS: [&str; 4] = ["overlay_messages", "api_bodies", "rtmp_session", "flv_avc"];
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FuzzArgs {
