@@ -295,6 +295,11 @@ fn the_portal_and_the_box_pages_work_in_chromium() {
         .unwrap()
         .contains(&chain.source.admin_token()));
     assert_eq!(admin["stillWidth"], 320);
+    let status = admin["status"].as_str().unwrap();
+    assert!(
+        status.contains(&format!("Reachableyes, at {}", chain.source.api)),
+        "the portal reached the source: {status}"
+    );
     let relay = &chain.boxes[2];
     let kbps = eventually(Duration::from_secs(30), || {
         let kbps = relay.stream_info(STREAM)["bitrate_kbps"].as_u64()?;

@@ -273,6 +273,7 @@ impl Client {
         println!("uptime     {}", human_duration(status.uptime_secs));
         println!("api        {}    rtmp {}", status.api, status.rtmp);
         println!("reached at api {}  rtmp {}", o.me.api, o.me.rtmp);
+        println!("reachable  {}", reach_line(&status.reach));
         let membership = match (o.running, o.is_supernode, &o.supernode) {
             (false, _, _) => "not in an overlay (no --portal or --supernode)".to_owned(),
             (true, true, _) => format!(
@@ -533,6 +534,25 @@ fn human_duration(secs: u64) -> String {
 fn clock(unix: u64) -> String {
     let s = unix % 86_400;
     format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+}
+
+/// `astral status`'s line on whether other boxes reach this one.
+fn reach_line(reach: &crate::reach::ReachReport) -> String {
+    use crate::reach::ReachState;
+    match reach.state {
+        ReachState::Reachable => match &reach.mapped_by {
+            Some(protocol) => format!("yes, through ports the router mapped over {protocol}"),
+            None => "yes".into(),
+        },
+        ReachState::Unreachable => format!(
+            "no: the box forwards to no one. {}",
+            reach.why.as_deref().unwrap_or_default()
+        ),
+        ReachState::Unknown => match &reach.why {
+            Some(why) => format!("not known: {why}"),
+            None => "not checked (no portal)".into(),
+        },
+    }
 }
 
 #[cfg(test)]

@@ -89,6 +89,10 @@ pub struct NodeArgs {
     /// when that is 0.0.0.0, the address this box reaches the portal from]
     #[arg(long, env = "ASTRAL_ADVERTISE")]
     pub advertise: Option<IpAddr>,
+    /// Ask the home router to forward this box's ports (UPnP, PCP, NAT-PMP) when the
+    /// portal cannot reach it [default: true]
+    #[arg(long, env = "ASTRAL_PORT_MAPPING")]
+    pub port_mapping: Option<bool>,
     /// Players from this network (CIDR) play without a ticket. Repeat for more
     /// [default: 127.0.0.0/8 and ::1, the box itself]
     #[arg(long = "play-without-ticket", value_name = "CIDR")]
@@ -127,6 +131,7 @@ struct RawConfig {
     #[serde(default)]
     supernodes: Vec<SocketAddr>,
     advertise: Option<IpAddr>,
+    port_mapping: Option<bool>,
     play_without_ticket: Option<Vec<String>>,
     #[serde(default)]
     overlay: RawOverlay,
@@ -298,6 +303,8 @@ pub struct Config {
     /// Supernodes to try before the portal's list.
     pub supernodes: Vec<SocketAddr>,
     pub advertise: Option<IpAddr>,
+    /// Whether the box asks its router to forward its ports when it must.
+    pub port_mapping: bool,
     /// Networks whose players need no ticket.
     pub play_without_ticket: Vec<Cidr>,
     pub overlay: overlay::Config,
@@ -712,6 +719,7 @@ impl Config {
             view_idle: Duration::from_secs(view_idle_secs),
             supernodes,
             advertise: args.advertise.or(raw.advertise),
+            port_mapping: args.port_mapping.or(raw.port_mapping).unwrap_or(true),
             play_without_ticket,
             overlay,
             panel,

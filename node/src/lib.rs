@@ -21,6 +21,7 @@ pub mod identity;
 pub mod logs;
 pub mod metrics;
 pub mod panel;
+pub mod reach;
 mod reconfigure;
 pub mod rtmp;
 mod service;
@@ -72,6 +73,36 @@ pub struct Node {
     pub(crate) verifier: web::signed::Verifier,
     /// How often other boxes may call this one.
     pub(crate) limits: api::limits::Limits,
+    /// Whether boxes beyond the router reach this one, and its port mappings.
+    pub(crate) reach: reach::Reach,
+}
+
+impl Node {
+    /// The forward slots and the upload this box offers: the config's, and no slot
+    /// while boxes beyond its router cannot reach it.
+    fn capacity(&self) -> (u8, u32) {
+        let (max_forwards, upload_kbps) = self.config().capacity();
+        let max_forwards = if self.reach.can_forward() {
+            max_forwards
+        } else {
+            0
+        };
+        (max_forwards, upload_kbps)
+    }
+
+    /// Tells the overlay that `capacity` changed.
+    pub(crate) fn capacity_changed(self: &Arc<Node>) {
+        let (max_forwards, upload_kbps) = self.capacity();
+        self.overlay_input(overlay::Input::Capacity {
+            max_forwards,
+            upload_kbps,
+        });
+    }
+
+    /// Whether boxes beyond the router reach this one, as `GET /status` says it.
+    pub fn reach(&self) -> reach::ReachReport {
+        self.reach.report()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -83,6 +114,7 @@ impl Node {
     /// has), whose admin calls need `admin_token`.
     pub fn new(config: Config, me: Peer, key: NodeKey, admin_token: String) -> Arc<Node> {
         let started = Instant::now();
+        // Until the box knows whether others can reach it, the config's slots.
         let (max_forwards, upload_kbps) = config.capacity();
         let card = NodeCard {
             peer: me,
@@ -114,6 +146,7 @@ impl Node {
             sessions: auth::Sessions::default(),
             verifier: web::signed::Verifier::default(),
             limits: api::limits::Limits::default(),
+            reach: reach::Reach::default(),
         });
         // Streams this node knows it may carry exist from the start, so players may
         // connect before the publisher does.
@@ -243,28 +276,28 @@ fn advertised(
     if !bound.ip().is_unspecified() {
         return Ok(bound);
     }
-    let route = portal.and_then(|p| {
-        let url = url::Url::parse(p).ok()?;
-        let target = url.socket_addrs(|| Some(80)).ok()?.into_iter().next()?;
-        let probe = std::net::UdpSocket::bind(SocketAddr::new(
-            if target.is_ipv4() {
-                IpAddr::from([0, 0, 0, 0])
-            } else {
-                IpAddr::from([0u16; 8])
-            },
-            0,
-        ))
-        .ok()?;
-        // Connecting a UDP socket sends nothing; it only picks the route.
-        probe.connect(target).ok()?;
-        probe.local_addr().ok()
-    });
+    let route = route_to_portal(portal);
     match route {
-        Some(local) => Ok(SocketAddr::new(local.ip(), bound.port())),
+        Some(local) => Ok(SocketAddr::new(local, bound.port())),
         None => anyhow::bail!(
             "cannot tell which address other boxes reach this one at: set --advertise IP"
         ),
     }
+}
+
+/// The address this box reaches the portal from, as its routes pick it.
+fn route_to_portal(portal: Option<&str>) -> Option<IpAddr> {
+    let url = url::Url::parse(portal?).ok()?;
+    let target = url.socket_addrs(|| Some(80)).ok()?.into_iter().next()?;
+    let any = if target.is_ipv4() {
+        IpAddr::from([0, 0, 0, 0])
+    } else {
+        IpAddr::from([0u16; 8])
+    };
+    let probe = std::net::UdpSocket::bind(SocketAddr::new(any, 0)).ok()?;
+    // Connecting a UDP socket sends nothing; it only picks the route.
+    probe.connect(target).ok()?;
+    Some(probe.local_addr().ok()?.ip())
 }
 
 /// The address the overlay's HTTP calls leave from: the API's, when it is a specific
@@ -304,6 +337,28 @@ const API_CONNECTIONS_PER_ADDRESS: usize = 64;
 pub fn tune_player_socket(socket: &tokio::net::TcpStream) -> std::io::Result<()> {
     socket.set_nodelay(true)?;
     socket2::SockRef::from(socket).set_send_buffer_size(PLAYER_SEND_BUFFER)
+}
+
+/// The box's part in the overlay. Once it knows where other boxes reach it (the API
+/// serves meanwhile, for the portal to dial it back), it joins, and keeps its place,
+/// its listings and its port mappings. Aborting this task ends all of it.
+async fn take_part(node: Arc<Node>, api: SocketAddr, rtmp: SocketAddr) {
+    let advertised = reach::settle(&node, api, rtmp).await;
+    if let (Some((api, rtmp)), None) = (advertised, node.config().advertise) {
+        node.control.readdress(api, rtmp);
+    }
+    let mut parts = tokio::task::JoinSet::new();
+    parts.spawn(control::drive(Arc::clone(&node)));
+    parts.spawn(control::list_streams(Arc::clone(&node)));
+    parts.spawn(control::report_place(Arc::clone(&node)));
+    parts.spawn(control::drop_idle_views(Arc::clone(&node)));
+    parts.spawn(stills::send_stills(Arc::clone(&node)));
+    parts.spawn(reach::keep(Arc::clone(&node), api, rtmp));
+    node.join_overlay().await;
+    if let Some(source) = &node.config().source {
+        node.publish_source(source);
+    }
+    while parts.join_next().await.is_some() {}
 }
 
 /// The node's sockets, bound before it runs so that a test can bind port 0 and read
@@ -384,19 +439,13 @@ pub async fn run(
     let rtmp = tokio::spawn(rtmp::server::serve(listeners.rtmp, Arc::clone(&node)));
     let mut tasks = vec![rtmp];
     if in_overlay {
+        // The owner may ask for streams at once; the engine keeps them until it joins.
         node.control.enable();
-        tasks.push(tokio::spawn(control::drive(Arc::clone(&node))));
-        tasks.push(tokio::spawn(control::list_streams(Arc::clone(&node))));
-        tasks.push(tokio::spawn(control::report_place(Arc::clone(&node))));
-        tasks.push(tokio::spawn(control::drop_idle_views(Arc::clone(&node))));
-        tasks.push(tokio::spawn(stills::send_stills(Arc::clone(&node))));
-        let joining = Arc::clone(&node);
-        tasks.push(tokio::spawn(async move {
-            joining.join_overlay().await;
-            if let Some(source) = &joining.config().source {
-                joining.publish_source(source);
-            }
-        }));
+        tasks.push(tokio::spawn(take_part(
+            Arc::clone(&node),
+            api_addr,
+            rtmp_addr,
+        )));
     }
     tracing::info!(
         name = %node.config().name,
@@ -418,6 +467,7 @@ pub async fn run(
         // Peers still reach the API while the node hands its children on.
         service::stopping();
         stopping.leave_overlay().await;
+        reach::release(&stopping).await;
     };
     let tune = |socket: &tokio::net::TcpStream| {
         if let Err(e) = tune_player_socket(socket) {

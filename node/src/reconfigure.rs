@@ -50,11 +50,7 @@ impl Node {
         tracing::info!(settings = ?new.settings, "settings changed");
 
         if old.capacity() != new.capacity() {
-            let (max_forwards, upload_kbps) = new.capacity();
-            self.overlay_input(overlay::Input::Capacity {
-                max_forwards,
-                upload_kbps,
-            });
+            self.capacity_changed();
         }
         self.apply_source(old.source.as_ref(), new.source.as_ref())?;
         Ok(new)

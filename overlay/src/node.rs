@@ -466,6 +466,17 @@ impl Node {
         (next != Time::NEVER).then_some(next)
     }
 
+    /// Changes the addresses this node gives others, before it joins: a box learns
+    /// where it is reached (its router's address, mapped ports) only once it serves.
+    pub fn readdress(&mut self, api: std::net::SocketAddr, rtmp: std::net::SocketAddr) {
+        debug_assert!(
+            self.supernode_id().is_none(),
+            "a node is readdressed before it joins"
+        );
+        self.me.peer.api = api;
+        self.me.peer.rtmp = rtmp;
+    }
+
     /// Streams this node holds or wants.
     pub fn held(&self) -> Vec<HeldStream> {
         self.streams

@@ -14,6 +14,8 @@
 //!   WebSocket that pushes each change (`network.rs`, `live.rs`).
 //! - `PUT /api/streams/{id}/thumbnail` from a source, `GET …/thumbnail.jpg`: stills.
 //! - `GET /api/streams/{id}/play`: a box that can serve a browser with no box of its own.
+//! - `POST /api/reachability`: the portal dials a box back, at the address the request
+//!   came from, and says whether its ports answered (`reach.rs`).
 //! - Every other `GET` is the web UI (the `web` crate: list, watch page, map).
 //!
 //! Supernode, source and box calls must come from the address they name, so that no
@@ -23,6 +25,7 @@
 
 mod live;
 mod network;
+mod reach;
 mod routes;
 mod store;
 

@@ -128,6 +128,7 @@ pub fn router(state: State) -> Router {
         .route("/api/streams/{id}/thumbnail", put(set_thumbnail))
         .route("/api/streams/{id}/thumbnail.jpg", get(thumbnail))
         .merge(crate::network::routes())
+        .merge(crate::reach::routes())
         .fallback(page)
         .method_not_allowed_fallback(|| async {
             ApiError::Rejected(

@@ -240,6 +240,56 @@ pub enum MapEvent {
     },
 }
 
+/// `POST /api/reachability`: dial me back on these ports. The portal dials only the
+/// address the request came from, so no one can have it connect to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReachabilityCheck {
+    pub api_port: u16,
+    pub rtmp_port: u16,
+}
+
+/// The portal's answer: the address it saw the box at, and whether each port
+/// answered there as this box (its API names the box that signed the check; its RTMP
+/// port answers a handshake).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reachability {
+    pub address: std::net::IpAddr,
+    pub api: Dialled,
+    pub rtmp: Dialled,
+}
+
+/// How dialling one port went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dialled {
+    pub reachable: bool,
+    /// Why not, when it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Dialled {
+    pub fn from_result(result: Result<(), String>) -> Dialled {
+        match result {
+            Ok(()) => Dialled {
+                reachable: true,
+                error: None,
+            },
+            Err(e) => Dialled {
+                reachable: false,
+                error: Some(e),
+            },
+        }
+    }
+}
+
+impl Reachability {
+    /// Whether other boxes can reach both ports.
+    pub fn reachable(&self) -> bool {
+        self.api.reachable && self.rtmp.reachable
+    }
+}
+
 /// `GET /api/streams/{id}/play`: where a browser with no box of its own plays a
 /// stream. It asks `ticket_url` (`POST`) for a viewer ticket, which takes the slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

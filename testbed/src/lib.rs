@@ -10,6 +10,7 @@
 //! `cargo xtask testbed` prints its report; `tests/testbed.rs` asserts on it.
 
 mod chaos;
+mod home;
 mod report;
 pub mod timeline;
 
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 
 pub use chaos::Chaos;
+pub use home::{Router, RouterKind};
 pub use report::{Report, Viewer};
 pub use timeline::{Fault, Sampler, Timeline, CONTINUITY_GOAL, LONGEST_WAIT_GOAL};
 
@@ -73,6 +75,8 @@ pub struct Host {
     pub uplink_kbps: u32,
     pub data_dir: PathBuf,
     child: Option<Child>,
+    /// On a home LAN: the driver reads it from inside its namespace.
+    behind_router: bool,
 }
 
 impl Host {
@@ -81,7 +85,12 @@ impl Host {
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        get(&format!("{}{path}", self.api()))
+        let url = format!("{}{path}", self.api());
+        if self.behind_router {
+            home::get_inside(&self.ns, &url)
+        } else {
+            get(&url)
+        }
     }
 
     pub fn admin_token(&self) -> anyhow::Result<String> {
@@ -117,6 +126,8 @@ pub struct Testbed {
     pub joined: Vec<Option<Duration>>,
     /// The faults caused so far: when, to which viewer, what.
     pub faults: Vec<(Instant, usize, Fault)>,
+    /// Home routers, with boxes behind them among `viewers`.
+    pub routers: Vec<Router>,
     work: tempfile::TempDir,
     options: Options,
     _neighbours: NeighbourLimits,
@@ -181,6 +192,56 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     run("ip", args)
 }
 
+/// A veth link from namespace `ns` (`inside`) to the bridge `bridge` in namespace
+/// `peer_ns` (`outside`), that end up; the inside end is addressed and brought up by
+/// the caller.
+fn veth(ns: &str, inside: &str, peer_ns: &str, outside: &str, bridge: &str) -> anyhow::Result<()> {
+    ip(&[
+        "-n", ns, "link", "add", inside, "type", "veth", "peer", "name", outside, "netns", peer_ns,
+    ])?;
+    ip(&[
+        "-n", peer_ns, "link", "set", outside, "master", bridge, "up",
+    ])
+}
+
+/// The internet: one bridge, one subnet (and the routers', `home::ROUTERS`).
+const INTERNET: &str = "10.77.0.0/16";
+const INTERNET_PREFIX: u8 = 16;
+
+/// The driver's own address on the internet.
+const MONITOR_INDEX: usize = 16_000;
+
+/// The internet address of the host with this index.
+fn internet_address(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, (index / 250) as u8, (index % 250 + 1) as u8)
+}
+
+/// The household's upload: a token bucket on what leaves the box's `eth0`.
+fn limit_upload(ns: &str, uplink_kbps: u32) -> anyhow::Result<()> {
+    let burst = format!("{}", (uplink_kbps as usize * 1000 / 8 / 50).max(16_000));
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "eth0",
+            "root",
+            "tbf",
+            "rate",
+            &format!("{uplink_kbps}kbit"),
+            "burst",
+            &burst,
+            "latency",
+            "200ms",
+        ],
+    )
+}
+
 pub fn get(url: &str) -> anyhow::Result<serde_json::Value> {
     get_within(url, Duration::from_secs(3))
 }
@@ -227,7 +288,7 @@ impl Testbed {
     /// the boxes do not watch yet.
     pub fn start(options: Options) -> anyhow::Result<Testbed> {
         ensure!(can_run(), "the testbed needs root (network namespaces, tc)");
-        ensure!((1..=1000).contains(&options.hosts), "hosts: 1 to 1000");
+        ensure!(options.hosts <= 1000, "hosts: at most 1000");
         let tag = format!("{:05}", std::process::id() % 100_000);
         let switch = format!("tb{tag}sw");
         let monitor = format!("tb{tag}m");
@@ -241,6 +302,7 @@ impl Testbed {
             asked: vec![None; options.hosts],
             joined: vec![None; options.hosts],
             faults: Vec::new(),
+            routers: Vec::new(),
             tag,
             switch,
             monitor,
@@ -282,7 +344,8 @@ impl Testbed {
             "netns",
             sw,
         ])?;
-        ip(&["addr", "add", "10.77.255.254/16", "dev", &self.monitor])?;
+        let monitor = format!("{}/{INTERNET_PREFIX}", internet_address(MONITOR_INDEX));
+        ip(&["addr", "add", &monitor, "dev", &self.monitor])?;
         ip(&["link", "set", &self.monitor, "up"])?;
         ip(&["-n", sw, "link", "set", "mon", "master", "br0", "up"])?;
         Ok(())
@@ -291,67 +354,23 @@ impl Testbed {
     /// A namespace with one veth into the bridge, its address, and its upload limit.
     fn host(&self, name: &str, index: usize, uplink_kbps: u32) -> anyhow::Result<Host> {
         let ns = format!("tb{}{}", self.tag, name);
-        let addr = Ipv4Addr::new(10, 77, (index / 250) as u8, (index % 250 + 1) as u8);
+        let addr = internet_address(index);
         let port = format!("h{}", index);
         ip(&["netns", "add", &ns])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &self.switch,
-        ])?;
+        veth(&ns, "eth0", &self.switch, &port, "br0")?;
         ip(&[
             "-n",
             &ns,
             "addr",
             "add",
-            &format!("{addr}/16"),
+            &format!("{addr}/{INTERNET_PREFIX}"),
             "dev",
             "eth0",
         ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &port,
-            "master",
-            "br0",
-            "up",
-        ])?;
-        // The household's upload: a token bucket on what leaves the box.
-        let burst = format!("{}", (uplink_kbps as usize * 1000 / 8 / 50).max(16_000));
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &ns,
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                "eth0",
-                "root",
-                "tbf",
-                "rate",
-                &format!("{uplink_kbps}kbit"),
-                "burst",
-                &burst,
-                "latency",
-                "200ms",
-            ],
-        )?;
+        ip(&["-n", &ns, "route", "add", home::ROUTERS, "dev", "eth0"])?;
+        limit_upload(&ns, uplink_kbps)?;
         let data_dir = self.work.path().join(name);
         std::fs::create_dir_all(&data_dir)?;
         Ok(Host {
@@ -361,6 +380,7 @@ impl Testbed {
             uplink_kbps,
             data_dir,
             child: None,
+            behind_router: false,
         })
     }
 
@@ -433,11 +453,8 @@ impl Testbed {
 
     /// Waits until a box's API answers.
     fn wait_serving(host: &Host) -> anyhow::Result<()> {
-        let api = host.api();
-        wait_for(Duration::from_secs(30), || {
-            get(&format!("{api}/status")).is_ok()
-        })
-        .with_context(|| format!("{} did not start", host.name))
+        wait_for(Duration::from_secs(30), || host.get("/status").is_ok())
+            .with_context(|| format!("{} did not start", host.name))
     }
 
     fn start_source(&mut self) -> anyhow::Result<()> {
@@ -480,11 +497,18 @@ impl Testbed {
     pub fn watch(&mut self, i: usize) -> anyhow::Result<()> {
         let host = &self.viewers[i];
         let token = host.admin_token()?;
-        ureq::post(&format!("{}/streams/{STREAM}/watch", host.api()))
-            .set("authorization", &format!("Bearer {token}"))
-            .timeout(Duration::from_secs(5))
-            .call()
-            .with_context(|| format!("{} does not watch", host.name))?;
+        let url = format!("{}/streams/{STREAM}/watch", host.api());
+        if host.behind_router {
+            home::post_inside(&host.ns, &url, &token)
+        } else {
+            ureq::post(&url)
+                .set("authorization", &format!("Bearer {token}"))
+                .timeout(Duration::from_secs(5))
+                .call()
+                .map(drop)
+                .map_err(anyhow::Error::from)
+        }
+        .with_context(|| format!("{} does not watch", host.name))?;
         self.asked[i] = Some(Instant::now());
         self.joined[i] = None;
         Ok(())
@@ -623,6 +647,7 @@ fn placeholder() -> Host {
         uplink_kbps: 0,
         data_dir: PathBuf::new(),
         child: None,
+        behind_router: false,
     }
 }
 

@@ -94,6 +94,7 @@ async function refresh(panel, stills) {
         ["Up", duration(st.uptime_secs)],
         ["Broadcast", h("span", { "data-broadcast": st.broadcast }, st.broadcast)],
         ["Network", o.running ? (o.is_supernode ? `supernode (${o.registered ?? 0} boxes)` : `member of ${o.supernode || "…"}`) : "not in an overlay"],
+        ["Reachable", h("span", { "data-reach": st.reach?.state ?? "unknown" }, reachText(st.reach))],
         ["RTMP", st.rtmp],
         ["API", st.api],
       ].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
@@ -202,3 +203,10 @@ document.getElementById("logout").addEventListener("click", async () => {
 });
 
 main().catch((e) => app.replaceChildren(h("p", { class: "error" }, `This box's page cannot start: ${e.message}`)));
+
+/** Whether boxes beyond the router reach this one, and if not, why and what to do. */
+function reachText(reach) {
+  if (!reach || reach.state === "unknown") return reach?.why ? `not known: ${reach.why}` : "not checked";
+  if (reach.state === "reachable") return reach.mapped_by ? `yes, at ${reach.api} (ports mapped over ${reach.mapped_by})` : `yes, at ${reach.api}`;
+  return `no: this box forwards to no one. ${reach.why ?? ""}`;
+}

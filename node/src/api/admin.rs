@@ -131,7 +131,7 @@ pub async fn create_stream(
     let listing = StreamUpdate {
         title: new.title.unwrap_or_else(|| id.to_string()),
         description: new.description,
-        source: node.control().me().clone(),
+        source: node.control().me(),
         bitrate_kbps: 0,
         width: 0,
         height: 0,

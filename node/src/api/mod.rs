@@ -209,6 +209,9 @@ pub struct Status {
     pub broadcast: crate::panel::Tally,
     /// This box as other boxes reach it.
     pub peer: proto::overlay::Peer,
+    /// Whether boxes beyond its router can reach it.
+    #[serde(default)]
+    pub reach: crate::reach::ReachReport,
     pub overlay: crate::control::Report,
 }
 
@@ -221,7 +224,8 @@ async fn status(State(node): Node_) -> Json<Status> {
         api: node.config().api.to_string(),
         streams: node.hubs().len(),
         broadcast: node.tally(),
-        peer: node.control().me().clone(),
+        peer: node.control().me(),
+        reach: node.reach(),
         overlay: node.control().report(),
     })
 }

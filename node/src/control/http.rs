@@ -345,6 +345,24 @@ pub async fn report_place(
         .map(drop)
 }
 
+/// Asks the portal to dial this box back on these ports.
+pub async fn check_reachability(
+    client: &Client,
+    portal: &str,
+    api_port: u16,
+    rtmp_port: u16,
+) -> Result<proto::portal::Reachability, PortalError> {
+    let url = format!("{portal}/api/reachability");
+    let check = proto::portal::ReachabilityCheck {
+        api_port,
+        rtmp_port,
+    };
+    match portal_json(client.json(Method::POST, &url, &check)).await? {
+        (_, Some(answer)) => Ok(answer),
+        (_, None) => Err(PortalError::Unreachable("an empty answer".into())),
+    }
+}
+
 /// Reports a parent that sent video the source did not seal.
 pub async fn report_tamper(
     client: &Client,

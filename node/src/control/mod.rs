@@ -49,10 +49,11 @@ const RATE_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Control {
     state: Mutex<State>,
     wake: Notify,
-    client: http::Client,
+    pub(crate) client: http::Client,
     portal: Option<String>,
     started: Instant,
-    me: Peer,
+    /// This box as others reach it: set once more before it joins (`readdress`).
+    me: Mutex<Peer>,
     /// The name the owner gave the box, for the map.
     name: String,
     left: watch::Sender<bool>,
@@ -110,7 +111,7 @@ impl Control {
             client: http::Client::new(client_address, key),
             portal: portal.map(|p| p.trim_end_matches('/').to_owned()),
             started,
-            me,
+            me: Mutex::new(me),
             name,
             left: watch::Sender::new(false),
             leaving: std::sync::atomic::AtomicBool::new(false),
@@ -122,8 +123,15 @@ impl Control {
     }
 
     /// This box as other boxes reach it.
-    pub fn me(&self) -> &Peer {
-        &self.me
+    pub fn me(&self) -> Peer {
+        lock(&self.me).clone()
+    }
+
+    /// Gives the box the addresses others reach it at, before it joins.
+    pub fn readdress(&self, api: std::net::SocketAddr, rtmp: std::net::SocketAddr) {
+        let mut me = lock(&self.me);
+        (me.api, me.rtmp) = (api, rtmp);
+        lock(&self.state).engine.readdress(api, rtmp);
     }
 
     pub fn portal(&self) -> Option<&str> {
@@ -191,7 +199,7 @@ impl Control {
         let Some(portal) = self.portal.as_deref() else {
             return;
         };
-        match http::report_tamper(&self.client, portal, &self.me.id, &report).await {
+        match http::report_tamper(&self.client, portal, &self.me().id, &report).await {
             Ok(()) => tracing::info!(parent = %report.parent, "reported to the portal"),
             Err(e) => tracing::warn!(
                 parent = %report.parent,
@@ -458,7 +466,7 @@ impl Node {
         let mut supernodes = Vec::new();
         for addr in &self.config().supernodes {
             match http::status_peer(&self.control.client, *addr).await {
-                Ok(peer) if peer.id != self.control.me.id => supernodes.push(peer),
+                Ok(peer) if peer.id != self.control.me().id => supernodes.push(peer),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(%addr, "supernode from the config is unreachable: {e}"),
             }

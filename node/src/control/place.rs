@@ -22,7 +22,7 @@ impl Control {
         let state = lock(&self.state);
         let engine = &state.engine;
         NodeReport {
-            peer: self.me.clone(),
+            peer: self.me(),
             name: self.name.clone(),
             supernode: engine.supernode_id().cloned(),
             is_supernode: engine.is_supernode(),
@@ -133,7 +133,8 @@ pub async fn report_place(node: Arc<Node>) {
 /// Takes this box off the portal's map, as it leaves.
 pub async fn forget_place(node: &Node) {
     if let Some(portal) = node.control.portal() {
-        if let Err(e) = http::forget_place(&node.control.client, portal, &node.control.me.id).await
+        if let Err(e) =
+            http::forget_place(&node.control.client, portal, &node.control.me().id).await
         {
             tracing::debug!("cannot take this box off the portal's map: {e}");
         }

@@ -21,7 +21,7 @@ impl Control {
         let state = lock(&self.state);
         let engine = &state.engine;
         Report {
-            me: self.me.clone(),
+            me: self.me(),
             running: state.running,
             supernode: engine.supernode_id().map(ToString::to_string),
             is_supernode: engine.is_supernode(),

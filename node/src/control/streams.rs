@@ -127,7 +127,10 @@ impl Node {
             }) => (Some(source), bitrate_kbps),
             None => (None, 0),
         };
-        if source.as_ref().is_some_and(|s| s.id == self.control.me.id) {
+        if source
+            .as_ref()
+            .is_some_and(|s| s.id == self.control.me().id)
+        {
             return Err(WatchError::OwnStream);
         }
         self.hub_or_create(stream.as_str());
@@ -266,7 +269,7 @@ pub async fn list_streams(node: Arc<Node>) {
                     listing.height = meta.height.unwrap_or(listing.height);
                 }
             }
-            listing.source = node.control.me.clone();
+            listing.source = node.control.me();
             match http::list_stream(&node.control.client, &portal, &stream, &listing).await {
                 Ok(()) => tracing::debug!(%stream, "listed on the portal"),
                 Err(e) => tracing::warn!(%stream, "cannot list the stream on the portal: {e}"),
@@ -289,7 +292,7 @@ impl Node {
         let listing = StreamUpdate {
             title: source.title.clone(),
             description: source.description.clone(),
-            source: self.control.me.clone(),
+            source: self.control.me(),
             bitrate_kbps: video.bitrate_kbps,
             width: video.width,
             height: video.height,
@@ -308,7 +311,7 @@ impl Node {
         let listing = draft.unwrap_or_else(|| StreamUpdate {
             title: stream.to_string(),
             description: String::new(),
-            source: self.control.me.clone(),
+            source: self.control.me(),
             bitrate_kbps: 0,
             width: 0,
             height: 0,

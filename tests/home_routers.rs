@@ -1,0 +1,141 @@
+//! Boxes behind home routers, in the namespace testbed: each router masquerades its LAN
+//! (nftables) and lets nothing in unasked; one answers UPnP IGD, NAT-PMP and PCP
+//! (Debian's miniupnpd), one NAT-PMP and PCP only, one nothing. The portal dials each
+//! box back:
+//!
+//! - the box behind the UPnP router has its ports mapped, is reached at the router's
+//!   address, and forwards: a box on the internet plays from it;
+//! - the box behind the NAT-PMP router has its ports mapped over PCP;
+//! - the box behind the plain router cannot be reached, says why, offers no slot, and
+//!   plays as a viewer.
+//!
+//! Needs root, nftables and miniupnpd; elsewhere it says so and does nothing.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testbed::{RouterKind, Testbed};
+
+fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn place(bed: &Testbed, i: usize) -> Value {
+    bed.viewers[i]
+        .get("/status")
+        .map(|s| s["overlay"]["streams"][0].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
+    if !testbed::can_run() {
+        eprintln!("skipped: the testbed needs root (network namespaces, nftables)");
+        return;
+    }
+    let astral = PathBuf::from(env!("CARGO_BIN_EXE_astral"));
+    // One box on the internet that forwards nothing; a source with one slot.
+    let mut options = testbed::Options::new(astral, 1);
+    options.uplinks_kbps = vec![1500];
+    options.source_uplink_kbps = 3000;
+    let mut bed = Testbed::start(options).expect("the testbed starts");
+    let outside = 0;
+    let mapping = bed.add_router(RouterKind::Upnp).expect("a UPnP router");
+    let port_control = bed
+        .add_router(RouterKind::NatPmp)
+        .expect("a NAT-PMP router");
+    let plain = bed.add_router(RouterKind::Plain).expect("a plain router");
+    let booted = Instant::now();
+    let mapped = bed.add_home_box(mapping, 6000).expect("a box behind it");
+    let unmapped = bed.add_home_box(plain, 6000).expect("a box behind it");
+    let pcp = bed
+        .add_home_box(port_control, 6000)
+        .expect("a box behind it");
+    let logs = format!("logs in {}", bed.work_dir().display());
+
+    let reach = |i: usize| bed.viewers[i].get("/status").map(|s| s["reach"].clone());
+    let reached = eventually(Duration::from_secs(20), || {
+        reach(mapped).ok().filter(|r| r["state"] == "reachable")
+    })
+    .unwrap_or_else(|| panic!("not reachable: {:?}\n{logs}", reach(mapped)));
+    eprintln!(
+        "behind the mapping router: reachable {:?} after start, {reached}",
+        booted.elapsed()
+    );
+    let wan = bed.routers[mapping].wan.to_string();
+    assert_eq!(reached["mapped_by"], "UPnP", "{reached}");
+    assert!(
+        reached["api"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{wan}:")),
+        "reached at the router's address: {reached}"
+    );
+    let status = bed.viewers[mapped].get("/status").unwrap();
+    assert_eq!(
+        status["peer"]["api"], reached["api"],
+        "and advertised there"
+    );
+
+    let by_pcp = eventually(Duration::from_secs(20), || {
+        reach(pcp).ok().filter(|r| r["state"] == "reachable")
+    })
+    .unwrap_or_else(|| panic!("not reachable: {:?}\n{logs}", reach(pcp)));
+    eprintln!("behind the NAT-PMP router: {by_pcp}");
+    assert_eq!(by_pcp["mapped_by"], "PCP", "{by_pcp}");
+    let wan = bed.routers[port_control].wan.to_string();
+    assert!(by_pcp["api"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{wan}:")));
+
+    let refused = eventually(Duration::from_secs(20), || {
+        reach(unmapped).ok().filter(|r| r["state"] == "unreachable")
+    })
+    .unwrap_or_else(|| panic!("not found unreachable: {:?}\n{logs}", reach(unmapped)));
+    eprintln!("behind the plain router: {refused}");
+    let why = refused["why"].as_str().unwrap();
+    assert!(why.contains("did not answer"), "{why}");
+    assert!(why.contains("the router mapped no port"), "{why}");
+    assert!(
+        why.contains("enable UPnP or NAT-PMP on the router, or forward TCP ports 8000 and 1935"),
+        "says what to do: {why}"
+    );
+    assert_eq!(
+        refused["api"].as_str().unwrap().split(':').next(),
+        Some(bed.routers[plain].wan.to_string().as_str()),
+        "the portal saw the router's address"
+    );
+
+    // The mapped box takes the source's one slot; the box on the internet can then
+    // only play from it, through the router's mapping.
+    let flowing = |bed: &Testbed, i: usize| {
+        eventually(Duration::from_secs(30), || {
+            let p = place(bed, i);
+            (p["flowing"] == true).then_some(p)
+        })
+        .unwrap_or_else(|| panic!("{} does not play\n{logs}", bed.viewers[i].name))
+    };
+    bed.watch(mapped).unwrap();
+    let p = flowing(&bed, mapped);
+    assert!(p["slots"].as_u64().unwrap() > 0, "it forwards: {p}");
+    bed.watch(outside).unwrap();
+    let p = flowing(&bed, outside);
+    let mapped_id = bed.viewers[mapped].get("/status").unwrap()["peer"]["id"].clone();
+    assert_eq!(p["parent"], mapped_id, "plays from the mapped box: {p}");
+
+    // The unreachable box plays, and forwards to no one.
+    bed.watch(unmapped).unwrap();
+    let p = flowing(&bed, unmapped);
+    assert_eq!(p["slots"], 0, "an unreachable box offers no slot: {p}");
+}
