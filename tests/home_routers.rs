@@ -7,7 +7,8 @@
 //!   address, and forwards: a box on the internet plays from it;
 //! - the box behind the NAT-PMP router has its ports mapped over PCP;
 //! - the box behind the plain router cannot be reached, says why, offers no slot, and
-//!   plays as a viewer.
+//!   plays as a viewer; other boxes still reach its API through its control channel
+//!   to the portal.
 //!
 //! Needs root, nftables and miniupnpd; elsewhere it says so and does nothing.
 
@@ -56,10 +57,12 @@ fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
         .expect("a NAT-PMP router");
     let plain = bed.add_router(RouterKind::Plain).expect("a plain router");
     let booted = Instant::now();
-    let mapped = bed.add_home_box(mapping, 6000).expect("a box behind it");
-    let unmapped = bed.add_home_box(plain, 6000).expect("a box behind it");
+    let mapped = bed
+        .add_home_box(mapping, 6000, &[])
+        .expect("a box behind it");
+    let unmapped = bed.add_home_box(plain, 6000, &[]).expect("a box behind it");
     let pcp = bed
-        .add_home_box(port_control, 6000)
+        .add_home_box(port_control, 6000, &[])
         .expect("a box behind it");
     let logs = format!("logs in {}", bed.work_dir().display());
 
@@ -69,9 +72,10 @@ fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
     })
     .unwrap_or_else(|| panic!("not reachable: {:?}\n{logs}", reach(mapped)));
     eprintln!(
-        "behind the mapping router: reachable {:?} after start, {reached}",
+        "behind the UPnP router: {reached}, {:?} after the box was asked to start",
         booted.elapsed()
     );
+    assert!(reached["known_after_ms"].as_u64().is_some(), "{reached}");
     let wan = bed.routers[mapping].wan.to_string();
     assert_eq!(reached["mapped_by"], "UPnP", "{reached}");
     assert!(
@@ -133,6 +137,41 @@ fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
     let p = flowing(&bed, outside);
     let mapped_id = bed.viewers[mapped].get("/status").unwrap()["peer"]["id"].clone();
     assert_eq!(p["parent"], mapped_id, "plays from the mapped box: {p}");
+
+    // Its router lets nothing in, yet other boxes reach it through its control
+    // channel to the portal: a signed ping relayed there comes back signed by it.
+    let unmapped_id = bed.viewers[unmapped].get("/status").unwrap()["peer"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let caller = proto::identity::NodeKey::from_seed([9; 32]);
+    let header = caller.sign_request("GET", "/ping", b"", now);
+    let relay = format!("http://{}:8080/api/relay/{unmapped_id}/ping", bed.portal.ip);
+    let answer = eventually(Duration::from_secs(10), || {
+        ureq::get(&relay)
+            .set(proto::identity::SIGNATURE_HEADER, &header)
+            .timeout(Duration::from_secs(5))
+            .call()
+            .ok()
+    })
+    .unwrap_or_else(|| panic!("no answer through the portal\n{logs}"));
+    let signed = answer
+        .header(proto::identity::SIGNATURE_HEADER)
+        .map(str::to_owned);
+    let body = answer.into_string().unwrap();
+    let by = proto::identity::verify_response(
+        signed.as_deref(),
+        header.rsplit('.').next().unwrap(),
+        200,
+        body.as_bytes(),
+        now,
+    )
+    .expect("an answer signed for the ping");
+    assert_eq!(by.node.to_string(), unmapped_id, "{body}");
 
     // The unreachable box plays, and forwards to no one.
     bed.watch(unmapped).unwrap();

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -354,6 +355,7 @@ async fn take_part(node: Arc<Node>, api: SocketAddr, rtmp: SocketAddr) {
     parts.spawn(control::drop_idle_views(Arc::clone(&node)));
     parts.spawn(stills::send_stills(Arc::clone(&node)));
     parts.spawn(reach::keep(Arc::clone(&node), api, rtmp));
+    parts.spawn(channel::keep(Arc::clone(&node)));
     node.join_overlay().await;
     if let Some(source) = &node.config().source {
         node.publish_source(source);

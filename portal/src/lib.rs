@@ -14,6 +14,9 @@
 //!   WebSocket that pushes each change (`network.rs`, `live.rs`).
 //! - `PUT /api/streams/{id}/thumbnail` from a source, `GET …/thumbnail.jpg`: stills.
 //! - `GET /api/streams/{id}/play`: a box that can serve a browser with no box of its own.
+//! - `GET /api/nodes/{id}/channel`: a box's control channel (a WebSocket it keeps
+//!   open); `/api/relay/{id}/…`: a request for that box's peer routes, carried down it
+//!   (`channel.rs`).
 //! - `POST /api/reachability`: the portal dials a box back, at the address the request
 //!   came from, and says whether its ports answered (`reach.rs`).
 //! - Every other `GET` is the web UI (the `web` crate: list, watch page, map).
@@ -23,6 +26,7 @@
 //! survives restarts; entries not renewed in time stop being listed. The map and the
 //! stills are in memory: boxes send them again within seconds.
 
+mod channel;
 mod live;
 mod network;
 mod reach;
@@ -88,6 +92,8 @@ pub struct State {
     pub bootstrap_list: usize,
     /// Boxes' signed requests: each signature taken once.
     pub verifier: web::signed::Verifier,
+    /// Boxes' control channels, for requests relayed to them.
+    pub channels: Arc<channel::Channels>,
 }
 
 impl State {
@@ -144,6 +150,7 @@ impl Portal {
                 clock,
                 bootstrap_list: args.bootstrap_list,
                 verifier: web::signed::Verifier::default(),
+                channels: Arc::default(),
             },
         })
     }

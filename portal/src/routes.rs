@@ -129,6 +129,7 @@ pub fn router(state: State) -> Router {
         .route("/api/streams/{id}/thumbnail.jpg", get(thumbnail))
         .merge(crate::network::routes())
         .merge(crate::reach::routes())
+        .merge(crate::channel::routes())
         .fallback(page)
         .method_not_allowed_fallback(|| async {
             ApiError::Rejected(

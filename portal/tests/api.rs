@@ -638,6 +638,101 @@ async fn the_map_follows_the_boxes_reports_live() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn requests_reach_a_box_through_its_control_channel() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (_dir, portal) = fresh().await;
+    let relay = format!("/api/relay/{}/ping?stream=cam", id("a"));
+    let (status, body) = portal.call(LOCAL, "GET", &relay, None).await;
+    assert_eq!(status, 404, "no channel yet: {body}");
+
+    // Box a opens its channel, signed; one signed by another box is refused.
+    let open = |signer: &str| {
+        let path = format!("/api/nodes/{}/channel", id("a"));
+        let mut request = format!("{}{path}", portal.url.replace("http://", "ws://"))
+            .into_client_request()
+            .unwrap();
+        let signature = sign(signer, "GET", &path, b"");
+        request
+            .headers_mut()
+            .insert(SIGNATURE_HEADER, signature.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    assert!(open("b").await.is_err(), "b cannot open a's channel");
+    let (mut channel, _) = open("a").await.expect("a opens its channel");
+
+    // A request relayed to a goes down the channel as it was sent, with its caller;
+    // a's answer comes back with its signature.
+    let caller = sign("b", "GET", "/ping?stream=cam", b"");
+    let url = format!("{}{relay}", portal.url);
+    let asked = tokio::spawn({
+        let caller = caller.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .get(url)
+                .header(SIGNATURE_HEADER, caller)
+                .send()
+                .await
+                .unwrap();
+            let signature = response.headers().get(SIGNATURE_HEADER).cloned();
+            (
+                response.status().as_u16(),
+                signature,
+                response.text().await.unwrap(),
+            )
+        }
+    });
+    let request: Value = loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), channel.next())
+            .await
+            .expect("a request within 5 s")
+            .unwrap()
+            .unwrap();
+        // The portal pings its channels.
+        if let Message::Text(text) = message {
+            break serde_json::from_str(&text).unwrap();
+        }
+    };
+    assert_eq!(request["type"], "request");
+    assert_eq!(request["method"], "GET");
+    assert_eq!(request["path"], "/ping?stream=cam");
+    assert_eq!(request["caller"], "127.0.0.1");
+    assert_eq!(request["signature"], caller.as_str());
+    let answer = json!({"type": "answer", "id": request["id"], "status": 200,
+                        "signature": "x.y.z", "body": "{\"type\":\"pong\"}"});
+    channel
+        .send(Message::Text(answer.to_string().into()))
+        .await
+        .unwrap();
+    let (status, signature, body) = asked.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "{\"type\":\"pong\"}"));
+    assert_eq!(signature.unwrap(), "x.y.z");
+
+    // Closed, the channel is gone.
+    channel.close(None).await.unwrap();
+    let gone = eventually_async(|| async {
+        let (status, _) = portal.call(LOCAL, "GET", &relay, None).await;
+        (status == 404).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the channel is forgotten once closed");
+}
+
+async fn eventually_async<T, F: std::future::Future<Output = Option<T>>>(
+    mut f: impl FnMut() -> F,
+) -> Option<T> {
+    for _ in 0..50 {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_box_on_the_map_reports_a_tampering_parent() {
     let (_dir, portal) = fresh().await;
     let b_ip = [127, 0, 0, 3];

@@ -290,6 +290,36 @@ impl Reachability {
     }
 }
 
+/// What travels on a box's control channel to the portal (`GET /api/nodes/{id}/channel`,
+/// a WebSocket the box opens and keeps open): requests other boxes send it through the
+/// portal (`/api/relay/{id}/…`) when they cannot connect to it, and its answers. The
+/// portal passes both on as they are: signed by their senders, checked by their
+/// receivers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChannelMessage {
+    /// Portal to box: a request for one of the box's peer routes.
+    Request {
+        id: u64,
+        method: String,
+        /// The route, with its query.
+        path: String,
+        /// The address the request came to the portal from.
+        caller: std::net::IpAddr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+        body: String,
+    },
+    /// Box to portal: the answer to request `id`.
+    Answer {
+        id: u64,
+        status: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+        body: String,
+    },
+}
+
 /// `GET /api/streams/{id}/play`: where a browser with no box of its own plays a
 /// stream. It asks `ticket_url` (`POST`) for a viewer ticket, which takes the slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

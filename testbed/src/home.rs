@@ -230,8 +230,14 @@ impl Testbed {
         Ok(index)
     }
 
-    /// A box behind `router`, started as the others are; it does not watch yet.
-    pub fn add_home_box(&mut self, router: usize, uplink_kbps: u32) -> anyhow::Result<usize> {
+    /// A box behind `router`, started as the others are, with `extra` flags; it does
+    /// not watch yet.
+    pub fn add_home_box(
+        &mut self,
+        router: usize,
+        uplink_kbps: u32,
+        extra: &[String],
+    ) -> anyhow::Result<usize> {
         let (ns, address, gateway, name) = {
             let r = &mut self.routers[router];
             r.hosts += 1;
@@ -261,7 +267,7 @@ impl Testbed {
             child: None,
             behind_router: true,
         };
-        host.child = Some(self.spawn_node(&host, &[])?);
+        host.child = Some(self.spawn_node(&host, extra)?);
         self.viewers.push(host);
         self.asked.push(None);
         self.joined.push(None);

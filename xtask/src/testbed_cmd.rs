@@ -1,7 +1,9 @@
 //! `cargo xtask testbed --hosts N`: the namespace testbed (`testbed/`) at any size,
 //! printing what every box saw after the joins and over a window of steady play; with
 //! `--chaos-secs`, then a run of faults (`testbed::Chaos`) and its table; with
-//! `--plots DIR`, the figures as SVG.
+//! `--plots DIR`, the figures as SVG; with `--homes N`, N more boxes each behind a
+//! home router of its own (UPnP, NAT-PMP/PCP and none in turn), and whether and how
+//! soon each could be reached.
 
 use std::time::Duration;
 
@@ -43,14 +45,21 @@ pub struct TestbedArgs {
     /// Keep the boxes' data directories and logs
     #[arg(long)]
     keep: bool,
+    /// More boxes, each behind a home router of its own: one with UPnP IGD (and
+    /// NAT-PMP, PCP), one with NAT-PMP and PCP only, one with no port mapping, in turn
+    #[arg(long, default_value_t = 0)]
+    homes: usize,
+    /// The boxes behind routers do not ask them for port mappings
+    #[arg(long)]
+    no_port_mapping: bool,
 }
 
 pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
     let astral = crate::bench::build_astral()?;
     let mut options = testbed::Options::new(astral, args.hosts);
     options.bitrate_kbps = args.bitrate_kbps;
-    options.uplinks_kbps = args.uplinks_kbps;
-    options.standby = args.standby;
+    options.uplinks_kbps = args.uplinks_kbps.clone();
+    options.standby = args.standby.clone();
     eprintln!(
         "testbed: starting a portal, a source and {} boxes",
         args.hosts
@@ -59,6 +68,9 @@ pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
     if args.keep {
         eprintln!("testbed: logs in {}", bed.work_dir().display());
         bed.keep();
+    }
+    if args.homes > 0 {
+        reachability(&mut bed, &args)?;
     }
     let sampler = bed.sample(Duration::from_millis(500));
     bed.watch_all()?;
@@ -120,5 +132,60 @@ pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
         crate::plot::write(dir, &timeline, &summary)?;
         eprintln!("testbed: plots in {}", dir.display());
     }
+    Ok(())
+}
+
+/// Starts `--homes` boxes behind routers and prints how each can be reached: by
+/// itself, through its router's port mapping, or not at all, and how long after it
+/// started the box knew.
+fn reachability(bed: &mut testbed::Testbed, args: &TestbedArgs) -> anyhow::Result<()> {
+    use testbed::RouterKind;
+    let kinds = [RouterKind::Upnp, RouterKind::NatPmp, RouterKind::Plain];
+    let extra: Vec<String> = if args.no_port_mapping {
+        vec!["--port-mapping".into(), "false".into()]
+    } else {
+        Vec::new()
+    };
+    eprintln!("testbed: {} boxes behind home routers", args.homes);
+    let mut started = Vec::new();
+    for i in 0..args.homes {
+        let router = bed.add_router(kinds[i % kinds.len()])?;
+        let uplink = args.uplinks_kbps[i % args.uplinks_kbps.len()];
+        started.push((router, bed.add_home_box(router, uplink, &extra)?));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut rows = Vec::new();
+    for (router, host) in started {
+        let reach = loop {
+            let reach = bed.viewers[host].get("/status")?["reach"].clone();
+            if reach["state"] != "unknown" || std::time::Instant::now() > deadline {
+                break reach;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        rows.push((bed.routers[router].kind(), reach));
+    }
+    let total = bed.viewers.len();
+    let homes = rows.len();
+    let reachable = rows
+        .iter()
+        .filter(|(_, r)| r["state"] == "reachable")
+        .count();
+    println!("| router | box | reached | through | known after |");
+    println!("|---|---|---|---|---:|");
+    for ((kind, reach), host) in rows.iter().zip(&bed.viewers[total - homes..]) {
+        println!(
+            "| {kind:?} | {} | {} | {} | {} ms |",
+            host.name,
+            reach["state"].as_str().unwrap_or("?"),
+            reach["mapped_by"].as_str().unwrap_or("-"),
+            reach["known_after_ms"].as_u64().unwrap_or_default()
+        );
+    }
+    let forwarders = total - homes + reachable;
+    println!(
+        "boxes that can forward: {forwarders} of {total} ({:.0} %); behind routers {reachable} of {homes}",
+        100.0 * forwarders as f64 / total as f64
+    );
     Ok(())
 }

@@ -123,6 +123,14 @@ impl From<JsonRejection> for ApiError {
 
 type Node_ = State<Arc<Node>>;
 
+/// The routes other boxes call, alone: all a request relayed down the control channel
+/// (`crate::channel`) may reach.
+pub fn peer_router(node: Arc<Node>) -> Router {
+    peer::routes()
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(node)
+}
+
 pub fn router(node: Arc<Node>) -> Router {
     let cors = cors(node.config().portal.as_deref());
     Router::new()

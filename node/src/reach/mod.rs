@@ -43,6 +43,9 @@ pub struct ReachReport {
     /// Why the box cannot be reached, or cannot tell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// How long after the box started it first knew (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +210,7 @@ fn report_of(round: &Round) -> ReachReport {
         rtmp: Some(SocketAddr::new(address, round.rtmp_port)),
         mapped_by: round.mapped_by.map(|p| p.to_string()),
         why: (!reachable).then(|| why(round)),
+        known_after_ms: None,
     }
 }
 
@@ -244,9 +248,14 @@ fn unknown(why: String) -> ReachReport {
 }
 
 /// Records a new report; a change of whether the box can forward changes its slots.
-fn set(node: &Arc<Node>, report: ReachReport) {
+fn set(node: &Arc<Node>, mut report: ReachReport) {
     let before = node.reach.can_forward();
-    *lock(&node.reach.report) = report;
+    let mut held = lock(&node.reach.report);
+    report.known_after_ms = held.known_after_ms.or_else(|| {
+        (report.state != ReachState::Unknown).then(|| node.uptime().as_millis() as u64)
+    });
+    *held = report;
+    drop(held);
     if node.reach.can_forward() != before {
         node.capacity_changed();
     }
