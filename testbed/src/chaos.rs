@@ -144,7 +144,7 @@ impl Testbed {
     ) -> Option<usize> {
         let mut candidates: Vec<usize> = (0..self.viewers.len())
             .filter(|&i| self.viewers[i].pid().is_some())
-            .filter(|&i| probe(&self.viewers[i].api()).is_some_and(|b| fits(&b)))
+            .filter(|&i| probe(&self.viewers[i].reader()).is_some_and(|b| fits(&b)))
             .collect();
         candidates.shuffle(rng);
         candidates.first().copied()

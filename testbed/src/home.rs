@@ -288,41 +288,30 @@ fn router_address(index: usize) -> Ipv4Addr {
 }
 
 /// GET from inside a box's namespace, for boxes the driver cannot reach.
-pub(crate) fn get_inside(ns: &str, url: &str) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "curl", "-sSf", "--max-time", "3", url])
-        .output()
-        .context("curl is needed to read boxes behind routers")?;
-    ensure!(
-        out.status.success(),
-        "GET {url} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
+pub(crate) fn text_inside(ns: &str, url: &str, limit: Duration) -> anyhow::Result<String> {
+    curl_inside(ns, url, limit, &[])
 }
 
 /// POST with the owner's token from inside a box's namespace.
 pub(crate) fn post_inside(ns: &str, url: &str, token: &str) -> anyhow::Result<()> {
     let header = format!("authorization: Bearer {token}");
+    let limit = Duration::from_secs(5);
+    curl_inside(ns, url, limit, &["-X", "POST", "-H", &header]).map(drop)
+}
+
+/// curl, in namespace `ns`: the body, or why there is none.
+fn curl_inside(ns: &str, url: &str, limit: Duration, extra: &[&str]) -> anyhow::Result<String> {
+    let seconds = format!("{:.1}", limit.as_secs_f64());
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "curl",
-            "-sSf",
-            "--max-time",
-            "5",
-            "-X",
-            "POST",
-        ])
-        .args(["-H", &header, url])
+        .args(["netns", "exec", ns, "curl", "-sSf", "--max-time", &seconds])
+        .args(extra)
+        .arg(url)
         .output()
         .context("curl is needed to reach boxes behind routers")?;
     ensure!(
         out.status.success(),
-        "POST {url} in {ns}: {}",
+        "{url} in {ns}: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    Ok(())
+    Ok(String::from_utf8(out.stdout)?)
 }

@@ -85,11 +85,14 @@ impl Host {
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let url = format!("{}{path}", self.api());
-        if self.behind_router {
-            home::get_inside(&self.ns, &url)
-        } else {
-            get(&url)
+        self.reader().get(path, Duration::from_secs(3))
+    }
+
+    /// Where the driver reads this box's API.
+    pub(crate) fn reader(&self) -> Api {
+        Api {
+            url: self.api(),
+            inside: self.behind_router.then(|| self.ns.clone()),
         }
     }
 
@@ -242,27 +245,41 @@ fn limit_upload(ns: &str, uplink_kbps: u32) -> anyhow::Result<()> {
     )
 }
 
+/// Where the driver reads a box's API: over the bridge, or, for a box behind a home
+/// router, from inside the box's namespace.
+#[derive(Debug, Clone)]
+pub(crate) struct Api {
+    url: String,
+    inside: Option<String>,
+}
+
+impl Api {
+    pub(crate) fn get(&self, path: &str, limit: Duration) -> anyhow::Result<serde_json::Value> {
+        let text = self.text(path, limit)?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    fn text(&self, path: &str, limit: Duration) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.url);
+        match &self.inside {
+            Some(ns) => home::text_inside(ns, &url, limit),
+            None => Ok(ureq::get(&url)
+                .timeout(limit)
+                .call()
+                .with_context(|| format!("GET {url}"))?
+                .into_string()?),
+        }
+    }
+}
+
+/// GET `url` from the driver, within 3 s: a box whose link is down answers nothing,
+/// and the sampler must not wait on it for long.
 pub fn get(url: &str) -> anyhow::Result<serde_json::Value> {
-    get_within(url, Duration::from_secs(3))
-}
-
-/// GET with a deadline: a box whose link is down answers nothing, and the sampler
-/// must not wait on it for long.
-pub(crate) fn get_within(url: &str, limit: Duration) -> anyhow::Result<serde_json::Value> {
-    let body = ureq::get(url)
-        .timeout(limit)
-        .call()
-        .with_context(|| format!("GET {url}"))?
-        .into_string()?;
-    Ok(serde_json::from_str(&body)?)
-}
-
-fn text(url: &str) -> anyhow::Result<String> {
-    Ok(ureq::get(url)
-        .timeout(Duration::from_secs(3))
-        .call()
-        .with_context(|| format!("GET {url}"))?
-        .into_string()?)
+    Api {
+        url: url.to_owned(),
+        inside: None,
+    }
+    .get("", Duration::from_secs(3))
 }
 
 /// Whether this process may make namespaces (root, or CAP_NET_ADMIN and friends).
@@ -568,7 +585,7 @@ impl Testbed {
     /// Starts sampling every viewer every `period` (see [`Timeline`]).
     pub fn sample(&self, period: Duration) -> Sampler {
         Sampler::start(
-            self.viewers.iter().map(Host::api).collect(),
+            self.viewers.iter().map(Host::reader).collect(),
             self.source.api(),
             period,
         )
@@ -619,7 +636,8 @@ impl Testbed {
 
     fn bytes_out(host: &Host) -> f64 {
         let prefix = format!("astral_bytes_out_total{{stream=\"{STREAM}\"}} ");
-        text(&format!("{}/metrics", host.api()))
+        host.reader()
+            .text("/metrics", Duration::from_secs(3))
             .ok()
             .and_then(|t| {
                 t.lines()

@@ -174,7 +174,7 @@ pub(crate) fn gather(bed: &Testbed) -> anyhow::Result<Report> {
     let mut states: Vec<BoxState> = bed
         .viewers
         .iter()
-        .map(|host| crate::timeline::probe(&host.api()).unwrap_or_default())
+        .map(|host| crate::timeline::probe(&host.reader()).unwrap_or_default())
         .collect();
     // Boxes name their parents by node id; the report by the names they started with.
     let mut names: HashMap<String, String> = states

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::{Continuity, Stall};
 
-use crate::{get, get_within, STREAM};
+use crate::{get, Api, STREAM};
 
 /// A box on the bridge answers within milliseconds; one that does not within this
 /// long is down (a power cut takes its link), and the sample goes on without it.
@@ -101,15 +101,16 @@ pub struct Sampler {
 }
 
 /// A box's state from its API at `api`; `None` when it does not answer.
-pub(crate) fn probe(api: &str) -> Option<BoxState> {
-    let status = get_within(&format!("{api}/status"), PROBE_LIMIT).ok()?;
+pub(crate) fn probe(api: &Api) -> Option<BoxState> {
+    let status = api.get("/status", PROBE_LIMIT).ok()?;
     let overlay = &status["overlay"];
     let place = &overlay["streams"][0];
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     let connected = place["tickets"].as_array().map_or(0, |t| {
         t.iter().filter(|t| t["connected"] == true).count() as u64
     });
-    let seen = get_within(&format!("{api}/streams/{STREAM}"), PROBE_LIMIT)
+    let seen = api
+        .get(&format!("/streams/{STREAM}"), PROBE_LIMIT)
         .ok()
         .and_then(|info| serde_json::from_value(info["continuity"].clone()).ok())
         .unwrap_or_default();
@@ -132,7 +133,7 @@ pub(crate) fn probe(api: &str) -> Option<BoxState> {
 /// Every box at once, so that one sample is one moment: a box that has not answered
 /// when the others have had their time is `None`, whatever its connection is waiting
 /// for (its thread finishes on its own).
-fn probe_all(apis: &[String]) -> Vec<Option<BoxState>> {
+fn probe_all(apis: &[Api]) -> Vec<Option<BoxState>> {
     let (tx, rx) = mpsc::channel();
     for (i, api) in apis.iter().enumerate() {
         let (tx, api) = (tx.clone(), api.clone());
@@ -153,7 +154,7 @@ fn probe_all(apis: &[String]) -> Vec<Option<BoxState>> {
 impl Sampler {
     /// Samples the boxes at the APIs `boxes` every `period`, and the stream's bitrate
     /// at the source's API.
-    pub(crate) fn start(boxes: Vec<String>, source: String, period: Duration) -> Sampler {
+    pub(crate) fn start(boxes: Vec<Api>, source: String, period: Duration) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let start = Instant::now();
         let flag = Arc::clone(&stop);
