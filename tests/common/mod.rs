@@ -303,8 +303,12 @@ pub struct PortalProc {
 
 impl PortalProc {
     pub fn start() -> PortalProc {
+        PortalProc::start_at(SocketAddr::from(([127, 0, 0, 1], free_port())))
+    }
+
+    /// A portal listening at `addr`.
+    pub fn start_at(addr: SocketAddr) -> PortalProc {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = std::fs::File::create(dir.path().join("portal.log")).expect("a log file");
         let child = Command::new(env!("CARGO_BIN_EXE_astral"))
             .arg("portal")

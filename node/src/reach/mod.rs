@@ -9,9 +9,10 @@
 //! in `GET /status` (`astral status`, the admin page).
 //!
 //! Afterwards mappings are renewed at half their lease and the check repeated every
-//! `RECHECK`; a box that becomes reachable or unreachable changes its slots. The
-//! address it advertises is the one it joined with: a new external address takes a
-//! restart. As the box leaves, its mappings are removed.
+//! `RECHECK` (`RECHECK_UNKNOWN` while no portal has answered); a box that becomes
+//! reachable or unreachable changes its slots. The address it advertises is the one
+//! it joined with: a new external address takes a restart. As the box leaves, its
+//! mappings are removed.
 
 pub mod mapping;
 
@@ -25,8 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::{lock, Node};
 use mapping::{Mapping, Protocol};
 
-/// How often reachability is checked again.
+/// How often reachability is checked again; sooner while the box cannot tell.
 const RECHECK: Duration = Duration::from_secs(600);
+const RECHECK_UNKNOWN: Duration = Duration::from_secs(30);
 
 /// What the box knows of its reachability, for `GET /status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,6 +269,10 @@ pub async fn keep(node: Arc<Node>, api: SocketAddr, rtmp: SocketAddr) {
     let mut renew =
         tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+    let unknown = |node: &Node| lock(&node.reach.report).state == ReachState::Unknown;
+    if unknown(&node) {
+        recheck.reset_after(RECHECK_UNKNOWN);
+    }
     loop {
         tokio::select! {
             _ = renew.tick() => {
@@ -294,6 +300,9 @@ pub async fn keep(node: Arc<Node>, api: SocketAddr, rtmp: SocketAddr) {
                         set(&node, report);
                     }
                     Err(e) => tracing::debug!("cannot check reachability: {e}"),
+                }
+                if unknown(&node) {
+                    recheck.reset_after(RECHECK_UNKNOWN);
                 }
             }
         }
