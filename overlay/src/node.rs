@@ -516,6 +516,11 @@ impl Node {
         self.streams.get(stream)?.path().first()
     }
 
+    /// The parent `stream` plays from here; `None` at the source and while unattached.
+    pub fn parent_of(&self, stream: &StreamId) -> Option<&NodeId> {
+        Some(&self.streams.get(stream)?.parent()?.id)
+    }
+
     /// Slots of `stream` free for a new child or viewer now.
     pub fn free(&self, stream: &StreamId) -> u8 {
         self.free_slots(stream)

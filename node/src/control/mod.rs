@@ -184,13 +184,7 @@ impl Control {
 
     /// The parent `stream` plays from here, if it has one.
     pub fn parent_of(&self, stream: &StreamId) -> Option<proto::overlay::NodeId> {
-        let state = lock(&self.state);
-        let held = state
-            .engine
-            .held()
-            .into_iter()
-            .find(|h| h.stream == *stream);
-        held.and_then(|h| h.parent)
+        lock(&self.state).engine.parent_of(stream).cloned()
     }
 
     /// Tells the portal that a parent tampered with a stream. Best effort: a box that

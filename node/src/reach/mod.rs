@@ -108,22 +108,17 @@ pub async fn settle(
             return None;
         }
     };
-    let (api_port, rtmp_port) = (round.api_port, round.rtmp_port);
+    let report = report_of(&round);
+    let advertised = report.api.zip(report.rtmp);
     let address = round.answer.address;
-    set(node, report_of(&round));
-    let advertised = Some((
-        SocketAddr::new(address, api_port),
-        SocketAddr::new(address, rtmp_port),
-    ));
-    if round.answer.reachable() {
-        tracing::info!(%address, "other boxes can reach this one");
-    } else {
-        tracing::warn!(
+    match &report.why {
+        None => tracing::info!(%address, "other boxes can reach this one"),
+        Some(why) => tracing::warn!(
             %address,
-            "other boxes cannot reach this one, so it forwards nothing: {}",
-            lock(&node.reach.report).why.clone().unwrap_or_default()
-        );
+            "other boxes cannot reach this one, so it forwards nothing: {why}"
+        ),
     }
+    set(node, report);
     advertised
 }
 
@@ -132,16 +127,16 @@ pub async fn settle(
 /// on the mapped ports.
 async fn check(node: &Arc<Node>, api: SocketAddr, rtmp: SocketAddr) -> Result<Round, String> {
     let mut held = node.reach.mapping.lock().await;
-    let round = match held.as_ref() {
+    let (api_port, rtmp_port, mapped_by) = match held.as_ref() {
         Some(m) => (m.api, m.rtmp, Some(m.protocol)),
         None => (api.port(), rtmp.port(), None),
     };
     let local = local_address(node, api);
     let first = Round {
-        answer: dial_back(node, round.0, round.1).await?,
-        api_port: round.0,
-        rtmp_port: round.1,
-        mapped_by: round.2,
+        answer: dial_back(node, api_port, rtmp_port).await?,
+        api_port,
+        rtmp_port,
+        mapped_by,
         unmapped: None,
         local,
     };
@@ -269,8 +264,8 @@ pub async fn keep(node: Arc<Node>, api: SocketAddr, rtmp: SocketAddr) {
     let mut renew =
         tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
-    let unknown = |node: &Node| lock(&node.reach.report).state == ReachState::Unknown;
-    if unknown(&node) {
+    let cannot_tell = |node: &Node| lock(&node.reach.report).state == ReachState::Unknown;
+    if cannot_tell(&node) {
         recheck.reset_after(RECHECK_UNKNOWN);
     }
     loop {
@@ -301,7 +296,7 @@ pub async fn keep(node: Arc<Node>, api: SocketAddr, rtmp: SocketAddr) {
                     }
                     Err(e) => tracing::debug!("cannot check reachability: {e}"),
                 }
-                if unknown(&node) {
+                if cannot_tell(&node) {
                     recheck.reset_after(RECHECK_UNKNOWN);
                 }
             }
