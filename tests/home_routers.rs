@@ -6,9 +6,11 @@
 //! - the box behind the UPnP router has its ports mapped, is reached at the router's
 //!   address, and forwards: a box on the internet plays from it;
 //! - the box behind the NAT-PMP router has its ports mapped over PCP;
-//! - the box behind the plain router cannot be reached, says why, offers no slot, and
-//!   plays as a viewer; other boxes still reach its API through its control channel
-//!   to the portal.
+//! - the box behind the plain router cannot be reached and says why; other boxes
+//!   still reach its API through its control channel to the portal;
+//! - yet it forwards to a box that can be reached, by connecting to it (connection
+//!   reversal): the source's one slot goes to the unreachable box, the mapped box
+//!   plays from it, and the box on the internet from the mapped box.
 //!
 //! Needs root, nftables and miniupnpd; elsewhere it says so and does nothing.
 
@@ -57,10 +59,14 @@ fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
         .expect("a NAT-PMP router");
     let plain = bed.add_router(RouterKind::Plain).expect("a plain router");
     let booted = Instant::now();
+    // One slot each: neither can take the other's place under the source.
+    let one_slot = ["--max-forwards".to_owned(), "1".to_owned()];
     let mapped = bed
-        .add_home_box(mapping, 6000, &[])
+        .add_home_box(mapping, 6000, &one_slot)
         .expect("a box behind it");
-    let unmapped = bed.add_home_box(plain, 6000, &[]).expect("a box behind it");
+    let unmapped = bed
+        .add_home_box(plain, 6000, &one_slot)
+        .expect("a box behind it");
     let pcp = bed
         .add_home_box(port_control, 6000, &[])
         .expect("a box behind it");
@@ -115,14 +121,20 @@ fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
         why.contains("enable UPnP or NAT-PMP on the router, or forward TCP ports 8000 and 1935"),
         "says what to do: {why}"
     );
+    assert!(
+        why.contains("It forwards only to boxes that can be reached, by connecting to them"),
+        "{why}"
+    );
     assert_eq!(
         refused["api"].as_str().unwrap().split(':').next(),
         Some(bed.routers[plain].wan.to_string().as_str()),
         "the portal saw the router's address"
     );
 
-    // The mapped box takes the source's one slot; the box on the internet can then
-    // only play from it, through the router's mapping.
+    // The unreachable box takes the source's one slot. The mapped box can then only
+    // play from it: it asks through the portal, and the unreachable box connects to
+    // it. The box on the internet can then only play from the mapped box, through
+    // the router's mapping.
     let flowing = |bed: &Testbed, i: usize| {
         eventually(Duration::from_secs(30), || {
             let p = place(bed, i);
@@ -130,12 +142,38 @@ fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
         })
         .unwrap_or_else(|| panic!("{} does not play\n{logs}", bed.viewers[i].name))
     };
+    let id = |bed: &Testbed, i: usize| bed.viewers[i].get("/status").unwrap()["peer"]["id"].clone();
+    let (mapped_id, unmapped_id) = (id(&bed, mapped), id(&bed, unmapped));
+    bed.watch(unmapped).unwrap();
+    let p = flowing(&bed, unmapped);
+    assert_eq!(p["depth"], 1, "under the source: {p}");
+    assert_eq!(p["slots"], 1, "it keeps its slot for boxes it dials: {p}");
     bed.watch(mapped).unwrap();
     let p = flowing(&bed, mapped);
-    assert!(p["slots"].as_u64().unwrap() > 0, "it forwards: {p}");
+    assert_eq!(
+        p["parent"], unmapped_id,
+        "plays from the unreachable box: {p}"
+    );
+    let dialled = eventually(Duration::from_secs(5), || {
+        let u = place(&bed, unmapped);
+        let child = u["tickets"][0].clone();
+        (child["child"] == mapped_id && child["connected"] == true).then_some(u)
+    })
+    .unwrap_or_else(|| panic!("no connected child: {}\n{logs}", place(&bed, unmapped)));
+    eprintln!("the unreachable box forwards over the connection it made: {dialled}");
+    let hub = |i: usize| {
+        bed.viewers[i]
+            .get("/streams")
+            .map_or(Value::Null, |s| s[0].clone())
+    };
+    let before = hub(mapped)["tags_in"].as_u64().unwrap_or(0);
+    let more = eventually(Duration::from_secs(5), || {
+        let now = hub(mapped)["tags_in"].as_u64().unwrap_or(0);
+        (now > before + 10).then_some(now)
+    });
+    assert!(more.is_some(), "frames keep coming: {}", hub(mapped));
     bed.watch(outside).unwrap();
     let p = flowing(&bed, outside);
-    let mapped_id = bed.viewers[mapped].get("/status").unwrap()["peer"]["id"].clone();
     assert_eq!(p["parent"], mapped_id, "plays from the mapped box: {p}");
 
     // Its router lets nothing in, yet other boxes reach it through its control
@@ -172,9 +210,4 @@ fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
     )
     .expect("an answer signed for the ping");
     assert_eq!(by.node.to_string(), unmapped_id, "{body}");
-
-    // The unreachable box plays, and forwards to no one.
-    bed.watch(unmapped).unwrap();
-    let p = flowing(&bed, unmapped);
-    assert_eq!(p["slots"], 0, "an unreachable box offers no slot: {p}");
 }

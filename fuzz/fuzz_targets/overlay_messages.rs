@@ -28,6 +28,7 @@ fn card() -> NodeCard {
         },
         max_forwards: 2,
         upload_kbps: 8000,
+        reachable: true,
     }
 }
 

@@ -93,6 +93,10 @@ pub struct NodeArgs {
     /// portal cannot reach it [default: true]
     #[arg(long, env = "ASTRAL_PORT_MAPPING")]
     pub port_mapping: Option<bool>,
+    /// When boxes beyond the router cannot connect to this one, still forward to
+    /// those that can, by connecting to them (connection reversal) [default: true]
+    #[arg(long, env = "ASTRAL_REVERSAL")]
+    pub reversal: Option<bool>,
     /// Players from this network (CIDR) play without a ticket. Repeat for more
     /// [default: 127.0.0.0/8 and ::1, the box itself]
     #[arg(long = "play-without-ticket", value_name = "CIDR")]
@@ -132,6 +136,7 @@ struct RawConfig {
     supernodes: Vec<SocketAddr>,
     advertise: Option<IpAddr>,
     port_mapping: Option<bool>,
+    reversal: Option<bool>,
     play_without_ticket: Option<Vec<String>>,
     #[serde(default)]
     overlay: RawOverlay,
@@ -305,6 +310,9 @@ pub struct Config {
     pub advertise: Option<IpAddr>,
     /// Whether the box asks its router to forward its ports when it must.
     pub port_mapping: bool,
+    /// Whether a box that cannot be connected to forwards to boxes that can, by
+    /// connecting to them.
+    pub reversal: bool,
     /// Networks whose players need no ticket.
     pub play_without_ticket: Vec<Cidr>,
     pub overlay: overlay::Config,
@@ -720,6 +728,7 @@ impl Config {
             supernodes,
             advertise: args.advertise.or(raw.advertise),
             port_mapping: args.port_mapping.or(raw.port_mapping).unwrap_or(true),
+            reversal: args.reversal.or(raw.reversal).unwrap_or(true),
             play_without_ticket,
             overlay,
             panel,

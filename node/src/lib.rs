@@ -76,27 +76,33 @@ pub struct Node {
     pub(crate) limits: api::limits::Limits,
     /// Whether boxes beyond the router reach this one, and its port mappings.
     pub(crate) reach: reach::Reach,
+    /// Pulls waiting for a parent to connect to this box (connection reversal).
+    pub(crate) dials: rtmp::dial::Dials,
 }
 
 impl Node {
-    /// The forward slots and the upload this box offers: the config's, and no slot
-    /// while boxes beyond its router cannot reach it.
-    fn capacity(&self) -> (u8, u32) {
-        let (max_forwards, upload_kbps) = self.config().capacity();
-        let max_forwards = if self.reach.can_forward() {
+    /// The forward slots and the upload this box offers, and whether boxes beyond
+    /// its router can connect to it: the config's slots, kept for boxes it dials
+    /// while none can (connection reversal), or none with `reversal = false`.
+    fn capacity(&self) -> (u8, u32, bool) {
+        let config = self.config();
+        let (max_forwards, upload_kbps) = config.capacity();
+        let reachable = self.reach.can_be_reached();
+        let max_forwards = if reachable || config.reversal {
             max_forwards
         } else {
             0
         };
-        (max_forwards, upload_kbps)
+        (max_forwards, upload_kbps, reachable)
     }
 
     /// Tells the overlay that `capacity` changed.
     pub(crate) fn capacity_changed(self: &Arc<Node>) {
-        let (max_forwards, upload_kbps) = self.capacity();
+        let (max_forwards, upload_kbps, reachable) = self.capacity();
         self.overlay_input(overlay::Input::Capacity {
             max_forwards,
             upload_kbps,
+            reachable,
         });
     }
 
@@ -121,6 +127,7 @@ impl Node {
             peer: me,
             max_forwards,
             upload_kbps,
+            reachable: true,
         };
         let control = Control::new(
             config.overlay.clone(),
@@ -148,6 +155,7 @@ impl Node {
             verifier: web::signed::Verifier::default(),
             limits: api::limits::Limits::default(),
             reach: reach::Reach::default(),
+            dials: rtmp::dial::Dials::default(),
         });
         // Streams this node knows it may carry exist from the start, so players may
         // connect before the publisher does.

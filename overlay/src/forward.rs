@@ -143,6 +143,7 @@ impl Node {
                     .filter(|c| c.moving_since.is_none() && !c.standby)
                     .map(|c| self.child_slots(&c.card, held.kbps))
                     .min(),
+                reachable: self.me.reachable,
             })
             .collect()
     }
@@ -245,6 +246,7 @@ impl Node {
                 "a node cannot be its own child",
             ));
         }
+        self.can_connect(&child)?;
         if path.as_ref().is_some_and(|p| p.len() > MAX_PATH) {
             return Err(Refusal::new(
                 RefusalKind::Invalid,
@@ -364,6 +366,7 @@ impl Node {
         path: Option<Vec<NodeId>>,
     ) -> Result<Response, Refusal> {
         let child_id = child.peer.id.clone();
+        self.can_connect(&child)?;
         let Some(held) = self.streams.get(&stream).filter(|h| h.holds()) else {
             return Err(Refusal::new(
                 RefusalKind::NotFound,
@@ -525,6 +528,47 @@ impl Node {
             ticket: id,
         });
         self.announce_soon();
+    }
+
+    /// Whether this box and `child` can connect: one of them must accept connections
+    /// (a child that cannot is connected to; one that can is dialled by a parent that
+    /// cannot, `Request::Dial`).
+    fn can_connect(&self, child: &NodeCard) -> Result<(), Refusal> {
+        if self.me.reachable || child.reachable {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            RefusalKind::Unavailable,
+            "neither this box nor the child can be connected to from beyond its router",
+        ))
+    }
+
+    /// `POST /dial`: our child cannot connect to us, so we connect to it.
+    pub(crate) fn dial(
+        &mut self,
+        stream: StreamId,
+        token: &str,
+        nonce: String,
+    ) -> Result<Response, Refusal> {
+        let child = self.streams.get(&stream).and_then(|h| {
+            h.children
+                .iter()
+                .find(|(_, c)| c.token == token)
+                .map(|(id, c)| (*id, c.card.peer.clone()))
+        });
+        let Some((ticket, child)) = child else {
+            return Err(Refusal::new(
+                RefusalKind::NotFound,
+                format!("no ticket for stream {stream} with that token here"),
+            ));
+        };
+        self.emit(Output::Dial {
+            stream,
+            ticket,
+            child,
+            nonce,
+        });
+        Ok(Response::Done)
     }
 
     /// `DELETE /tickets/{id}`: a child ends its ticket, or our parent ends ours.

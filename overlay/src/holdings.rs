@@ -1,7 +1,7 @@
 //! What the boxes registered at a supernode hold, kept for search.
 //!
 //! A supernode answers several searches a second, each over its hundred boxes. A
-//! search reads only `ranks`: eight bytes per holding, in one array, with names
+//! search reads only `ranks`: twelve bytes per holding, in one array, with names
 //! replaced by hashes. The holdings themselves, with their names and paths, are
 //! read for the few that make the answer. Scanning each child's holdings through
 //! the heap instead missed the cache at every step and made 10^5 simulated boxes
@@ -27,6 +27,7 @@ struct Rank {
     depth: u8,
     free: u8,
     weakest_child: Option<u8>,
+    reachable: bool,
 }
 
 struct Entry {
@@ -48,6 +49,7 @@ impl Holdings {
                 depth: holding.depth().min(usize::from(u8::MAX)) as u8,
                 free: holding.free,
                 weakest_child: holding.weakest_child,
+                reachable: holding.reachable,
             });
             self.entries.push(Entry {
                 node,
@@ -96,12 +98,14 @@ impl Holdings {
     /// The best `max` holders of `stream` for `requester`: shallowest first, then
     /// most free slots, equals in random order, so that boxes joining together do
     /// not all ask the same parent. A holder must have a free slot, or a child
-    /// with fewer slots than `slots` that the requester may displace.
+    /// with fewer slots than `slots` that the requester may displace; and for a
+    /// requester that cannot be connected to, be one that can.
     pub(crate) fn best(
         &self,
         stream: &StreamId,
         requester: &NodeId,
         slots: u8,
+        reachable: bool,
         max: usize,
         rng: &mut impl rand::Rng,
     ) -> Vec<Candidate> {
@@ -116,9 +120,9 @@ impl Holdings {
                 || (e.ancestors & bit != 0 && e.holding.path.contains(requester))
                 || e.holding.stream != *stream
         };
-        let mut best = self.scan(key, slots, max, rng, |_| false);
+        let mut best = self.scan(key, slots, reachable, max, rng, |_| false);
         if best.iter().any(|&i| excluded(i)) {
-            best = self.scan(key, slots, max, rng, excluded);
+            best = self.scan(key, slots, reachable, max, rng, excluded);
         }
         best.into_iter()
             .map(|i| Candidate {
@@ -133,12 +137,16 @@ impl Holdings {
         &self,
         stream: u32,
         slots: u8,
+        reachable: bool,
         max: usize,
         rng: &mut impl rand::Rng,
         excluded: impl Fn(usize) -> bool,
     ) -> Vec<usize> {
+        // Two boxes that cannot be connected to cannot connect to each other.
         let open = self.ranks.iter().enumerate().filter(|(_, r)| {
-            r.stream == stream && (r.free > 0 || r.weakest_child.is_some_and(|w| w < slots))
+            r.stream == stream
+                && (r.free > 0 || r.weakest_child.is_some_and(|w| w < slots))
+                && (r.reachable || reachable)
         });
         // Depth, free slots, tie-breaker; and the index.
         type Order = (u8, Reverse<u8>, u32);

@@ -70,11 +70,13 @@ pub enum Input {
         stream: StreamId,
         kbps: u32,
     },
-    /// The owner changed what this box may forward. Children beyond the new slots
-    /// keep their tickets until they end; no new child is taken until there is room.
+    /// The owner changed what this box may forward, or the box learnt whether boxes
+    /// beyond its router can connect to it. Children beyond the new slots keep their
+    /// tickets until they end; no new child is taken until there is room.
     Capacity {
         max_forwards: u8,
         upload_kbps: u32,
+        reachable: bool,
     },
     /// The media plane admitted players that are not boxes into free slots, or some
     /// went away: this many play `stream` now.
@@ -168,6 +170,14 @@ pub enum Output {
     /// The parent failed: the standby is the parent now.
     Promote {
         stream: StreamId,
+    },
+    /// Connect to `child`'s RTMP server, say `nonce`, and serve its play of `stream`
+    /// on that connection: it cannot connect to this box (connection reversal).
+    Dial {
+        stream: StreamId,
+        ticket: TicketId,
+        child: Peer,
+        nonce: String,
     },
     /// Stop forwarding `stream` to the player holding `ticket`.
     Kick {
@@ -377,10 +387,13 @@ impl Node {
             Input::Capacity {
                 max_forwards,
                 upload_kbps,
+                reachable,
             } => {
-                if (self.me.max_forwards, self.me.upload_kbps) != (max_forwards, upload_kbps) {
+                let now = (max_forwards, upload_kbps, reachable);
+                if (self.me.max_forwards, self.me.upload_kbps, self.me.reachable) != now {
                     self.me.max_forwards = max_forwards;
                     self.me.upload_kbps = upload_kbps;
+                    self.me.reachable = reachable;
                     let streams: Vec<StreamId> = self.streams.keys().cloned().collect();
                     for stream in streams {
                         self.shed_excess(&stream);
@@ -638,8 +651,14 @@ impl Node {
                 ttl,
                 requester,
                 requester_slots,
+                requester_reachable,
             } => {
-                return self.sn_search(id, query, stream, ttl, requester, requester_slots);
+                let requester = crate::supernode::Requester {
+                    id: requester,
+                    slots: requester_slots,
+                    reachable: requester_reachable,
+                };
+                return self.sn_search(id, query, stream, ttl, requester);
             }
             Request::Ticket {
                 stream,
@@ -666,6 +685,11 @@ impl Node {
                 path,
                 backup,
             } => self.path_changed(ticket, &token, path, backup),
+            Request::Dial {
+                stream,
+                token,
+                nonce,
+            } => self.dial(stream, &token, nonce),
             Request::Ping { stream } => Ok(Response::Pong {
                 flowing: stream.map(|s| self.streams.get(&s).is_some_and(|h| h.sends())),
             }),

@@ -92,6 +92,7 @@ impl Node {
                         ttl: self.cfg.search_ttl,
                         requester: self.me.peer.id.clone(),
                         requester_slots: 0,
+                        requester_reachable: self.me.reachable,
                     };
                     let to = Target::Node(supernode.clone());
                     self.call(to, request, Pending::StandbySearch(stream.clone()))

@@ -68,6 +68,15 @@ struct Flood {
     deadline: Time,
 }
 
+/// Who a search is for.
+pub(crate) struct Requester {
+    pub(crate) id: NodeId,
+    /// Its slots for the stream: a parent with a weaker child counts.
+    pub(crate) slots: u8,
+    /// Whether it can be connected to: if not, only parents that can count.
+    pub(crate) reachable: bool,
+}
+
 enum Origin {
     Remote(RequestId),
     /// The supernode's own search for a stream it wants.
@@ -244,8 +253,7 @@ impl Node {
         query: u64,
         stream: StreamId,
         ttl: u8,
-        requester: NodeId,
-        requester_slots: u8,
+        requester: Requester,
     ) -> Option<Result<Response, Refusal>> {
         if ttl > self.cfg.max_search_ttl {
             let max = self.cfg.max_search_ttl;
@@ -258,7 +266,7 @@ impl Node {
             return Some(Err(e));
         }
         let origin = Origin::Remote(id);
-        self.start_flood(query, origin, &stream, ttl, &requester, requester_slots)
+        self.start_flood(query, origin, &stream, ttl, &requester)
             .map(|candidates| Ok(Response::Candidates { candidates }))
     }
 
@@ -266,18 +274,16 @@ impl Node {
     /// `search_done` now or when the flood ends.
     pub(crate) fn sn_local_search(&mut self, stream: &StreamId, ttl: u8) {
         let query = rand::Rng::gen(&mut self.rng);
-        let me = self.me.peer.id.clone();
-        // The slots this box has for the stream, as a child's search says (not its
-        // `max_forwards`, which the budget may cut).
-        let slots = self.my_slots(stream);
-        if let Some(found) = self.start_flood(
-            query,
-            Origin::Local(stream.clone()),
-            stream,
-            ttl,
-            &me,
-            slots,
-        ) {
+        let me = Requester {
+            id: self.me.peer.id.clone(),
+            // The slots this box has for the stream, as a child's search says (not
+            // its `max_forwards`, which the budget may cut).
+            slots: self.my_slots(stream),
+            reachable: self.me.reachable,
+        };
+        if let Some(found) =
+            self.start_flood(query, Origin::Local(stream.clone()), stream, ttl, &me)
+        {
             self.search_done(stream, found);
         }
     }
@@ -290,8 +296,7 @@ impl Node {
         origin: Origin,
         stream: &StreamId,
         ttl: u8,
-        requester: &NodeId,
-        requester_slots: u8,
+        requester: &Requester,
     ) -> Option<Vec<Candidate>> {
         let now = self.now;
         let fanout = self.cfg.flood_fanout;
@@ -301,9 +306,14 @@ impl Node {
         if sn.seen.insert(query, now + SEEN_FOR).is_some() {
             return Some(Vec::new());
         }
-        let found = sn
-            .holdings
-            .best(stream, requester, requester_slots, max, &mut self.rng);
+        let found = sn.holdings.best(
+            stream,
+            &requester.id,
+            requester.slots,
+            requester.reachable,
+            max,
+            &mut self.rng,
+        );
         if ttl == 0 || sn.neighbours.is_empty() {
             return Some(rank(found, max));
         }
@@ -316,8 +326,9 @@ impl Node {
                 query,
                 stream: stream.clone(),
                 ttl: ttl - 1,
-                requester: requester.clone(),
-                requester_slots,
+                requester: requester.id.clone(),
+                requester_slots: requester.slots,
+                requester_reachable: requester.reachable,
             };
             self.call_within(Target::Node(peer), request, Pending::Flood(query), wait);
         }

@@ -16,6 +16,7 @@ fn card(name: &str, i: u8, upload_kbps: u32) -> NodeCard {
         },
         max_forwards: 2,
         upload_kbps,
+        reachable: true,
     }
 }
 
@@ -178,6 +179,7 @@ fn lowering_capacity_sends_the_newest_child_away_and_takes_no_new_one() {
     h.input(Input::Capacity {
         max_forwards: 1,
         upload_kbps: 10_000,
+        reachable: true,
     });
     assert_eq!(h.node.held()[0].slots, 1);
     assert_eq!(h.children(), 1, "a node never forwards beyond its slots");
@@ -195,6 +197,7 @@ fn lowering_capacity_sends_the_newest_child_away_and_takes_no_new_one() {
     h.input(Input::Capacity {
         max_forwards: 4,
         upload_kbps: 10_000,
+        reachable: true,
     });
     h.ticket(&late, None)
         .expect("room again, within the upload budget");
@@ -256,6 +259,7 @@ fn searches_are_bounded_and_answered_once() {
         ttl,
         requester: NodeId::new("n1").unwrap(),
         requester_slots: 1,
+        requester_reachable: true,
     };
     assert_eq!(
         h.request(search(1, 200)).unwrap_err().kind,
@@ -273,6 +277,66 @@ fn searches_are_bounded_and_answered_once() {
         candidates.is_empty(),
         "a replayed query id is answered empty"
     );
+}
+
+/// A box that cannot be connected to (behind a router that maps nothing) forwards
+/// only to boxes that can, which it dials; two such boxes are never put together.
+#[test]
+fn boxes_that_cannot_be_reached_are_paired_only_with_boxes_that_can() {
+    let mut h = Harness::source(Config::default());
+    let walled = |name: &str, i: u8| NodeCard {
+        reachable: false,
+        ..card(name, i, 8000)
+    };
+    // The source cannot be reached: it forwards to a box that can.
+    h.input(Input::Capacity {
+        max_forwards: 2,
+        upload_kbps: 10_000,
+        reachable: false,
+    });
+    let open = card("open", 10, 8000);
+    let t = h.ticket(&open, None).expect("a box that can be reached");
+    assert_eq!(
+        h.ticket(&walled("shut", 11), None),
+        Err(RefusalKind::Unavailable),
+        "two boxes that cannot be reached cannot connect"
+    );
+    // The child asks to be dialled; only with its ticket's token.
+    let dial = |token: &str| Request::Dial {
+        stream: stream(),
+        token: token.into(),
+        nonce: "n0".into(),
+    };
+    assert_eq!(
+        h.request(dial("wrong")).unwrap_err().kind,
+        RefusalKind::NotFound
+    );
+    assert_eq!(h.request(dial(&t.token)), Ok(Response::Done));
+    assert!(h.outputs.contains(&Output::Dial {
+        stream: stream(),
+        ticket: t.id,
+        child: open.peer.clone(),
+        nonce: "n0".into(),
+    }));
+
+    // Its holding says so, and a search offers it only to boxes that can be reached.
+    let search = |query, requester_reachable| Request::Search {
+        query,
+        stream: stream(),
+        ttl: 0,
+        requester: NodeId::new("n1").unwrap(),
+        requester_slots: 1,
+        requester_reachable,
+    };
+    let Ok(Response::Candidates { candidates }) = h.request(search(1, true)) else {
+        panic!()
+    };
+    assert_eq!(candidates.len(), 1);
+    assert!(!candidates[0].holding.reachable);
+    let Ok(Response::Candidates { candidates }) = h.request(search(2, false)) else {
+        panic!()
+    };
+    assert!(candidates.is_empty(), "{candidates:?}");
 }
 
 #[test]
@@ -975,6 +1039,7 @@ fn a_search_does_not_wait_for_candidates_that_cannot_win() {
         slots: 2,
         free,
         weakest_child: None,
+        reachable: true,
     };
     let (shallow, deep, silent) = (
         card("shallow", 10, 8000),
@@ -1071,6 +1136,7 @@ fn a_supernode_reports_a_change_of_viewers_within_seconds() {
             slots: 1,
             free: 1,
             weakest_child: None,
+            reachable: true,
         }],
     })
     .expect("announced");
@@ -1106,6 +1172,7 @@ fn a_parent_that_tampers_is_left_and_avoided_with_its_subtree() {
         slots: 2,
         free: 1,
         weakest_child: None,
+        reachable: true,
     };
     let mut h = attached_under(Config::default(), &p, &g);
     for (c, path) in [(&p, vec![&g]), (&q, vec![&g, &p]), (&r, vec![&g])] {

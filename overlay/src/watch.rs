@@ -304,6 +304,7 @@ impl Node {
                     ttl,
                     requester: self.me.peer.id.clone(),
                     requester_slots: self.my_slots(stream),
+                    requester_reachable: self.me.reachable,
                 };
                 // A supernode answers within its flood's wait: one that lost power
                 // should not hold a repair for the whole call timeout.

@@ -100,6 +100,18 @@ pub struct NodeCard {
     pub max_forwards: u8,
     /// Upload budget.
     pub upload_kbps: u32,
+    /// Whether boxes beyond its router can connect to it. One that cannot forwards
+    /// only to boxes that can: it dials them (connection reversal, `Request::Dial`).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub reachable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// A stream a node holds, as announced to its supernode.
@@ -116,6 +128,10 @@ pub struct Holding {
     /// The fewest slots of any child: a joiner with more slots than that may take that
     /// child's place and adopt it (capacity-first placement). `None` without children.
     pub weakest_child: Option<u8>,
+    /// Whether boxes beyond the holder's router can connect to it: one that cannot
+    /// is offered only to boxes that can, which it dials.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub reachable: bool,
 }
 
 impl Holding {
@@ -180,6 +196,10 @@ pub enum Request {
         requester: NodeId,
         /// The requester's slots, so that a parent with a weaker child counts.
         requester_slots: u8,
+        /// Whether the requester can be connected to: one that cannot is offered only
+        /// parents that can.
+        #[serde(default = "yes", skip_serializing_if = "is_yes")]
+        requester_reachable: bool,
     },
     /// `POST /tickets`: forward `stream` to me. Answer: `Ticket`.
     Ticket {
@@ -208,6 +228,16 @@ pub enum Request {
         token: String,
         path: Vec<NodeId>,
         backup: Option<Peer>,
+    },
+    /// `POST /dial` from child to parent, for the ticket whose token is `token`:
+    /// connection reversal. The parent cannot be connected to, so it connects to the
+    /// child's RTMP address (its card's, never one from this request), says `nonce`
+    /// first, and serves the child's play on that connection as on any other.
+    /// Answer: `Done`.
+    Dial {
+        stream: StreamId,
+        token: String,
+        nonce: String,
     },
     /// `GET /ping`: round-trip time, and whether `stream` still flows here.
     Ping { stream: Option<StreamId> },
@@ -247,6 +277,7 @@ impl Request {
             Request::RetireSupernode { id } => Some(id),
             Request::Search { .. }
             | Request::EndTicket { .. }
+            | Request::Dial { .. }
             | Request::Path { .. }
             | Request::Ping { .. }
             | Request::Adopt { .. }

@@ -329,6 +329,7 @@ impl Sim {
             },
             max_forwards: 2,
             upload_kbps: if two { 7000 } else { 4000 },
+            reachable: true,
         };
         let cfg = overlay::Config {
             max_children: self.params.max_children,
@@ -520,6 +521,8 @@ impl Sim {
             Output::StopPull { .. } => self.cut(i, true),
             // The simulation runs without standbys (`Config::standby` is off).
             Output::Standby { .. } | Output::StopStandby { .. } | Output::Promote { .. } => {}
+            // Every simulated box can be connected to: none is asked to dial.
+            Output::Dial { .. } => {}
             Output::Kick { ticket, .. } => {
                 let child = self.boxes[i].media_children.iter().copied().find(|&c| {
                     self.boxes[c]

@@ -52,6 +52,10 @@ pub struct TestbedArgs {
     /// The boxes behind routers do not ask them for port mappings
     #[arg(long)]
     no_port_mapping: bool,
+    /// Boxes that cannot be reached forward to no one, instead of connecting to
+    /// boxes that can be reached (connection reversal)
+    #[arg(long)]
+    no_reversal: bool,
 }
 
 pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
@@ -77,6 +81,9 @@ pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
     bed.wait_all_playing(Duration::from_secs(60 + args.hosts as u64))?;
     let joined = bed.report()?;
     println!("after the joins:\n{}", joined.table());
+    if args.homes > 0 {
+        forwarding(&bed)?;
+    }
     let steady_from = sampler.start_instant().elapsed();
     std::thread::sleep(Duration::from_secs(args.seconds));
     let window = bed.report()?.since(&joined);
@@ -141,11 +148,13 @@ pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
 fn reachability(bed: &mut testbed::Testbed, args: &TestbedArgs) -> anyhow::Result<()> {
     use testbed::RouterKind;
     let kinds = [RouterKind::Upnp, RouterKind::NatPmp, RouterKind::Plain];
-    let extra: Vec<String> = if args.no_port_mapping {
-        vec!["--port-mapping".into(), "false".into()]
-    } else {
-        Vec::new()
-    };
+    let mut extra: Vec<String> = Vec::new();
+    if args.no_port_mapping {
+        extra.extend(["--port-mapping".into(), "false".into()]);
+    }
+    if args.no_reversal {
+        extra.extend(["--reversal".into(), "false".into()]);
+    }
     eprintln!("testbed: {} boxes behind home routers", args.homes);
     let mut started = Vec::new();
     for i in 0..args.homes {
@@ -182,10 +191,42 @@ fn reachability(bed: &mut testbed::Testbed, args: &TestbedArgs) -> anyhow::Resul
             reach["known_after_ms"].as_u64().unwrap_or_default()
         );
     }
-    let forwarders = total - homes + reachable;
+    let reached = total - homes + reachable;
+    let forwarders = if args.no_reversal { reached } else { total };
     println!(
-        "boxes that can forward: {forwarders} of {total} ({:.0} %); behind routers {reachable} of {homes}",
-        100.0 * forwarders as f64 / total as f64
+        "boxes that can be reached: {reached} of {total}; behind routers {reachable} of {homes}"
+    );
+    println!(
+        "boxes that can forward: {forwarders} of {total} ({:.0} %){}",
+        100.0 * forwarders as f64 / total as f64,
+        if args.no_reversal {
+            ""
+        } else {
+            ", those that cannot be reached to boxes that can"
+        }
+    );
+    Ok(())
+}
+
+/// Which boxes forward once all play: by whether they can be reached.
+fn forwarding(bed: &testbed::Testbed) -> anyhow::Result<()> {
+    let (mut reached, mut unreached) = ((0, 0), (0, 0));
+    for host in &bed.viewers {
+        let status = host.get("/status")?;
+        let children = status["overlay"]["streams"][0]["tickets"]
+            .as_array()
+            .map_or(0, |t| t.iter().filter(|t| t["connected"] == true).count());
+        let count = if status["reach"]["state"] == "unreachable" {
+            &mut unreached
+        } else {
+            &mut reached
+        };
+        count.0 += 1;
+        count.1 += usize::from(children > 0);
+    }
+    println!(
+        "forwarding after the joins: {} of {} boxes that can be reached, {} of {} that cannot",
+        reached.1, reached.0, unreached.1, unreached.0
     );
     Ok(())
 }

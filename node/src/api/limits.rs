@@ -160,6 +160,7 @@ mod tests {
             ttl: 1,
             requester: requester.clone(),
             requester_slots: 1,
+            requester_reachable: true,
         }
     }
 

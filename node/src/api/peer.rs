@@ -94,6 +94,10 @@ pub fn routes() -> Router<Arc<Node>> {
             post(plain("ticket", |r| matches!(r, Request::Ticket { .. }))),
         )
         .route("/tickets/{id}", put(path).delete(end_ticket))
+        .route(
+            "/dial",
+            post(plain("dial", |r| matches!(r, Request::Dial { .. }))),
+        )
         .route("/ping", get(ping))
         .route(
             "/supernode",

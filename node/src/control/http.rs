@@ -1,21 +1,27 @@
 //! The overlay's requests as HTTP: which route each one takes, and what an answer or a
 //! failure means. The server side of the same routes is in `crate::api::peer`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use overlay::{CallError, Target};
 use proto::identity::{verify_response, NodeKey, SIGNATURE_HEADER};
-use proto::overlay::{Peer, Refusal, RefusalKind, Request, Response, StreamId};
+use proto::overlay::{NodeId, Peer, Refusal, RefusalKind, Request, Response, StreamId};
 use proto::portal::{StreamEntry, StreamUpdate};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+
+use crate::lock;
 
 /// The overlay gives up on a call after its own `call_timeout`; this bounds the socket.
 const TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest answer read from a peer: a lying peer cannot make us buffer more.
 const MAX_BODY: usize = 1 << 20;
+/// A box found unreachable is called through the portal for this long before it is
+/// tried directly again.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(600);
 
 /// The client for calls to peers and the portal. Every request is signed with the
 /// node's key (`proto::identity`); they leave from `local` when the node's API is
@@ -24,6 +30,10 @@ const MAX_BODY: usize = 1 << 20;
 pub struct Client {
     http: reqwest::Client,
     key: NodeKey,
+    /// Boxes that cannot be connected to, as a search said or a call found, with when
+    /// that was learnt: they are called through the portal, and pulled from by
+    /// connection reversal.
+    unreachable: std::sync::Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Client {
@@ -38,11 +48,32 @@ impl Client {
             .no_proxy()
             .build()
             .expect("a client without TLS always builds");
-        Client { http, key }
+        Client {
+            http,
+            key,
+            unreachable: Default::default(),
+        }
     }
 
     pub fn key(&self) -> &NodeKey {
         &self.key
+    }
+
+    /// Whether `node` was lately found to accept no connection from beyond its router.
+    pub fn is_unreachable(&self, node: &NodeId) -> bool {
+        lock(&self.unreachable)
+            .get(node)
+            .is_some_and(|since| since.elapsed() < UNREACHABLE_FOR)
+    }
+
+    fn learn(&self, node: &NodeId, reachable: bool) {
+        let mut unreachable = lock(&self.unreachable);
+        if reachable {
+            unreachable.remove(node);
+        } else {
+            unreachable.retain(|_, since| since.elapsed() < UNREACHABLE_FOR);
+            unreachable.insert(node.clone(), Instant::now());
+        }
     }
 
     /// A request to `url` with `body` (of `content_type`), signed.
@@ -127,6 +158,7 @@ fn route(request: &Request) -> (Method, String) {
         Request::Ticket { .. } => (Method::POST, "/tickets".into()),
         Request::EndTicket { ticket, .. } => (Method::DELETE, format!("/tickets/{ticket}")),
         Request::Path { ticket, .. } => (Method::PUT, format!("/tickets/{ticket}")),
+        Request::Dial { .. } => (Method::POST, "/dial".into()),
         Request::Ping { stream } => (
             Method::GET,
             match stream {
@@ -175,13 +207,23 @@ pub async fn call(
         .signed(method.clone(), &url, body.clone())
         .map_err(CallError::Unreachable)?;
     let signature = header.rsplit('.').next().unwrap_or_default().to_owned();
-    let response = match (builder.send().await, to, portal) {
+    // A box behind a router that lets nothing in is reached through its control
+    // channel to the portal, with the same signed request.
+    let relay = match (to, portal) {
+        (Target::Node(peer), Some(portal)) => Some(format!("{portal}/api/relay/{}{path}", peer.id)),
+        _ => None,
+    };
+    let known_unreachable = matches!(to, Target::Node(peer) if client.is_unreachable(&peer.id));
+    let direct = match &relay {
+        Some(relay) if known_unreachable => {
+            client.with_signature(method.clone(), relay, &header, body.clone())
+        }
+        _ => builder,
+    };
+    let response = match (direct.send().await, to, relay) {
         (Ok(response), _, _) => response,
-        // A box behind a router that lets nothing in is reached through its control
-        // channel to the portal, with the same signed request.
-        (Err(e), Target::Node(peer), Some(portal)) if e.is_connect() => {
-            let relay = format!("{portal}/api/relay/{}{path}", peer.id);
-            client
+        (Err(e), Target::Node(peer), Some(relay)) if e.is_connect() && !known_unreachable => {
+            let response = client
                 .with_signature(method, &relay, &header, body)
                 .send()
                 .await
@@ -191,7 +233,11 @@ pub async fn call(
                         error_chain(&e),
                         error_chain(&relayed)
                     ))
-                })?
+                })?;
+            if response.status().is_success() {
+                client.learn(&peer.id, false);
+            }
+            response
         }
         (Err(e), _, _) => return Err(CallError::Unreachable(error_chain(&e))),
     };
@@ -239,9 +285,16 @@ pub async fn call(
         }
     }
     if status.is_success() {
-        return serde_json::from_slice(&body).map_err(|e| {
+        let response = serde_json::from_slice(&body).map_err(|e| {
             CallError::Unreachable(format!("answer is not an overlay response: {e}"))
-        });
+        })?;
+        // A search says which candidates can be connected to.
+        if let Response::Candidates { candidates } = &response {
+            for c in candidates {
+                client.learn(&c.peer.id, c.holding.reachable);
+            }
+        }
+        return Ok(response);
     }
     Err(CallError::Refused(refusal(status, &body)))
 }

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 pub use http::PortalError;
 pub use place::{forget_place, report_place};
-use pull::SteeredPull;
+use pull::{SteeredPull, Upstream};
 pub use report::{EventLine, HeldReport, Report, TicketReport};
 pub use streams::{drop_idle_views, list_streams, PublishGuard, RelistError, Role, WatchError};
 pub use viewers::{TicketRefused, ViewerSlot, UNUSED_FOR as VIEWER_TICKET_LIFETIME};
@@ -308,8 +308,7 @@ impl Node {
                 parent,
                 token,
             } => {
-                let url =
-                    crate::rtmp::url::RtmpUrl::for_ticket(parent.rtmp, stream.as_str(), &token);
+                let url = Upstream::new(&stream, parent, token);
                 let pulled = lock(&self.control.state)
                     .pulls
                     .get(&stream)
@@ -333,6 +332,32 @@ impl Node {
                 if lock(&self.control.state).pulls.remove(&stream).is_some() {
                     tracing::info!(%stream, "stopped relaying");
                 }
+            }
+            Output::Dial {
+                stream,
+                ticket,
+                child,
+                nonce,
+            } => {
+                let node = Arc::clone(self);
+                let bind = self.config().rtmp.ip();
+                let span = tracing::info_span!("dial", %stream, child = %child.id);
+                tokio::spawn(tracing::Instrument::instrument(
+                    async move {
+                        tracing::info!(%ticket, to = %child.rtmp, "the child cannot connect here: dialling it");
+                        let served = match crate::rtmp::dial::call_child(bind, child.rtmp, &nonce)
+                            .await
+                        {
+                            Ok(socket) => crate::rtmp::server::serve_dialled(socket, node).await,
+                            Err(e) => Err(e),
+                        };
+                        match served {
+                            Ok(()) => tracing::debug!("closed"),
+                            Err(e) => tracing::info!("closed: {e}"),
+                        }
+                    },
+                    span,
+                ));
             }
             Output::Kick { stream, ticket } => {
                 if lock(&self.control.state)
@@ -397,7 +422,7 @@ impl Node {
     }
 
     fn steer_pull(self: &Arc<Self>, stream: StreamId, parent: Peer, token: String) {
-        let url = crate::rtmp::url::RtmpUrl::for_ticket(parent.rtmp, stream.as_str(), &token);
+        let url = Upstream::new(&stream, parent, token);
         let mut state = lock(&self.control.state);
         if let Some(pull) = state.pulls.get(&stream) {
             pull.steer(url);

@@ -16,13 +16,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use overlay::Input;
-use proto::overlay::StreamId;
+use overlay::{Input, Target};
+use proto::overlay::{Peer, Request, StreamId};
 use proto::portal::{TamperReport, MAX_TAMPER_WHAT};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 
+use super::http;
 use super::seals::{SealCheck, Tamper};
 use crate::hub::{Feed, Hub, HubError, Publisher};
 use crate::rtmp::client::{Player, Received};
@@ -33,12 +34,14 @@ use proto::seal::Seal;
 
 /// A new parent must connect and send its first tag within this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The same for a parent that connects here: the request goes through the portal.
+const REVERSED_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Command {
     /// Move to this parent (or reconnect to the same one with a new ticket).
-    Steer(RtmpUrl),
+    Steer(Upstream),
     /// Play this standby parent too; `None` stops the standby.
-    Standby(Option<RtmpUrl>),
+    Standby(Option<Upstream>),
     /// The parent failed: the standby is the parent now.
     Promote,
 }
@@ -60,7 +63,7 @@ impl SteeredPull {
         node: &Arc<Node>,
         hub: &Arc<Hub>,
         stream: StreamId,
-        url: RtmpUrl,
+        url: Upstream,
         stall_timeout: Duration,
     ) -> Result<SteeredPull, HubError> {
         let publisher = hub.claim(Feed::Upstream {
@@ -86,12 +89,12 @@ impl SteeredPull {
     }
 
     /// Moves to a new parent (or reconnects to the same one with a new ticket).
-    pub fn steer(&self, url: RtmpUrl) {
+    pub fn steer(&self, url: Upstream) {
         let _ = self.commands.send(Command::Steer(url));
     }
 
     /// Plays a standby parent as well, or stops it.
-    pub fn standby(&self, url: Option<RtmpUrl>) {
+    pub fn standby(&self, url: Option<Upstream>) {
         let _ = self.commands.send(Command::Standby(url));
     }
 
@@ -123,7 +126,7 @@ type Connecting = Pin<Box<dyn Future<Output = Result<(Player, Vec<Received>), Rt
 /// A parent that delivers.
 struct Link {
     player: Player,
-    url: RtmpUrl,
+    url: Upstream,
     last_media: Instant,
     /// Silent for the stall timeout, and reported. The connection stays: a parent that
     /// is repairing itself sends again on it once it has the stream back, and the
@@ -143,11 +146,11 @@ impl Puller {
         }
     }
 
-    async fn run(self, first: RtmpUrl, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(self, first: Upstream, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut url = first.clone();
         let mut connecting = Some(self.connect(first));
         let mut current: Option<Link> = None;
-        let mut standby_url: Option<RtmpUrl> = None;
+        let mut standby_url: Option<Upstream> = None;
         let mut standby_connecting: Option<Connecting> = None;
         let mut standby: Option<Link> = None;
         // Silence is checked a few times per stall timeout, for both parents.
@@ -203,7 +206,7 @@ impl Puller {
                             tracing::info!(parent = %url, switched, "relaying");
                             self.report(Input::Flowing { stream: self.stream.clone() });
                         }
-                        Ok(Err((parent, tamper))) => self.tampered(&parent, &tamper),
+                        Ok(Err(tamper)) => self.tampered(&url, &tamper),
                         Err(e) => {
                             tracing::warn!(parent = %url, "cannot pull: {e}");
                             self.report(Input::Stalled { stream: self.stream.clone() });
@@ -219,7 +222,7 @@ impl Puller {
                             standby = Some(link);
                             self.report(Input::StandbyFlowing { stream: self.stream.clone() });
                         }
-                        Ok(Err((_, tamper))) => self.standby_lost(&to, &tamper.to_string()),
+                        Ok(Err(tamper)) => self.standby_lost(&to, &tamper.to_string()),
                         Err(e) => self.standby_lost(&to, &e.to_string()),
                     }
                 }
@@ -288,8 +291,8 @@ impl Puller {
     fn link(
         &self,
         (player, first): (Player, Vec<Received>),
-        url: RtmpUrl,
-    ) -> Result<Link, (RtmpUrl, Tamper)> {
+        url: Upstream,
+    ) -> Result<Link, Tamper> {
         let mut link = Link {
             player,
             url,
@@ -299,14 +302,12 @@ impl Puller {
             seals: SealCheck::new(self.stream.as_str()),
         };
         for received in first {
-            if let Err(tamper) = self.take(&mut link, received) {
-                return Err((link.url, tamper));
-            }
+            self.take(&mut link, received)?;
         }
         Ok(link)
     }
 
-    fn standby_lost(&self, parent: &RtmpUrl, why: &str) {
+    fn standby_lost(&self, parent: &Upstream, why: &str) {
         tracing::info!(%parent, "standby lost: {why}");
         self.report(Input::StandbyLost {
             stream: self.stream.clone(),
@@ -338,7 +339,7 @@ impl Puller {
 
     /// A parent sent what the source did not seal: it is dropped, and the engine
     /// told, which goes elsewhere and keeps away from it.
-    fn tampered(&self, parent: &RtmpUrl, tamper: &Tamper) {
+    fn tampered(&self, parent: &Upstream, tamper: &Tamper) {
         self.publisher.hub().metrics().tampered.inc();
         tracing::warn!(%parent, "the parent sent {tamper}: dropped, and avoided from now on");
         self.publisher.set_upstream(parent.to_string(), false);
@@ -365,7 +366,7 @@ impl Puller {
     /// The parent that fed the hub is gone. While a new parent is being connected
     /// (a move: the old one let us go once we knew where to go), that connection
     /// reports for itself, `Flowing` or `Stalled`.
-    fn lost(&self, parent: &RtmpUrl, why: &str, moving: bool) {
+    fn lost(&self, parent: &Upstream, why: &str, moving: bool) {
         self.publisher.hub().metrics().reconnects.inc();
         if moving {
             tracing::info!(%parent, "left the previous parent: {why}");
@@ -387,17 +388,34 @@ impl Puller {
 
     /// Connects to a parent; once the hub has frames, it asks for only the ones
     /// after them, which the parent keeps for a while: a failover or a move then
-    /// loses no frame, and the parent sends no GOP that this box already has.
-    fn connect(&self, url: RtmpUrl) -> Connecting {
+    /// loses no frame, and the parent sends no GOP that this box already has. A
+    /// parent that cannot be connected to is asked to connect here instead
+    /// (connection reversal, `crate::rtmp::dial`).
+    fn connect(&self, upstream: Upstream) -> Connecting {
         let bind = self.bind;
         let url = match self.publisher.hub().last_video() {
-            Some(after) => url.resuming_after(after),
-            None => url,
+            Some(after) => upstream.url.resuming_after(after),
+            None => upstream.url,
         }
         .proven_by(&self.key);
+        let node = self.node.clone();
+        let stream = self.stream.clone();
+        let (parent, token) = (upstream.parent, upstream.token);
         Box::pin(async move {
-            timeout(CONNECT_TIMEOUT, async {
-                let socket = connect_from(bind, &url).await?;
+            let reversed = node
+                .upgrade()
+                .is_some_and(|n| n.control().client.is_unreachable(&parent.id));
+            let limit = if reversed {
+                REVERSED_CONNECT_TIMEOUT
+            } else {
+                CONNECT_TIMEOUT
+            };
+            timeout(limit, async {
+                let socket = if reversed {
+                    dialled_by(node, stream, parent, token).await?
+                } else {
+                    crate::rtmp::dial::connect_from(bind, resolve(&url).await?).await?
+                };
                 let mut player = Player::play_on(socket, &url).await?;
                 let mut first = Vec::new();
                 loop {
@@ -415,24 +433,68 @@ impl Puller {
     }
 }
 
-/// Connects to `url` from `bind` when that is a specific address.
-async fn connect_from(
-    bind: std::net::IpAddr,
-    url: &RtmpUrl,
-) -> Result<tokio::net::TcpStream, RtmpError> {
-    let addr = tokio::net::lookup_host(url.authority())
+/// A parent to play from: its ticket's URL and token, and the box, asked to connect
+/// here when it cannot be connected to.
+#[derive(Clone)]
+pub struct Upstream {
+    pub url: RtmpUrl,
+    pub parent: Peer,
+    pub token: String,
+}
+
+impl Upstream {
+    pub fn new(stream: &StreamId, parent: Peer, token: String) -> Upstream {
+        Upstream {
+            url: RtmpUrl::for_ticket(parent.rtmp, stream.as_str(), &token),
+            parent,
+            token,
+        }
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.url.fmt(f)
+    }
+}
+
+/// The address of `url`'s host.
+async fn resolve(url: &RtmpUrl) -> Result<std::net::SocketAddr, RtmpError> {
+    tokio::net::lookup_host(url.authority())
         .await?
         .next()
-        .ok_or_else(|| RtmpError::Refused(format!("{} has no address", url.host)))?;
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
+        .ok_or_else(|| RtmpError::Refused(format!("{} has no address", url.host)))
+}
+
+/// Asks `parent` to connect to this box for the play with `token`, and waits for it
+/// to.
+async fn dialled_by(
+    node: Weak<Node>,
+    stream: StreamId,
+    parent: Peer,
+    token: String,
+) -> Result<tokio::net::TcpStream, RtmpError> {
+    let node = node
+        .upgrade()
+        .ok_or(RtmpError::Closed("as the box stops"))?;
+    let awaited = node.dials.expect();
+    let request = Request::Dial {
+        stream,
+        token,
+        nonce: awaited.nonce.clone(),
     };
-    if !bind.is_unspecified() && bind.is_ipv4() == addr.is_ipv4() {
-        socket.bind(std::net::SocketAddr::new(bind, 0))?;
-    }
-    Ok(socket.connect(addr).await?)
+    tracing::debug!(parent = %parent.id, "the parent cannot be connected to: asking it to dial");
+    let control = node.control();
+    http::call(
+        &control.client,
+        control.portal(),
+        &Target::Node(parent),
+        &request,
+    )
+    .await
+    .map_err(|e| RtmpError::Refused(format!("the parent would not dial: {e:?}")))?;
+    drop(node);
+    awaited.arrival().await
 }
 
 async fn wait(connecting: &mut Option<Connecting>) -> Result<(Player, Vec<Received>), RtmpError> {

@@ -5,8 +5,10 @@
 //! the box's API and RTMP ports. A box that answers is reachable there. One that does
 //! not, and sits on a private address, asks its router for port mappings (UPnP IGD,
 //! then PCP and NAT-PMP: `mapping.rs`) and is dialled back again on the mapped ports.
-//! A box no one can reach plays as a viewer: it offers no forward slot, and says why
-//! in `GET /status` (`astral status`, the admin page).
+//! A box no one can reach says why in `GET /status` (`astral status`, the admin page).
+//! It forwards only to boxes that can be reached, by connecting to them (connection
+//! reversal: `Request::Dial`, `crate::rtmp::dial`); with `reversal = false` it offers
+//! no forward slot and plays as a viewer.
 //!
 //! Afterwards mappings are renewed at half their lease and the check repeated every
 //! `RECHECK` (`RECHECK_UNKNOWN` while no portal has answered); a box that becomes
@@ -73,8 +75,9 @@ impl Reach {
         lock(&self.report).clone()
     }
 
-    /// Whether the box may offer forward slots: unless it knows it cannot be reached.
-    pub fn can_forward(&self) -> bool {
+    /// Whether boxes beyond the router can connect to this one: unless it found that
+    /// they cannot.
+    pub fn can_be_reached(&self) -> bool {
         lock(&self.report).state != ReachState::Unreachable
     }
 }
@@ -108,7 +111,7 @@ pub async fn settle(
             return None;
         }
     };
-    let report = report_of(&round);
+    let report = report_of(&round, node.config().reversal);
     let advertised = report.api.zip(report.rtmp);
     let address = round.answer.address;
     match &report.why {
@@ -194,7 +197,9 @@ fn local_address(node: &Node, api: SocketAddr) -> IpAddr {
     crate::route_to_portal(node.config().portal.as_deref()).unwrap_or(api.ip())
 }
 
-fn report_of(round: &Round) -> ReachReport {
+/// What a round found; `reversal` says whether a box that cannot be reached forwards
+/// to boxes that can.
+fn report_of(round: &Round, reversal: bool) -> ReachReport {
     let address = round.answer.address;
     let reachable = round.answer.reachable();
     ReachReport {
@@ -206,13 +211,13 @@ fn report_of(round: &Round) -> ReachReport {
         api: Some(SocketAddr::new(address, round.api_port)),
         rtmp: Some(SocketAddr::new(address, round.rtmp_port)),
         mapped_by: round.mapped_by.map(|p| p.to_string()),
-        why: (!reachable).then(|| why(round)),
+        why: (!reachable).then(|| why(round, reversal)),
         known_after_ms: None,
     }
 }
 
 /// Why a box cannot be reached, and what its owner can do.
-fn why(round: &Round) -> String {
+fn why(round: &Round, reversal: bool) -> String {
     let mut why: Vec<String> = [&round.answer.api, &round.answer.rtmp]
         .into_iter()
         .filter_map(|d| d.error.clone())
@@ -230,10 +235,13 @@ fn why(round: &Round) -> String {
             round.api_port, round.rtmp_port, round.local
         ),
     };
-    format!(
-        "{}. To forward streams to other boxes: {fix}",
-        why.join("; ")
-    )
+    let forwards = if reversal {
+        "It forwards only to boxes that can be reached, by connecting to them. \
+         To forward to any box"
+    } else {
+        "To forward streams to other boxes"
+    };
+    format!("{}. {forwards}: {fix}", why.join("; "))
 }
 
 fn unknown(why: String) -> ReachReport {
@@ -244,16 +252,17 @@ fn unknown(why: String) -> ReachReport {
     }
 }
 
-/// Records a new report; a change of whether the box can forward changes its slots.
+/// Records a new report; a change of whether the box can be reached changes its
+/// card, and its slots without reversal.
 fn set(node: &Arc<Node>, mut report: ReachReport) {
-    let before = node.reach.can_forward();
+    let before = node.reach.can_be_reached();
     let mut held = lock(&node.reach.report);
     report.known_after_ms = held.known_after_ms.or_else(|| {
         (report.state != ReachState::Unknown).then(|| node.uptime().as_millis() as u64)
     });
     *held = report;
     drop(held);
-    if node.reach.can_forward() != before {
+    if node.reach.can_be_reached() != before {
         node.capacity_changed();
     }
 }
@@ -284,7 +293,7 @@ pub async fn keep(node: Arc<Node>, api: SocketAddr, rtmp: SocketAddr) {
                 let advertised = lock(&node.reach.report).api;
                 match check(&node, api, rtmp).await {
                     Ok(round) => {
-                        let report = report_of(&round);
+                        let report = report_of(&round, node.config().reversal);
                         if advertised.is_some() && report.api != advertised {
                             tracing::warn!(
                                 before = ?advertised,

@@ -3,6 +3,7 @@
 
 pub mod chunk;
 pub mod client;
+pub mod dial;
 pub mod guard;
 pub mod meta;
 mod outbox;

@@ -25,6 +25,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tracing::Instrument;
 
 use super::chunk;
+use super::dial;
 use super::guard::ChunkGuard;
 use super::meta::{self, MetaSender};
 use super::outbox::Outbox;
@@ -129,8 +130,30 @@ pub async fn serve_stream(
     Connection::run_on(reader, writer, peer, node).await
 }
 
+/// Serves the play of a child this box dialled (connection reversal, `super::dial`)
+/// on the connection it made, as on one it accepted.
+pub async fn serve_dialled(socket: TcpStream, node: Arc<Node>) -> Result<(), RtmpError> {
+    Connection::serve(socket, node).await
+}
+
 impl Connection {
+    /// An accepted connection: RTMP, or a parent this box asked to dial it.
     async fn run(socket: TcpStream, node: Arc<Node>) -> Result<(), RtmpError> {
+        let mut first = [0u8; 1];
+        let n = timeout(HANDSHAKE_TIMEOUT, socket.peek(&mut first))
+            .await
+            .map_err(|_| RtmpError::Timeout("the handshake"))??;
+        if n == 0 {
+            return Err(RtmpError::Closed(BEFORE_HANDSHAKE));
+        }
+        if dial::is_preface(first[0]) {
+            tracing::debug!("a parent dialled this box");
+            return node.dials.arrived(socket).await;
+        }
+        Connection::serve(socket, node).await
+    }
+
+    async fn serve(socket: TcpStream, node: Arc<Node>) -> Result<(), RtmpError> {
         crate::tune_player_socket(&socket)?;
         let peer = socket.peer_addr()?;
         let (reader, writer) = socket.into_split();
