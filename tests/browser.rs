@@ -336,4 +336,40 @@ fn the_portal_and_the_box_pages_work_in_chromium() {
         .as_array()
         .unwrap()
         .contains(&json!("b3")));
+
+    // The owner's page: the source's owner claims it with the code its admin page
+    // showed, and stops and starts its broadcast through the portal.
+    let code = admin["pairingCode"].as_str().unwrap();
+    assert_eq!(code.len(), 9, "{admin}");
+    let boxes = browser("boxes", json!({"portal": portal, "code": code}));
+    assert!(
+        boxes["key"]
+            .as_str()
+            .unwrap()
+            .starts_with("Your owner key: "),
+        "{boxes}"
+    );
+    assert!(
+        boxes["wrong"]
+            .as_str()
+            .unwrap()
+            .contains("no box online shows that pairing code"),
+        "{boxes}"
+    );
+    let source_id = chain.source.status()["peer"]["id"].clone();
+    assert_eq!(boxes["box"], source_id, "{boxes}");
+    assert!(
+        boxes["card"].as_str().unwrap().contains("online"),
+        "{boxes}"
+    );
+    assert_eq!(boxes["before"], "live");
+    assert_eq!(boxes["stopped"], "source: broadcast stopped");
+    assert_eq!(boxes["after"], "live");
+    assert_eq!(boxes["pageErrors"], json!([]));
+    let log = chain.source.log();
+    assert!(
+        log.contains("broadcast stopped by the admin API")
+            && log.contains("PUT /broadcast from the owner through the portal: 200"),
+        "the box logs its owner's commands:\n{log}"
+    );
 }

@@ -210,4 +210,131 @@ fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
     )
     .expect("an answer signed for the ping");
     assert_eq!(by.node.to_string(), unmapped_id, "{body}");
+
+    // Its owner manages it from the portal, through the same channel: it claims the
+    // box with the pairing code the box shows its admin, then reads its status and
+    // changes its settings.
+    let portal = format!("http://{}:8080", bed.portal.ip);
+    let code = bed.viewers[unmapped].get_as_admin("/owner").unwrap()["pairing_code"]
+        .as_str()
+        .expect("an unowned box has a pairing code")
+        .to_owned();
+    assert!(
+        bed.viewers[unmapped]
+            .log()
+            .contains(&format!("pairing code {code}")),
+        "and logs it"
+    );
+    let new_owner = || -> String {
+        let text = ureq::post(&format!("{portal}/api/owners"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let owner: Value = serde_json::from_str(&text).unwrap();
+        format!("Bearer {}", owner["token"].as_str().unwrap())
+    };
+    let owner = new_owner();
+    let call = |auth: &str, method: &str, path: &str, body: Option<Value>| {
+        let request = ureq::request(method, &format!("{portal}{path}"))
+            .set("authorization", auth)
+            .timeout(Duration::from_secs(10));
+        let answer = match body {
+            Some(body) => request
+                .set("content-type", "application/json")
+                .send_string(&body.to_string()),
+            None => request.call(),
+        };
+        let (status, text) = match answer {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(status, r)) => (status, r.into_string().unwrap()),
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        (
+            status,
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+        )
+    };
+    let claim = |auth: &str, code: &str| {
+        call(
+            auth,
+            "POST",
+            "/api/owner/boxes",
+            Some(serde_json::json!({ "code": code })),
+        )
+    };
+    let (status, body) = claim(&owner, "AAAA-AAAA");
+    assert_eq!(status, 404, "no box shows that code: {body}");
+    let (status, body) = claim(&owner, &code.to_lowercase());
+    assert_eq!(status, 201, "{body}\n{logs}");
+    assert_eq!(body["node"].as_str(), Some(unmapped_id.as_str()));
+    let (status, body) = claim(&new_owner(), &code);
+    assert_eq!(status, 404, "the code is gone once used: {body}");
+    let owned = bed.viewers[unmapped].get_as_admin("/owner").unwrap();
+    assert!(owned["pairing_code"].is_null(), "{owned}");
+
+    let (status, boxes) = call(&owner, "GET", "/api/owner/boxes", None);
+    assert_eq!(status, 200, "{boxes}");
+    let listed = &boxes[0];
+    assert_eq!(
+        listed["node"].as_str(),
+        Some(unmapped_id.as_str()),
+        "{boxes}"
+    );
+    assert_eq!(listed["online"], true);
+    assert_eq!(
+        listed["status"]["reach"]["state"], "unreachable",
+        "{listed}"
+    );
+    assert_eq!(
+        listed["status"]["overlay"]["streams"][0]["depth"], 1,
+        "its place in the tree: {listed}"
+    );
+
+    let config = format!("/api/owner/boxes/{unmapped_id}/config");
+    let (status, body) = call(
+        &owner,
+        "PATCH",
+        &config,
+        Some(serde_json::json!({ "max_forwards": 2 })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let slots = eventually(Duration::from_secs(5), || {
+        (place(&bed, unmapped)["slots"] == 2).then_some(())
+    });
+    assert!(slots.is_some(), "two slots now: {}", place(&bed, unmapped));
+    let (_, effective) = call(&owner, "GET", &config, None);
+    assert_eq!(effective["max_forwards"], 2, "{effective}");
+    let (status, body) = call(
+        &owner,
+        "PUT",
+        &format!("/api/owner/boxes/{unmapped_id}/broadcast"),
+        Some(serde_json::json!({ "on": true })),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no source configured"),
+        "{body}"
+    );
+    let (status, body) = call(
+        &owner,
+        "POST",
+        &format!("/api/owner/boxes/{unmapped_id}/leave"),
+        None,
+    );
+    assert_eq!(
+        status, 403,
+        "an owner cannot stop the box from afar: {body}"
+    );
+    let (status, body) = call(&new_owner(), "GET", &config, None);
+    assert_eq!(status, 404, "nor can anyone but its owner: {body}");
+    let log = bed.viewers[unmapped].log();
+    assert!(
+        log.contains("PATCH /config from the owner through the portal: 200"),
+        "every command is logged on the box:\n{log}"
+    );
+    assert!(log.contains("refused POST /leave from the portal"), "{log}");
 }

@@ -5,6 +5,10 @@
 //! if it had come in directly from the caller's address (signature, limits, the
 //! engine), and sends the signed answer back. A lost channel is opened again, after
 //! 1 s doubling to 30 s.
+//!
+//! The channel also carries the box's management by its owner (`crate::owner`): the
+//! box says who owns it or its pairing code, takes a claim with that code, and runs
+//! its owner's commands through its admin routes, each one authorised and logged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,11 +90,15 @@ async fn open(node: &Node, portal: &str) -> Result<Socket, String> {
     Ok(socket)
 }
 
-/// Answers the requests that come down the channel until it closes.
+/// Answers the requests that come down the channel until it closes, and tells the
+/// portal who owns the box whenever that changes.
 async fn serve(node: &Arc<Node>, socket: Socket) -> Result<(), String> {
     let (mut to_portal, mut from_portal) = socket.split();
     let (answers, mut answered) = mpsc::unbounded_channel::<ChannelMessage>();
     let routes = crate::api::peer_router(Arc::clone(node));
+    let admin = crate::api::router(Arc::clone(node));
+    let mut owner = node.owner.watch();
+    owner.mark_changed();
     loop {
         tokio::select! {
             message = from_portal.next() => {
@@ -100,29 +108,136 @@ async fn serve(node: &Arc<Node>, socket: Socket) -> Result<(), String> {
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(e.to_string()),
                 };
-                let request = match serde_json::from_str::<ChannelMessage>(&text) {
-                    Ok(request @ ChannelMessage::Request { .. }) => request,
-                    _ => {
-                        tracing::debug!("the portal sent something else than a request");
+                let message = match serde_json::from_str::<ChannelMessage>(&text) {
+                    Ok(message) => message,
+                    Err(e) => {
+                        tracing::debug!("the portal sent what is not a channel message: {e}");
                         continue;
                     }
                 };
-                let (routes, answers) = (routes.clone(), answers.clone());
-                tokio::spawn(async move {
-                    if let Some(answer) = dispatch(routes, request).await {
+                let answers = answers.clone();
+                match message {
+                    request @ ChannelMessage::Request { .. } => {
+                        let routes = routes.clone();
+                        tokio::spawn(async move {
+                            if let Some(answer) = dispatch(routes, request).await {
+                                let _ = answers.send(answer);
+                            }
+                        });
+                    }
+                    ChannelMessage::Claim { id, owner, code } => {
+                        let now = web::signed::now_unix_ms() / 1000;
+                        let answer = match node.owner.claim(&owner, &code, now) {
+                            Ok(()) => answer(id, 200, serde_json::json!({ "owner": owner })),
+                            Err(refused) => {
+                                tracing::info!(%owner, "a claim through the portal refused: {refused}");
+                                answer(id, refused.status, serde_json::json!({ "error": refused.message }))
+                            }
+                        };
                         let _ = answers.send(answer);
                     }
-                });
+                    command @ ChannelMessage::Command { .. } => {
+                        let (node, admin) = (Arc::clone(node), admin.clone());
+                        tokio::spawn(async move {
+                            if let Some(answer) = command_of_owner(&node, admin, command).await {
+                                let _ = answers.send(answer);
+                            }
+                        });
+                    }
+                    _ => tracing::debug!("the portal sent a message meant for it"),
+                }
             }
-            Some(answer) = answered.recv() => {
-                let text = serde_json::to_string(&answer).map_err(|e| e.to_string())?;
-                to_portal
-                    .send(Message::Text(text.into()))
-                    .await
-                    .map_err(|e| e.to_string())?;
+            Ok(()) = owner.changed() => {
+                let state = owner.borrow_and_update().clone();
+                let pairing = ChannelMessage::Pairing {
+                    owner: state.owner.map(|o| o.owner),
+                    code: state.pairing_code,
+                };
+                send(&mut to_portal, &pairing).await?;
             }
+            Some(answer) = answered.recv() => send(&mut to_portal, &answer).await?,
         }
     }
+}
+
+async fn send(
+    to_portal: &mut (impl SinkExt<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin),
+    message: &ChannelMessage,
+) -> Result<(), String> {
+    let text = serde_json::to_string(message).map_err(|e| e.to_string())?;
+    to_portal
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn answer(id: u64, status: u16, body: serde_json::Value) -> ChannelMessage {
+    ChannelMessage::Answer {
+        id,
+        status,
+        signature: None,
+        body: body.to_string(),
+    }
+}
+
+/// Runs an owner's command through the box's admin routes, with the box's own
+/// admin token, once the owner and the route are allowed; logs it either way.
+async fn command_of_owner(
+    node: &Node,
+    admin: axum::Router,
+    command: ChannelMessage,
+) -> Option<ChannelMessage> {
+    let ChannelMessage::Command {
+        id,
+        owner,
+        method,
+        path,
+        body,
+    } = command
+    else {
+        return None;
+    };
+    if let Err(refused) = node.owner.authorise(&owner, &method, &path) {
+        tracing::warn!(%owner, "refused {method} {path} from the portal: {refused}");
+        return Some(answer(
+            id,
+            refused.status,
+            serde_json::json!({ "error": refused.message }),
+        ));
+    }
+    let request = axum::http::Request::builder()
+        .method(method.as_str())
+        .uri(&path)
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .header(
+            axum::http::header::AUTHORIZATION,
+            format!("Bearer {}", node.admin_token),
+        )
+        .body(Body::from(body.clone()));
+    let Ok(request) = request else {
+        return Some(answer(
+            id,
+            400,
+            serde_json::json!({ "error": "a malformed command" }),
+        ));
+    };
+    let response = admin.oneshot(request).await.ok()?;
+    let status = response.status().as_u16();
+    let answered = axum::body::to_bytes(response.into_body(), MAX_ANSWER)
+        .await
+        .ok()?;
+    // Reads are routine; changes are the owner's acts on the box.
+    if method == "GET" {
+        tracing::debug!(%owner, "{method} {path} from the owner through the portal: {status}");
+    } else {
+        tracing::info!(%owner, %body, "{method} {path} from the owner through the portal: {status}");
+    }
+    Some(ChannelMessage::Answer {
+        id,
+        status,
+        signature: None,
+        body: String::from_utf8_lossy(&answered).into_owned(),
+    })
 }
 
 /// Runs one relayed request through the box's peer routes.

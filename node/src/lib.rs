@@ -21,6 +21,7 @@ pub mod hub;
 pub mod identity;
 pub mod logs;
 pub mod metrics;
+pub mod owner;
 pub mod panel;
 pub mod reach;
 mod reconfigure;
@@ -78,6 +79,8 @@ pub struct Node {
     pub(crate) reach: reach::Reach,
     /// Pulls waiting for a parent to connect to this box (connection reversal).
     pub(crate) dials: rtmp::dial::Dials,
+    /// Who manages the box from the portal, or its pairing code.
+    pub(crate) owner: owner::Owner,
 }
 
 impl Node {
@@ -121,6 +124,7 @@ impl Node {
     /// has), whose admin calls need `admin_token`.
     pub fn new(config: Config, me: Peer, key: NodeKey, admin_token: String) -> Arc<Node> {
         let started = Instant::now();
+        let data_dir = config.data_dir.clone();
         // Until the box knows whether others can reach it, the config's slots.
         let (max_forwards, upload_kbps) = config.capacity();
         let card = NodeCard {
@@ -156,6 +160,7 @@ impl Node {
             limits: api::limits::Limits::default(),
             reach: reach::Reach::default(),
             dials: rtmp::dial::Dials::default(),
+            owner: owner::Owner::load(&data_dir),
         });
         // Streams this node knows it may carry exist from the start, so players may
         // connect before the publisher does.
@@ -364,6 +369,7 @@ async fn take_part(node: Arc<Node>, api: SocketAddr, rtmp: SocketAddr) {
     parts.spawn(stills::send_stills(Arc::clone(&node)));
     parts.spawn(reach::keep(Arc::clone(&node), api, rtmp));
     parts.spawn(channel::keep(Arc::clone(&node)));
+    node.owner.log(node.config().portal.as_deref());
     node.join_overlay().await;
     if let Some(source) = &node.config().source {
         node.publish_source(source);

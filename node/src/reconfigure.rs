@@ -26,6 +26,15 @@ pub enum ReconfigureError {
     Source(anyhow::Error),
 }
 
+/// Why the broadcast could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BroadcastError {
+    #[error("this box has no source configured: set `source` first (PATCH /config)")]
+    NoSource,
+    #[error("{0}")]
+    Failed(String),
+}
+
 impl Node {
     /// Applies `patch` (a JSON object of settings) and returns the config now in
     /// force. Blocks while a source restarts: call it off the async runtime.
@@ -70,23 +79,36 @@ impl Node {
 
     /// The button: stops the broadcast, or starts it again. Settings are untouched.
     pub fn toggle_broadcast(self: &Arc<Self>) {
-        let _one_at_a_time = lock(&self.reconfiguring);
-        let config = self.config();
-        let Some(source) = &config.source else {
-            tracing::info!("button pressed, but this box has no source configured");
-            return;
-        };
-        let running = lock(&self.source).is_some();
-        let result = if running {
-            self.apply_source(Some(source), None)
-        } else {
-            self.apply_source(None, Some(source))
-        };
-        match result {
-            Ok(()) if running => tracing::info!("broadcast stopped with the button"),
-            Ok(()) => tracing::info!("broadcast started with the button"),
+        let on = lock(&self.source).is_none();
+        match self.set_broadcast(on, "the button") {
+            Ok(_) => {}
+            Err(BroadcastError::NoSource) => {
+                tracing::info!("button pressed, but this box has no source configured")
+            }
             Err(e) => tracing::warn!("the button could not start the broadcast: {e}"),
         }
+    }
+
+    /// Starts or stops the configured source's broadcast, for `who`; settings are
+    /// untouched. Returns whether anything changed.
+    pub fn set_broadcast(self: &Arc<Self>, on: bool, who: &str) -> Result<bool, BroadcastError> {
+        let _one_at_a_time = lock(&self.reconfiguring);
+        let config = self.config();
+        let source = config.source.as_ref().ok_or(BroadcastError::NoSource)?;
+        let running = lock(&self.source).is_some();
+        if running == on {
+            return Ok(false);
+        }
+        if on {
+            self.apply_source(None, Some(source))
+                .map_err(|e| BroadcastError::Failed(e.to_string()))?;
+            tracing::info!("broadcast started by {who}");
+        } else {
+            self.apply_source(Some(source), None)
+                .map_err(|e| BroadcastError::Failed(e.to_string()))?;
+            tracing::info!("broadcast stopped by {who}");
+        }
+        Ok(true)
     }
 
     /// Starts the configured source, its timestamps from `start_ms`.

@@ -5,6 +5,9 @@
 //! the box's answer back. Requests and answers stay signed by the boxes that made
 //! them: the portal can drop them, not forge them. Only the boxes' peer routes are
 //! relayed (the box's own dispatcher takes nothing else).
+//!
+//! A box also says on its channel who owns it, or its pairing code; owners' claims and
+//! commands (`crate::owners`) go down the same channel.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,12 +45,100 @@ type Relayed = (ChannelMessage, oneshot::Sender<ChannelMessage>);
 pub struct Channels {
     open: Mutex<HashMap<NodeId, (u64, mpsc::Sender<Relayed>)>>,
     next: std::sync::atomic::AtomicU64,
+    /// Pairing codes of unowned boxes with a channel open, as typed codes compare.
+    codes: Mutex<HashMap<String, NodeId>>,
 }
 
 impl Channels {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, (u64, mpsc::Sender<Relayed>)>> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn codes(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeId>> {
+        self.codes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether box `node` has its channel open.
+    pub fn is_open(&self, node: &NodeId) -> bool {
+        self.lock().contains_key(node)
+    }
+
+    /// The unowned box showing pairing code `code`.
+    pub fn box_with_code(&self, code: &str) -> Option<NodeId> {
+        self.codes().get(&normalise(code)).cloned()
+    }
+
+    fn set_code(&self, node: &NodeId, code: Option<&str>) {
+        let mut codes = self.codes();
+        codes.retain(|_, n| n != node);
+        if let Some(code) = code {
+            codes.insert(normalise(code), node.clone());
+        }
+    }
+
+    /// Sends `message` (made with a fresh id) down box `node`'s channel and waits for
+    /// its answer: status, signature and body.
+    pub async fn ask(
+        &self,
+        node: &NodeId,
+        message: impl FnOnce(u64) -> ChannelMessage,
+    ) -> Result<(u16, Option<String>, String)> {
+        self.ask_within(node, ANSWER_TIMEOUT, message).await
+    }
+
+    /// As `ask`, waiting at most `within`.
+    pub async fn ask_within(
+        &self,
+        node: &NodeId,
+        within: Duration,
+        message: impl FnOnce(u64) -> ChannelMessage,
+    ) -> Result<(u16, Option<String>, String)> {
+        let sender = self
+            .lock()
+            .get(node)
+            .map(|(_, sender)| sender.clone())
+            .ok_or_else(|| ApiError::NotFound(format!("box {node} has no control channel open")))?;
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        sender.try_send((message(id), answer)).map_err(|_| {
+            ApiError::Rejected(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("box {node}'s control channel is busy or closing; try again"),
+            )
+        })?;
+        let answer = tokio::time::timeout(within, answered)
+            .await
+            .map_err(|_| {
+                ApiError::Rejected(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "box {node} did not answer within {:.1} s",
+                        within.as_secs_f32()
+                    ),
+                )
+            })?
+            .map_err(|_| ApiError::NotFound(format!("box {node}'s control channel closed")))?;
+        match answer {
+            ChannelMessage::Answer {
+                status,
+                signature,
+                body,
+                ..
+            } => Ok((status, signature, body)),
+            _ => Err(ApiError::Rejected(
+                StatusCode::BAD_GATEWAY,
+                "the box answered with something else than an answer".into(),
+            )),
+        }
+    }
+}
+
+/// A pairing code as typed: case, spaces and dashes do not matter.
+fn normalise(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
 }
 
 pub fn routes() -> Router<State> {
@@ -78,18 +169,25 @@ async fn channel(
         // A box that opens a new channel replaces its old one.
         channels.lock().insert(id.clone(), (serial, sender));
         tracing::debug!(node = %id, "control channel open");
-        carry(socket, requests).await;
+        carry(socket, requests, &state, &id).await;
         let mut open = channels.lock();
         if open.get(&id).is_some_and(|(s, _)| *s == serial) {
             open.remove(&id);
+            drop(open);
+            channels.set_code(&id, None);
         }
         tracing::debug!(node = %id, "control channel closed");
     }))
 }
 
 /// Sends requests down the channel and hands each answer to its waiter, until the box
-/// closes the channel or stops answering pings.
-async fn carry(mut socket: WebSocket, mut requests: mpsc::Receiver<Relayed>) {
+/// closes the channel or stops answering pings; notes what the box says of its owner.
+async fn carry(
+    mut socket: WebSocket,
+    mut requests: mpsc::Receiver<Relayed>,
+    state: &State,
+    node: &NodeId,
+) {
     let mut waiting: HashMap<u64, oneshot::Sender<ChannelMessage>> = HashMap::new();
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut silent = 0;
@@ -97,7 +195,12 @@ async fn carry(mut socket: WebSocket, mut requests: mpsc::Receiver<Relayed>) {
         tokio::select! {
             relayed = requests.recv() => {
                 let Some((request, answer)) = relayed else { return };
-                let ChannelMessage::Request { id, .. } = &request else { continue };
+                let (ChannelMessage::Request { id, .. }
+                | ChannelMessage::Claim { id, .. }
+                | ChannelMessage::Command { id, .. }) = &request
+                else {
+                    continue;
+                };
                 waiting.retain(|_, w| !w.is_closed());
                 waiting.insert(*id, answer);
                 let Ok(text) = serde_json::to_string(&request) else { continue };
@@ -113,6 +216,12 @@ async fn carry(mut socket: WebSocket, mut requests: mpsc::Receiver<Relayed>) {
                             Ok(answer @ ChannelMessage::Answer { id, .. }) => {
                                 if let Some(waiter) = waiting.remove(&id) {
                                     let _ = waiter.send(answer);
+                                }
+                            }
+                            Ok(ChannelMessage::Pairing { owner, code }) => {
+                                state.channels.set_code(node, code.as_deref().filter(|_| owner.is_none()));
+                                if let Err(e) = state.store.box_owned_by(node, owner.as_deref()).await {
+                                    tracing::warn!(%node, "cannot note the box's owner: {e}");
                                 }
                             }
                             _ => tracing::debug!("a control channel sent something else than an answer"),
@@ -142,14 +251,7 @@ async fn relay(
 ) -> Result<HttpResponse> {
     let id = NodeId::new(id).map_err(ApiError::BadRequest)?;
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        ApiError::Rejected(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {MAX_BODY} bytes"),
-        )
-    })?;
-    let body = String::from_utf8(body.to_vec())
-        .map_err(|_| ApiError::BadRequest("a relayed body is UTF-8 text".into()))?;
+    let body = text_body(body, MAX_BODY).await?;
     let path = match parts.uri.query() {
         Some(query) => format!("/{route}?{query}"),
         None => format!("/{route}"),
@@ -159,65 +261,47 @@ async fn relay(
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let sender = state
+    let caller = caller.ip().to_canonical();
+    let method = parts.method.to_string();
+    let (status, signature, body) = state
         .channels
-        .lock()
-        .get(&id)
-        .map(|(_, sender)| sender.clone())
-        .ok_or_else(|| ApiError::NotFound(format!("box {id} has no control channel open")))?;
-    let request = ChannelMessage::Request {
-        id: state
-            .channels
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        method: parts.method.to_string(),
-        path,
-        caller: caller.ip().to_canonical(),
-        signature,
-        body,
-    };
-    let (answer, answered) = oneshot::channel();
-    sender.try_send((request, answer)).map_err(|_| {
-        ApiError::Rejected(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("box {id}'s control channel is busy or closing; try again"),
-        )
-    })?;
-    let answer = tokio::time::timeout(ANSWER_TIMEOUT, answered)
-        .await
-        .map_err(|_| {
-            ApiError::Rejected(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "box {id} did not answer within {} s",
-                    ANSWER_TIMEOUT.as_secs()
-                ),
-            )
-        })?
-        .map_err(|_| ApiError::NotFound(format!("box {id}'s control channel closed")))?;
-    let ChannelMessage::Answer {
-        status,
-        signature,
-        body,
-        ..
-    } = answer
-    else {
-        return Err(ApiError::Rejected(
-            StatusCode::BAD_GATEWAY,
-            "the box answered with something else than an answer".into(),
-        ));
-    };
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = (
-        status,
-        [(header::CONTENT_TYPE, "application/json".to_owned())],
-        body,
-    )
-        .into_response();
+        .ask(&id, |id| ChannelMessage::Request {
+            id,
+            method,
+            path,
+            caller,
+            signature,
+            body,
+        })
+        .await?;
+    let mut response = json_answer(status, body);
     if let Some(signature) = signature.and_then(|s| s.parse().ok()) {
         response
             .headers_mut()
             .insert(HeaderName::from_static(SIGNATURE_HEADER), signature);
     }
     Ok(response)
+}
+
+/// A body carried down a channel: UTF-8 text of at most `max` bytes.
+pub(crate) async fn text_body(body: axum::body::Body, max: usize) -> Result<String> {
+    let body = axum::body::to_bytes(body, max).await.map_err(|_| {
+        ApiError::Rejected(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {max} bytes"),
+        )
+    })?;
+    String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::BadRequest("a body for a box is UTF-8 text".into()))
+}
+
+/// A box's answer from its channel, as the portal's answer.
+pub(crate) fn json_answer(status: u16, body: String) -> HttpResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json".to_owned())],
+        body,
+    )
+        .into_response()
 }

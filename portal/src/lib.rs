@@ -29,6 +29,7 @@
 mod channel;
 mod live;
 mod network;
+mod owners;
 mod reach;
 mod routes;
 mod store;

@@ -130,6 +130,7 @@ pub fn router(state: State) -> Router {
         .merge(crate::network::routes())
         .merge(crate::reach::routes())
         .merge(crate::channel::routes())
+        .merge(crate::owners::routes())
         .fallback(page)
         .method_not_allowed_fallback(|| async {
             ApiError::Rejected(

@@ -441,3 +441,82 @@ impl Store {
             .collect())
     }
 }
+
+/// Owners and the boxes they claimed.
+impl Store {
+    /// Records a new owner, known from now on by the token whose SHA-256 is `token_hash`.
+    pub async fn create_owner(&self, id: &str, token_hash: &str, now: u64) -> sqlx::Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("INSERT INTO owners (id, token_hash, created_at) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(token_hash)
+            .bind(now as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// The owner whose token has this SHA-256.
+    pub async fn owner_by_token(&self, token_hash: &str) -> sqlx::Result<Option<String>> {
+        let row = sqlx::query("SELECT id FROM owners WHERE token_hash = ?")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get("id")))
+    }
+
+    /// `owner` claimed box `node` (the box took the claim).
+    pub async fn own_box(&self, owner: &str, node: &NodeId, now: u64) -> sqlx::Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO owned_boxes (node, owner, claimed_at) VALUES (?, ?, ?)
+             ON CONFLICT (node) DO UPDATE SET owner = excluded.owner,
+                 claimed_at = excluded.claimed_at",
+        )
+        .bind(node.as_str())
+        .bind(owner)
+        .bind(now as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// The box says who owns it (`None`: no one): a claim it no longer holds is
+    /// forgotten. A box never adds an owner this way.
+    pub async fn box_owned_by(&self, node: &NodeId, owner: Option<&str>) -> sqlx::Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM owned_boxes WHERE node = ? AND owner IS NOT ?")
+            .bind(node.as_str())
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    /// The boxes `owner` claimed, with when, oldest first.
+    pub async fn boxes_of(&self, owner: &str) -> sqlx::Result<Vec<(NodeId, u64)>> {
+        let rows = sqlx::query(
+            "SELECT node, claimed_at FROM owned_boxes WHERE owner = ? ORDER BY claimed_at, node",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let at = u64::try_from(row.get::<i64, _>("claimed_at")).unwrap_or(0);
+                Some((NodeId::new(row.get::<String, _>("node")).ok()?, at))
+            })
+            .collect())
+    }
+
+    /// Whether `owner` claimed box `node`.
+    pub async fn owns(&self, owner: &str, node: &NodeId) -> sqlx::Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM owned_boxes WHERE owner = ? AND node = ?")
+            .bind(owner)
+            .bind(node.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+}

@@ -886,3 +886,140 @@ async fn a_browser_without_a_box_is_sent_to_the_shallowest_free_slot() {
         "http://127.0.0.4:8000/streams/cam/viewers"
     );
 }
+
+#[tokio::test]
+async fn owners_claim_boxes_with_their_pairing_code_and_command_them_through_the_channel() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (_dir, portal) = fresh().await;
+    let http = reqwest::Client::new();
+    let as_owner = |token: &str, method: &str, path: &str, body: Option<Value>| {
+        let mut request = http
+            .request(method.parse().unwrap(), format!("{}{path}", portal.url))
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, owner) = portal.call(LOCAL, "POST", "/api/owners", None).await;
+    assert_eq!(status, 201, "{owner}");
+    let token = owner["token"].as_str().unwrap().to_owned();
+    let (status, body) = as_owner("not-a-token", "GET", "/api/owner/boxes", None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = as_owner(&token, "GET", "/api/owner/boxes", None).await;
+    assert_eq!((status, body), (200, json!([])));
+
+    // Box a opens its channel and says its pairing code.
+    let path = format!("/api/nodes/{}/channel", id("a"));
+    let mut request = format!("{}{path}", portal.url.replace("http://", "ws://"))
+        .into_client_request()
+        .unwrap();
+    let signature = sign("a", "GET", &path, b"");
+    request
+        .headers_mut()
+        .insert(SIGNATURE_HEADER, signature.parse().unwrap());
+    let (mut channel, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let pairing = json!({"type": "pairing", "code": "ABCD-EFGH"});
+    channel
+        .send(Message::Text(pairing.to_string().into()))
+        .await
+        .unwrap();
+    let claim = |code: &'static str| {
+        as_owner(
+            &token,
+            "POST",
+            "/api/owner/boxes",
+            Some(json!({ "code": code })),
+        )
+    };
+    let (status, body) = claim("WXYZ-WXYZ").await;
+    assert_eq!(status, 404, "{body}");
+
+    // The claim goes down the channel; the box takes it.
+    let claimed = tokio::spawn(claim("abcd efgh"));
+    let asked = next_text(&mut channel).await;
+    assert_eq!(asked["type"], "claim");
+    assert_eq!(asked["owner"], owner["id"]);
+    assert_eq!(asked["code"], "abcd efgh");
+    let answer = json!({"type": "answer", "id": asked["id"], "status": 200, "body": "{}"});
+    channel
+        .send(Message::Text(answer.to_string().into()))
+        .await
+        .unwrap();
+    let (status, body) = claimed.await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["node"], json!(id("a")));
+
+    // A command goes down the channel with the owner; the box's answer comes back.
+    let config = format!("/api/owner/boxes/{}/config", id("a"));
+    let patched = tokio::spawn(as_owner(
+        &token,
+        "PATCH",
+        &config,
+        Some(json!({"max_forwards": 3})),
+    ));
+    let command = next_text(&mut channel).await;
+    assert_eq!(command["type"], "command");
+    assert_eq!(command["owner"], owner["id"]);
+    assert_eq!(
+        (command["method"].as_str(), command["path"].as_str()),
+        (Some("PATCH"), Some("/config"))
+    );
+    assert_eq!(command["body"], json!({"max_forwards": 3}).to_string());
+    let answer = json!({"type": "answer", "id": command["id"], "status": 200, "body": "{\"max_forwards\":3}"});
+    channel
+        .send(Message::Text(answer.to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(patched.await.unwrap(), (200, json!({"max_forwards": 3})));
+
+    // Another owner reaches neither the box nor its code.
+    let (_, other) = portal.call(LOCAL, "POST", "/api/owners", None).await;
+    let other = other["token"].as_str().unwrap();
+    let (status, body) = as_owner(other, "GET", &config, None).await;
+    assert_eq!(status, 404, "{body}");
+
+    // The box says it is no one's now (released by its admin): the portal forgets
+    // the claim.
+    let released = json!({"type": "pairing", "code": "JKMN-PQRT"});
+    channel
+        .send(Message::Text(released.to_string().into()))
+        .await
+        .unwrap();
+    let forgotten = eventually_async(|| async {
+        let (_, boxes) = as_owner(&token, "GET", "/api/owner/boxes", None).await;
+        (boxes == json!([])).then_some(())
+    })
+    .await;
+    assert!(forgotten.is_some(), "the claim is forgotten");
+}
+
+/// The next text message on a box's channel, as JSON (the portal's pings skipped).
+async fn next_text(
+    channel: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Value {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), channel.next())
+            .await
+            .expect("a message within 5 s")
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            break serde_json::from_str(&text).unwrap();
+        }
+    }
+}

@@ -294,7 +294,8 @@ impl Reachability {
 /// a WebSocket the box opens and keeps open): requests other boxes send it through the
 /// portal (`/api/relay/{id}/…`) when they cannot connect to it, and its answers. The
 /// portal passes both on as they are: signed by their senders, checked by their
-/// receivers.
+/// receivers. And the box's management by its owner: the pairing code it shows, the
+/// claim, and the owner's commands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ChannelMessage {
@@ -310,7 +311,33 @@ pub enum ChannelMessage {
         signature: Option<String>,
         body: String,
     },
-    /// Box to portal: the answer to request `id`.
+    /// Box to portal, as the channel opens and whenever it changes: who owns the box,
+    /// or, while no one does, the code its owner gives the portal to claim it.
+    Pairing {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+    },
+    /// Portal to box: owner `owner` gave the portal this box's pairing code `code`.
+    /// The box takes the owner if the code is its own and no one owns it yet, and
+    /// answers 200.
+    Claim {
+        id: u64,
+        owner: String,
+        code: String,
+    },
+    /// Portal to box: a command of owner `owner`, for one of the box's admin routes
+    /// (`GET /status`, `GET`/`PATCH /config`, `PUT /broadcast`). The box runs it only
+    /// for its owner, and logs it.
+    Command {
+        id: u64,
+        owner: String,
+        method: String,
+        path: String,
+        body: String,
+    },
+    /// Box to portal: the answer to request, claim or command `id`.
     Answer {
         id: u64,
         status: u16,

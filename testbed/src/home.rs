@@ -299,6 +299,11 @@ pub(crate) fn post_inside(ns: &str, url: &str, token: &str) -> anyhow::Result<()
     curl_inside(ns, url, limit, &["-X", "POST", "-H", &header]).map(drop)
 }
 
+pub(crate) fn get_inside(ns: &str, url: &str, token: &str) -> anyhow::Result<String> {
+    let header = format!("authorization: Bearer {token}");
+    curl_inside(ns, url, Duration::from_secs(5), &["-H", &header])
+}
+
 /// curl, in namespace `ns`: the body, or why there is none.
 fn curl_inside(ns: &str, url: &str, limit: Duration, extra: &[&str]) -> anyhow::Result<String> {
     let seconds = format!("{:.1}", limit.as_secs_f64());

@@ -96,6 +96,28 @@ impl Host {
         }
     }
 
+    /// An admin route of this box, with its token.
+    pub fn get_as_admin(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let token = self.admin_token()?;
+        let url = format!("{}{path}", self.api());
+        let text = if self.behind_router {
+            home::get_inside(&self.ns, &url, &token)?
+        } else {
+            ureq::get(&url)
+                .set("authorization", &format!("Bearer {token}"))
+                .timeout(Duration::from_secs(5))
+                .call()
+                .with_context(|| format!("GET {url}"))?
+                .into_string()?
+        };
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// What the box logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("log")).unwrap_or_default()
+    }
+
     pub fn admin_token(&self) -> anyhow::Result<String> {
         let path = self.data_dir.join("admin-token");
         Ok(std::fs::read_to_string(&path)

@@ -45,7 +45,7 @@ const STYLE: Asset = Asset {
 };
 
 /// The portal's files by path. Every page of the portal is the same document: its
-/// script reads the path (`/`, `/watch/ID`, `/map`).
+/// script reads the path (`/`, `/watch/ID`, `/map`, `/boxes`).
 pub fn portal(path: &str) -> Option<Asset> {
     match path {
         "/assets/portal.js" => Some(Asset {
@@ -53,7 +53,7 @@ pub fn portal(path: &str) -> Option<Asset> {
             body: include_bytes!(concat!(env!("OUT_DIR"), "/portal.js")),
         }),
         "/assets/style.css" => Some(STYLE),
-        "/" | "/map" => Some(PORTAL_PAGE),
+        "/" | "/map" | "/boxes" => Some(PORTAL_PAGE),
         _ if path
             .strip_prefix("/watch/")
             .is_some_and(|id| !id.contains('/')) =>

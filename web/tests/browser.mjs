@@ -193,6 +193,31 @@ const scenarios = {
     return { before, after: await snapshot(), redrawnAfterMs: Date.now() - killed };
   },
 
+  /** The owner's page: make an owner key, claim a box with its pairing code, stop
+   * its broadcast and start it again through the portal. */
+  async boxes() {
+    await page.goto(`${cfg.portal}/boxes`);
+    await page.click("#new-owner");
+    await page.waitForSelector("#claim", { timeout: 10000 });
+    const key = await page.textContent("#owner-message");
+    await page.fill("#claim input", "WRONG-CODE");
+    await page.click("#claim button");
+    await page.waitForFunction(() => /no box online/.test(document.getElementById("owner-message")?.textContent), null, { timeout: 10000 });
+    const wrong = await page.textContent("#owner-message");
+    await page.fill("#claim input", cfg.code);
+    await page.click("#claim button");
+    await page.waitForSelector("[data-box] [data-online=true]", { timeout: 15000 });
+    const card = await page.textContent("[data-box]");
+    const broadcast = () => page.getAttribute("[data-box] [data-broadcast]", "data-broadcast");
+    const before = await broadcast();
+    await page.click("[data-box] p button");
+    await page.waitForFunction(() => document.querySelector("[data-box] [data-broadcast]")?.dataset.broadcast === "off", null, { timeout: 20000 });
+    const stopped = await page.textContent("#owner-message");
+    await page.click("[data-box] p button");
+    await page.waitForFunction(() => document.querySelector("[data-box] [data-broadcast]")?.dataset.broadcast === "live", null, { timeout: 30000 });
+    return { key, wrong, card, before, stopped, after: await broadcast(), box: await page.getAttribute("[data-box]", "data-box") };
+  },
+
   /** A box's admin page: a wrong token, the right one, then a new bitrate. */
   async admin() {
     await page.goto(cfg.box);
@@ -224,6 +249,7 @@ const scenarios = {
       documentCookie: await page.evaluate(() => document.cookie),
       cookies: cookies.map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite })),
       status: await page.textContent("#status"),
+      pairingCode: await page.textContent("#pairing-code"),
       stillWidth: await page.evaluate(() => document.querySelector("#stills img").naturalWidth),
       logLines: await page.evaluate(() => document.getElementById("logs").textContent.split("\n").length),
     };

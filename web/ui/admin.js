@@ -75,9 +75,9 @@ async function admin(url, opts = {}) {
 }
 
 async function refresh(panel, stills) {
-  let st, streams;
+  let st, streams, owner;
   try {
-    [st, streams] = await Promise.all([call("/status", same), call("/streams", same)]);
+    [st, streams, owner] = await Promise.all([call("/status", same), call("/streams", same), admin("/owner")]);
   } catch (e) {
     panel.replaceChildren(h("h2", {}, "Status"), h("p", { class: "error" }, `The box does not answer: ${e.message}`));
     return;
@@ -95,6 +95,7 @@ async function refresh(panel, stills) {
         ["Broadcast", h("span", { "data-broadcast": st.broadcast }, st.broadcast)],
         ["Network", o.running ? (o.is_supernode ? `supernode (${o.registered ?? 0} boxes)` : `member of ${o.supernode || "…"}`) : "not in an overlay"],
         ["Reachable", h("span", { "data-reach": st.reach?.state ?? "unknown" }, reachText(st.reach))],
+        ["Portal", h("span", { "data-owner": owner.owner ? "claimed" : "unclaimed" }, ownerText(owner))],
         ["RTMP", st.rtmp],
         ["API", st.api],
       ].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
@@ -208,5 +209,11 @@ main().catch((e) => app.replaceChildren(h("p", { class: "error" }, `This box's p
 function reachText(reach) {
   if (!reach || reach.state === "unknown") return reach?.why ? `not known: ${reach.why}` : "not checked";
   if (reach.state === "reachable") return reach.mapped_by ? `yes, at ${reach.api} (ports mapped over ${reach.mapped_by})` : `yes, at ${reach.api}`;
-  return `no: this box forwards to no one. ${reach.why ?? ""}`;
+  return `no. ${reach.why ?? ""}`;
+}
+
+/** Who manages the box from the portal, or the pairing code that lets its owner claim it. */
+function ownerText(owner) {
+  if (owner.owner) return `managed by ${owner.owner}`;
+  return h("span", {}, "not claimed; pairing code ", h("code", { id: "pairing-code" }, owner.pairing_code ?? "…"), " (give it to the portal to manage this box from there)");
 }

@@ -25,10 +25,10 @@ export function s(tag, attrs = {}, ...children) {
 }
 
 /** A JSON call; throws an Error carrying the API's `{"error", "field"}`. */
-export async function call(url, { method = "GET", body, timeout = 5000, credentials } = {}) {
-  const init = { method, credentials, signal: AbortSignal.timeout(timeout) };
+export async function call(url, { method = "GET", body, timeout = 5000, credentials, headers = {} } = {}) {
+  const init = { method, credentials, headers: { ...headers }, signal: AbortSignal.timeout(timeout) };
   if (body !== undefined) {
-    init.headers = { "Content-Type": "application/json" };
+    init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
   const res = await fetch(url, init);

@@ -1,6 +1,6 @@
-// The portal's pages: the live streams, a stream's watch page, the network map. One
-// WebSocket (/api/map/ws) keeps the state current: a snapshot, then each change; the
-// page in view is drawn again from the state after every change.
+// The portal's pages: the live streams, a stream's watch page, the network map, an
+// owner's boxes. One WebSocket (/api/map/ws) keeps the state current: a snapshot, then
+// each change; the page in view is drawn again from the state after every change.
 
 import mpegts from "mpegts.js";
 import { h, s, call, duration, kbps, now } from "./lib.js";
@@ -510,6 +510,182 @@ const map = {
   },
 };
 
+// ---- an owner's boxes -----------------------------------------------------
+
+/** Where the browser keeps the owner's token (the portal keeps only its hash). */
+const OWNER_KEY = "astral-owner-token";
+
+/** The owner's page: claim a box with its pairing code, see each box and command it
+ * through the portal (its control channel: no port need be open on its router). */
+function boxesPage() {
+  let boxes = [];
+  let message = "";
+  let loading = null;
+  const token = () => localStorage.getItem(OWNER_KEY);
+  const owner = (url, opts = {}) => call(url, { ...opts, timeout: 10000, headers: { Authorization: `Bearer ${token()}` } });
+  const say = (text) => {
+    message = text;
+    redraw();
+  };
+
+  async function load() {
+    if (!token() || loading) return;
+    loading = owner("/api/owner/boxes");
+    try {
+      boxes = await loading;
+    } catch (e) {
+      if (e.status === 401) localStorage.removeItem(OWNER_KEY);
+      message = e.message;
+    }
+    loading = null;
+    redraw();
+  }
+
+  async function command(box, method, route, body, done) {
+    try {
+      await owner(`/api/owner/boxes/${encodeURIComponent(box.node)}/${route}`, { method, body });
+      say(done);
+      load();
+    } catch (e) {
+      say(`${box.status?.name || box.node}: ${e.message}`);
+    }
+  }
+
+  function start() {
+    const key = h("input", { id: "owner-key", size: 40, placeholder: "an owner key from another browser" });
+    return h(
+      "div",
+      { class: "panel", id: "owner-start" },
+      h("h2", {}, "Manage your boxes"),
+      h("p", { class: "dim" }, "An owner key lets you claim boxes and manage them from here. The portal keeps only its hash: keep the key to manage your boxes from another browser."),
+      h(
+        "button",
+        {
+          id: "new-owner",
+          onclick: async () => {
+            try {
+              const created = await call("/api/owners", { method: "POST" });
+              localStorage.setItem(OWNER_KEY, created.token);
+              say(`Your owner key: ${created.token}`);
+              load();
+            } catch (e) {
+              say(e.message);
+            }
+          },
+        },
+        "Make an owner key",
+      ),
+      " or ",
+      key,
+      " ",
+      h(
+        "button",
+        {
+          onclick: () => {
+            localStorage.setItem(OWNER_KEY, key.value.trim());
+            load();
+          },
+        },
+        "Use it",
+      ),
+    );
+  }
+
+  function claimForm() {
+    const code = h("input", { id: "pairing-code", size: 12, placeholder: "XXXX-XXXX", autocomplete: "off" });
+    return h(
+      "form",
+      {
+        class: "panel",
+        id: "claim",
+        onsubmit: async (ev) => {
+          ev.preventDefault();
+          try {
+            const claimed = await owner("/api/owner/boxes", { method: "POST", body: { code: code.value } });
+            say(`Box ${claimed.node} is yours.`);
+            load();
+          } catch (e) {
+            say(e.message);
+          }
+        },
+      },
+      h("h2", {}, "Claim a box"),
+      h("p", { class: "dim" }, "Its pairing code is on the box's admin page and in its log."),
+      code,
+      " ",
+      h("button", { type: "submit" }, "Claim"),
+    );
+  }
+
+  function boxCard(box) {
+    const st = box.status;
+    const name = st?.name || box.node;
+    const places = st?.overlay?.streams ?? [];
+    const on = st?.broadcast && st.broadcast !== "off";
+    const fields = [
+      ["max_forwards", "Forwards", "number"],
+      ["upload_kbps", "Upload (kbit/s)", "number"],
+      ["title", "Title", "text"],
+    ].map(([key, label, type]) => [key, type, label, h("input", { name: key, type, size: 10 })]);
+    const settings = h(
+      "form",
+      {
+        class: "settings",
+        onsubmit: (ev) => {
+          ev.preventDefault();
+          const patch = {};
+          for (const [key, type, , input] of fields) {
+            if (input.value !== "") patch[key] = type === "number" ? Number(input.value) : input.value;
+          }
+          command(box, "PATCH", "config", patch, `${name}: settings saved`);
+        },
+      },
+      fields.map(([, , label, input]) => h("label", {}, label, input)),
+      h("button", { type: "submit" }, "Save"),
+    );
+    return h(
+      "article",
+      { class: "panel", "data-box": box.node },
+      h("h2", {}, name),
+      h(
+        "dl",
+        { class: "facts" },
+        [
+          ["State", h("span", { "data-online": String(box.online) }, box.online ? "online" : "offline (no control channel)")],
+          ["Broadcast", h("span", { "data-broadcast": st?.broadcast ?? "unknown" }, st?.broadcast ?? "unknown")],
+          ["Reachable", st?.reach?.state ?? "unknown"],
+          ["Node", h("code", {}, box.node)],
+          ...places.map((p) => [p.stream, `${p.role}, depth ${p.depth}${p.parent ? `, from ${nameOf(p.parent)}` : ""}, ${p.tickets.length}/${p.slots} forwards`]),
+        ].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
+      ),
+      box.streams.map((e) => h("img", { class: "thumbs", src: thumbnailUrl(e.id) || `/api/streams/${encodeURIComponent(e.id)}/thumbnail.jpg`, alt: `Still of ${e.title}`, width: 240 })),
+      h(
+        "p",
+        {},
+        h("button", { disabled: !box.online, onclick: () => command(box, "PUT", "broadcast", { on: !on }, `${name}: broadcast ${on ? "stopped" : "started"}`) }, on ? "Stop broadcast" : "Start broadcast"),
+      ),
+      box.online ? settings : null,
+    );
+  }
+
+  load();
+  return {
+    draw(app) {
+      const focused = document.activeElement;
+      if (focused && app.contains(focused) && focused.tagName === "INPUT") return;
+      const mine = h("div", { class: "panels", id: "my-boxes" }, boxes.length ? boxes.map(boxCard) : h("p", { class: "empty" }, "No box claimed yet."));
+      app.replaceChildren(
+        h("h1", {}, "My boxes"),
+        ...(message ? [h("p", { class: "status", id: "owner-message" }, message)] : []),
+        ...(token() ? [claimForm(), mine] : [start()]),
+      );
+    },
+    tick() {
+      if (Math.floor(now()) % 5 === 0) load();
+    },
+  };
+}
+
 // ---- navigation -----------------------------------------------------------
 
 let view = { draw() {} };
@@ -524,7 +700,7 @@ function route() {
   } catch {
     /* not a stream's id: the list instead */
   }
-  view = id ? watchPage(id) : path === "/map" ? map : list;
+  view = id ? watchPage(id) : path === "/map" ? map : path === "/boxes" ? boxesPage() : list;
   document.getElementById("app").replaceChildren();
   for (const a of document.querySelectorAll("header a")) {
     a.classList.toggle("here", a.getAttribute("href") === path);

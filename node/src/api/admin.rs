@@ -1,5 +1,5 @@
 //! Admin routes: what the box's owner asks of it (watch, seed, stop, leave, publish
-//! keys, listings, static relays). Each needs `Authorization: Bearer TOKEN`, the token
+//! keys, listings, static relays, settings, the broadcast, its owner at the portal). Each needs `Authorization: Bearer TOKEN`, the token
 //! the node wrote into its data directory on first start.
 
 use std::sync::Arc;
@@ -19,7 +19,8 @@ use super::session::{from_own_page, page_session, session_token};
 use super::ApiError;
 use crate::config::ConfigError;
 use crate::control::{PortalError, Role, WatchError};
-use crate::reconfigure::ReconfigureError;
+use crate::owner::OwnerState;
+use crate::reconfigure::{BroadcastError, ReconfigureError};
 use crate::settings::Effective;
 use crate::Node;
 
@@ -289,4 +290,43 @@ pub async fn patch_config(
             e => ApiError::Internal(e.to_string()),
         })?;
     Ok(Json(Effective::of(&config)))
+}
+
+/// `GET /owner`: who manages the box from the portal, or the pairing code to give it.
+pub async fn get_owner(_: Admin, State(node): State<Arc<Node>>) -> Json<OwnerState> {
+    Json(node.owner.state())
+}
+
+/// `DELETE /owner`: lets the owner go; the box shows a new pairing code.
+pub async fn release_owner(
+    _: Admin,
+    State(node): State<Arc<Node>>,
+) -> Result<Json<OwnerState>, ApiError> {
+    node.owner
+        .release()
+        .map(Json)
+        .map_err(|e| ApiError::Internal(format!("cannot forget the owner: {e}")))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Broadcast {
+    pub on: bool,
+}
+
+/// `PUT /broadcast`: starts or stops the configured source, as the button does.
+pub async fn put_broadcast(
+    _: Admin,
+    State(node): State<Arc<Node>>,
+    body: Result<Json<Broadcast>, JsonRejection>,
+) -> Result<Json<Broadcast>, ApiError> {
+    let Json(wanted) = body?;
+    tokio::task::spawn_blocking(move || node.set_broadcast(wanted.on, "the admin API"))
+        .await
+        .map_err(|e| ApiError::Internal(format!("the broadcast change failed: {e}")))?
+        .map_err(|e| match e {
+            BroadcastError::NoSource => ApiError::Conflict(e.to_string()),
+            BroadcastError::Failed(e) => ApiError::Internal(e),
+        })?;
+    Ok(Json(wanted))
 }

@@ -22,7 +22,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::{Bytes, BytesMut};
 use proto::{PullRequest, StreamInfo, Tag, TagKind};
@@ -152,6 +152,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/map", get(partial_map))
         .route("/leave", post(admin::leave))
         .route("/config", get(admin::get_config).patch(admin::patch_config))
+        .route("/broadcast", put(admin::put_broadcast))
+        .route("/owner", get(admin::get_owner).delete(admin::release_owner))
         .route("/metrics", get(metrics))
         .route("/live/{file}", get(http_flv))
         .merge(peer::routes())
