@@ -473,7 +473,8 @@ impl Node {
         Ok(Response::Done)
     }
 
-    /// On leave: the strongest, oldest child becomes supernode and the others move to it.
+    /// On leave: the strongest, oldest child that can be connected to becomes
+    /// supernode and the others move to it.
     pub(crate) fn sn_hand_off(&mut self) {
         let Some(sn) = self.supernode.take() else {
             return;
@@ -488,7 +489,15 @@ impl Node {
         let successor = sn
             .children
             .values()
-            .max_by_key(|c| (c.card.max_forwards, c.card.upload_kbps, Reverse(c.since)))
+            .max_by_key(|c| {
+                let card = &c.card;
+                (
+                    card.reachable,
+                    card.max_forwards,
+                    card.upload_kbps,
+                    Reverse(c.since),
+                )
+            })
             .map(|c| c.card.peer.clone());
         let Some(successor) = successor else {
             return;

@@ -49,7 +49,14 @@ impl Report {
             .iter()
             .map(|v| {
                 let mut window = v.clone();
-                if let Some(b) = before.viewers.iter().find(|b| b.name == v.name) {
+                // A box whose counters went back (its hub was made again: it stopped
+                // relaying the stream and took it up again) counts from there.
+                let before = before
+                    .viewers
+                    .iter()
+                    .find(|b| b.name == v.name)
+                    .filter(|b| b.frames <= v.frames);
+                if let Some(b) = before {
                     window.frames = v.frames.saturating_sub(b.frames);
                     window.missing = v.missing.saturating_sub(b.missing);
                     window.late = v.late.saturating_sub(b.late);
