@@ -308,11 +308,11 @@ impl Node {
                 parent,
                 token,
             } => {
-                let url = Upstream::new(&stream, parent, token);
+                let upstream = Upstream::new(&stream, parent, token);
                 let pulled = lock(&self.control.state)
                     .pulls
                     .get(&stream)
-                    .map(|pull| pull.standby(Some(url)))
+                    .map(|pull| pull.standby(Some(upstream)))
                     .is_some();
                 if !pulled {
                     self.overlay_input(Input::StandbyLost { stream });
@@ -422,14 +422,15 @@ impl Node {
     }
 
     fn steer_pull(self: &Arc<Self>, stream: StreamId, parent: Peer, token: String) {
-        let url = Upstream::new(&stream, parent, token);
+        let upstream = Upstream::new(&stream, parent, token);
         let mut state = lock(&self.control.state);
         if let Some(pull) = state.pulls.get(&stream) {
-            pull.steer(url);
+            pull.steer(upstream);
             return;
         }
         let hub = self.hub_or_create(stream.as_str());
-        match SteeredPull::spawn(self, &hub, stream.clone(), url, self.config().stall_timeout) {
+        let stall = self.config().stall_timeout;
+        match SteeredPull::spawn(self, &hub, stream.clone(), upstream, stall) {
             Ok(pull) => {
                 state.pulls.insert(stream, pull);
             }

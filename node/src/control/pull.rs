@@ -63,11 +63,11 @@ impl SteeredPull {
         node: &Arc<Node>,
         hub: &Arc<Hub>,
         stream: StreamId,
-        url: Upstream,
+        upstream: Upstream,
         stall_timeout: Duration,
     ) -> Result<SteeredPull, HubError> {
         let publisher = hub.claim(Feed::Upstream {
-            url: url.to_string(),
+            url: upstream.to_string(),
             connected: false,
         })?;
         let (commands, receiver) = mpsc::unbounded_channel();
@@ -82,20 +82,20 @@ impl SteeredPull {
         };
         let span = tracing::info_span!("pull", stream = %hub.name());
         let task = tokio::spawn(tracing::Instrument::instrument(
-            puller.run(url, receiver),
+            puller.run(upstream, receiver),
             span,
         ));
         Ok(SteeredPull { commands, task })
     }
 
     /// Moves to a new parent (or reconnects to the same one with a new ticket).
-    pub fn steer(&self, url: Upstream) {
-        let _ = self.commands.send(Command::Steer(url));
+    pub fn steer(&self, upstream: Upstream) {
+        let _ = self.commands.send(Command::Steer(upstream));
     }
 
     /// Plays a standby parent as well, or stops it.
-    pub fn standby(&self, url: Option<Upstream>) {
-        let _ = self.commands.send(Command::Standby(url));
+    pub fn standby(&self, upstream: Option<Upstream>) {
+        let _ = self.commands.send(Command::Standby(upstream));
     }
 
     /// Makes the standby the parent.
@@ -126,7 +126,7 @@ type Connecting = Pin<Box<dyn Future<Output = Result<(Player, Vec<Received>), Rt
 /// A parent that delivers.
 struct Link {
     player: Player,
-    url: Upstream,
+    upstream: Upstream,
     last_media: Instant,
     /// Silent for the stall timeout, and reported. The connection stays: a parent that
     /// is repairing itself sends again on it once it has the stream back, and the
@@ -147,10 +147,10 @@ impl Puller {
     }
 
     async fn run(self, first: Upstream, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut url = first.clone();
+        let mut upstream = first.clone();
         let mut connecting = Some(self.connect(first));
         let mut current: Option<Link> = None;
-        let mut standby_url: Option<Upstream> = None;
+        let mut standby_upstream: Option<Upstream> = None;
         let mut standby_connecting: Option<Connecting> = None;
         let mut standby: Option<Link> = None;
         // Silence is checked a few times per stall timeout, for both parents.
@@ -162,14 +162,14 @@ impl Puller {
                 command = commands.recv() => match command {
                     None => return,
                     Some(Command::Steer(to)) => {
-                        url = to;
-                        connecting = Some(self.connect(url.clone()));
+                        upstream = to;
+                        connecting = Some(self.connect(upstream.clone()));
                     }
                     Some(Command::Standby(to)) => {
                         standby = None;
                         standby_connecting = None;
-                        standby_url = to;
-                        match &standby_url {
+                        standby_upstream = to;
+                        match &standby_upstream {
                             Some(to) if self.idle_standby => {
                                 // Held, not played: it is ready as it is.
                                 tracing::info!(parent = %to, "standby ready (idle)");
@@ -181,41 +181,41 @@ impl Puller {
                     }
                     Some(Command::Promote) => {
                         if let Some(link) = standby.take() {
-                            tracing::info!(parent = %link.url, "the standby is the parent now");
-                            self.publisher.set_upstream(link.url.to_string(), true);
-                            url = link.url.clone();
+                            tracing::info!(parent = %link.upstream, "the standby is the parent now");
+                            self.publisher.set_upstream(link.upstream.to_string(), true);
+                            upstream = link.upstream.clone();
                             current = Some(link);
                             connecting = None;
-                        } else if let Some(to) = standby_url.take().filter(|_| self.idle_standby) {
+                        } else if let Some(to) = standby_upstream.take().filter(|_| self.idle_standby) {
                             // Played from now on, after the newest frame here.
                             tracing::info!(parent = %to, "the idle standby is the parent now");
-                            url = to.clone();
+                            upstream = to.clone();
                             connecting = Some(self.connect(to));
                         }
-                        standby_url = None;
+                        standby_upstream = None;
                         standby_connecting = None;
                     }
                 },
                 joined = wait(&mut connecting) => {
                     connecting = None;
-                    match joined.map(|joined| self.link(joined, url.clone())) {
+                    match joined.map(|joined| self.link(joined, upstream.clone())) {
                         Ok(Ok(link)) => {
                             let switched = current.is_some();
                             current = Some(link);
-                            self.publisher.set_upstream(url.to_string(), true);
-                            tracing::info!(parent = %url, switched, "relaying");
+                            self.publisher.set_upstream(upstream.to_string(), true);
+                            tracing::info!(parent = %upstream, switched, "relaying");
                             self.report(Input::Flowing { stream: self.stream.clone() });
                         }
-                        Ok(Err(tamper)) => self.tampered(&url, &tamper),
+                        Ok(Err(tamper)) => self.tampered(&upstream, &tamper),
                         Err(e) => {
-                            tracing::warn!(parent = %url, "cannot pull: {e}");
+                            tracing::warn!(parent = %upstream, "cannot pull: {e}");
                             self.report(Input::Stalled { stream: self.stream.clone() });
                         }
                     }
                 }
                 joined = wait(&mut standby_connecting) => {
                     standby_connecting = None;
-                    let to = standby_url.clone().expect("a standby being connected");
+                    let to = standby_upstream.clone().expect("a standby being connected");
                     match joined.map(|joined| self.link(joined, to.clone())) {
                         Ok(Ok(link)) => {
                             tracing::info!(parent = %to, "standby flowing");
@@ -232,14 +232,14 @@ impl Puller {
                         let link = current.as_mut().expect("read from it");
                         if let Err(tamper) = self.take(link, received) {
                             let link = current.take().expect("read from it");
-                            self.tampered(&link.url, &tamper);
+                            self.tampered(&link.upstream, &tamper);
                             continue;
                         }
                         let link = current.as_mut().expect("read from it");
                         if media && (link.stalled || link.silent) {
                             if link.stalled {
-                                tracing::info!(parent = %link.url, "the parent sends again");
-                                self.publisher.set_upstream(link.url.to_string(), true);
+                                tracing::info!(parent = %link.upstream, "the parent sends again");
+                                self.publisher.set_upstream(link.upstream.to_string(), true);
                             }
                             link.stalled = false;
                             link.silent = false;
@@ -248,7 +248,7 @@ impl Puller {
                     }
                     Err(e) => {
                         let lost = current.take().expect("read only from a parent");
-                        self.lost(&lost.url, &e.to_string(), connecting.is_some());
+                        self.lost(&lost.upstream, &e.to_string(), connecting.is_some());
                     }
                 },
                 received = next(&mut standby) => match received {
@@ -256,12 +256,12 @@ impl Puller {
                         let link = standby.as_mut().expect("read from it");
                         if let Err(tamper) = self.take(link, received) {
                             let lost = standby.take().expect("read from it");
-                            self.standby_lost(&lost.url, &format!("it sent {tamper}"));
+                            self.standby_lost(&lost.upstream, &format!("it sent {tamper}"));
                         }
                     }
                     Err(e) => {
                         let lost = standby.take().expect("read only from a standby");
-                        self.standby_lost(&lost.url, &e.to_string());
+                        self.standby_lost(&lost.upstream, &e.to_string());
                     }
                 },
                 _ = check.tick() => {
@@ -270,8 +270,8 @@ impl Puller {
                         !l.stalled && l.last_media.elapsed() >= self.stall_timeout
                     }) {
                         link.stalled = true;
-                        let url = link.url.clone();
-                        self.lost(&url, &why, connecting.is_some());
+                        let upstream = link.upstream.clone();
+                        self.lost(&upstream, &why, connecting.is_some());
                     } else if let Some(link) = current.as_mut().filter(|l| {
                         !l.stalled && !l.silent && l.last_media.elapsed() >= self.stall_timeout / 2
                     }).filter(|_| connecting.is_none()) {
@@ -280,7 +280,7 @@ impl Puller {
                     }
                     if standby.as_ref().is_some_and(|l| l.last_media.elapsed() >= self.stall_timeout) {
                         let lost = standby.take().expect("checked");
-                        self.standby_lost(&lost.url, &why);
+                        self.standby_lost(&lost.upstream, &why);
                     }
                 }
             }
@@ -291,11 +291,11 @@ impl Puller {
     fn link(
         &self,
         (player, first): (Player, Vec<Received>),
-        url: Upstream,
+        upstream: Upstream,
     ) -> Result<Link, Tamper> {
         let mut link = Link {
             player,
-            url,
+            upstream,
             last_media: Instant::now(),
             stalled: false,
             silent: false,
