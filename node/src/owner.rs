@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use proto::portal::pairing_code_key;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -140,7 +141,7 @@ impl Owner {
             });
         }
         let expected = state.pairing_code.as_deref().unwrap_or_default();
-        if normalise(code) != normalise(expected) {
+        if pairing_code_key(code) != pairing_code_key(expected) {
             return Err(refused(403, "that is not this box's pairing code"));
         }
         let owned = Owned {
@@ -211,14 +212,6 @@ fn new_code() -> String {
         code.push(ALPHABET[rng.gen_range(0..ALPHABET.len())] as char);
     }
     code
-}
-
-/// A code as typed: case, spaces and dashes do not matter.
-fn normalise(code: &str) -> String {
-    code.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_uppercase())
-        .collect()
 }
 
 #[cfg(test)]

@@ -550,12 +550,9 @@ impl Node {
         token: &str,
         nonce: String,
     ) -> Result<Response, Refusal> {
-        let child = self.streams.get(&stream).and_then(|h| {
-            h.children
-                .iter()
-                .find(|(_, c)| c.token == token)
-                .map(|(id, c)| (*id, c.card.peer.clone()))
-        });
+        let child = self
+            .ticket_for_token(&stream, token)
+            .map(|(ticket, child)| (ticket, child.clone()));
         let Some((ticket, child)) = child else {
             return Err(Refusal::new(
                 RefusalKind::NotFound,
@@ -748,14 +745,13 @@ impl Node {
         }
     }
 
-    /// The ticket of the player presenting `token` for `stream`, if it has one.
     /// The ticket of `stream` with this token, and the child it was granted to.
-    pub fn ticket_for_token(&self, stream: &StreamId, token: &str) -> Option<(TicketId, &NodeId)> {
+    pub fn ticket_for_token(&self, stream: &StreamId, token: &str) -> Option<(TicketId, &Peer)> {
         let held = self.streams.get(stream)?;
         held.children
             .iter()
             .find(|(_, c)| c.token == token)
-            .map(|(id, c)| (*id, &c.card.peer.id))
+            .map(|(id, c)| (*id, &c.card.peer))
     }
 
     /// Unwatch or unpublish: children are sent on, our parent released.

@@ -23,7 +23,7 @@ use axum::routing::{any, get};
 use axum::Router;
 use proto::identity::SIGNATURE_HEADER;
 use proto::overlay::NodeId;
-use proto::portal::ChannelMessage;
+use proto::portal::{pairing_code_key, ChannelMessage};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::routes::{ApiError, Result, Signed};
@@ -65,14 +65,14 @@ impl Channels {
 
     /// The unowned box showing pairing code `code`.
     pub fn box_with_code(&self, code: &str) -> Option<NodeId> {
-        self.codes().get(&normalise(code)).cloned()
+        self.codes().get(&pairing_code_key(code)).cloned()
     }
 
     fn set_code(&self, node: &NodeId, code: Option<&str>) {
         let mut codes = self.codes();
         codes.retain(|_, n| n != node);
         if let Some(code) = code {
-            codes.insert(normalise(code), node.clone());
+            codes.insert(pairing_code_key(code), node.clone());
         }
     }
 
@@ -131,14 +131,6 @@ impl Channels {
             )),
         }
     }
-}
-
-/// A pairing code as typed: case, spaces and dashes do not matter.
-fn normalise(code: &str) -> String {
-    code.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_uppercase())
-        .collect()
 }
 
 pub fn routes() -> Router<State> {

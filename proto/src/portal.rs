@@ -290,6 +290,15 @@ impl Reachability {
     }
 }
 
+/// A pairing code as its owner may type it: case, spaces and dashes do not matter.
+/// The box and the portal compare codes in this form.
+pub fn pairing_code_key(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
 /// What travels on a box's control channel to the portal (`GET /api/nodes/{id}/channel`,
 /// a WebSocket the box opens and keeps open): requests other boxes send it through the
 /// portal (`/api/relay/{id}/…`) when they cannot connect to it, and its answers. The

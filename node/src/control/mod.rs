@@ -173,7 +173,7 @@ impl Control {
     ) -> Option<(proto::overlay::TicketId, proto::overlay::NodeId)> {
         let state = lock(&self.state);
         let (ticket, child) = state.engine.ticket_for_token(stream, token)?;
-        Some((ticket, child.clone()))
+        Some((ticket, child.id.clone()))
     }
 
     /// The source of `stream`, as this box's place in its tree says (the first of its
