@@ -68,7 +68,8 @@ impl Channels {
         self.codes().get(&pairing_code_key(code)).cloned()
     }
 
-    fn set_code(&self, node: &NodeId, code: Option<&str>) {
+    /// Box `node` shows pairing code `code`, or none.
+    pub(crate) fn set_code(&self, node: &NodeId, code: Option<&str>) {
         let mut codes = self.codes();
         codes.retain(|_, n| n != node);
         if let Some(code) = code {

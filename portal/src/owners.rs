@@ -130,6 +130,9 @@ async fn claim(
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
         return Err(ApiError::Rejected(status, format!("box {node}: {error}")));
     }
+    // The box's own word that it has an owner comes up its channel a moment later;
+    // until then a second claim with the same code would still find it.
+    state.channels.set_code(&node, None);
     state.store.own_box(&owner, &node, state.now()).await?;
     tracing::info!(%owner, %node, "claimed a box");
     Ok((
