@@ -58,6 +58,16 @@ impl Channels {
         self.codes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Forgets channel `serial` of box `node`, unless a newer one replaced it.
+    fn close(&self, node: &NodeId, serial: u64) {
+        let mut open = self.lock();
+        if open.get(node).is_some_and(|(s, _)| *s == serial) {
+            open.remove(node);
+            drop(open);
+            self.set_code(node, None);
+        }
+    }
+
     /// Whether box `node` has its channel open.
     pub fn is_open(&self, node: &NodeId) -> bool {
         self.lock().contains_key(node)
@@ -153,24 +163,27 @@ async fn channel(
             signed.by.node
         )));
     }
-    Ok(ws.on_upgrade(move |socket| async move {
-        let (sender, requests) = mpsc::channel(QUEUE);
-        let channels = Arc::clone(&state.channels);
-        let serial = channels
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // A box that opens a new channel replaces its old one.
-        channels.lock().insert(id.clone(), (serial, sender));
-        tracing::debug!(node = %id, "control channel open");
-        carry(socket, requests, &state, &id).await;
-        let mut open = channels.lock();
-        if open.get(&id).is_some_and(|(s, _)| *s == serial) {
-            open.remove(&id);
-            drop(open);
-            channels.set_code(&id, None);
-        }
-        tracing::debug!(node = %id, "control channel closed");
-    }))
+    // Registered before the box hears that its channel is open, so that a request for
+    // it from then on waits in the queue instead of finding no channel. A box that
+    // opens a new channel replaces its old one.
+    let (sender, requests) = mpsc::channel(QUEUE);
+    let channels = Arc::clone(&state.channels);
+    let serial = channels
+        .next
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    channels.lock().insert(id.clone(), (serial, sender));
+    let failed = (Arc::clone(&channels), id.clone());
+    Ok(ws
+        .on_failed_upgrade(move |e| {
+            tracing::debug!(node = %failed.1, "control channel not opened: {e}");
+            failed.0.close(&failed.1, serial);
+        })
+        .on_upgrade(move |socket| async move {
+            tracing::debug!(node = %id, "control channel open");
+            carry(socket, requests, &state, &id).await;
+            channels.close(&id, serial);
+            tracing::debug!(node = %id, "control channel closed");
+        }))
 }
 
 /// Sends requests down the channel and hands each answer to its waiter, until the box

@@ -947,17 +947,30 @@ async fn owners_claim_boxes_with_their_pairing_code_and_command_them_through_the
     assert_eq!(status, 404, "{body}");
 
     // The claim goes down the channel; the box takes it.
-    let claimed = tokio::spawn(claim("abcd efgh"));
-    let asked = next_text(&mut channel).await;
-    assert_eq!(asked["type"], "claim");
-    assert_eq!(asked["owner"], owner["id"]);
-    assert_eq!(asked["code"], "abcd efgh");
-    let answer = json!({"type": "answer", "id": asked["id"], "status": 200, "body": "{}"});
-    channel
-        .send(Message::Text(answer.to_string().into()))
-        .await
-        .unwrap();
-    let (status, body) = claimed.await.unwrap();
+    // The portal reads the code off the channel in its own time: until then the code
+    // finds no box, and nothing goes down the channel.
+    let claimed = async {
+        for _ in 0..100 {
+            let (status, body) = claim("abcd efgh").await;
+            if status != 404 {
+                return (status, body);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the portal never took the box's pairing code");
+    };
+    let box_side = async {
+        let asked = next_text(&mut channel).await;
+        assert_eq!(asked["type"], "claim");
+        assert_eq!(asked["owner"], owner["id"]);
+        assert_eq!(asked["code"], "abcd efgh");
+        let answer = json!({"type": "answer", "id": asked["id"], "status": 200, "body": "{}"});
+        channel
+            .send(Message::Text(answer.to_string().into()))
+            .await
+            .unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(claimed, box_side);
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["node"], json!(id("a")));
 
