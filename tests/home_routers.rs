@@ -12,6 +12,10 @@
 //!   reversal): the source's one slot goes to the unreachable box, the mapped box
 //!   plays from it, and the box on the internet from the mapped box.
 //!
+//! With IPv6, boxes behind routers that map nothing still exchange video: each has an
+//! IPv6 address of its own, and a router that lets IPv6 connections in makes its box
+//! reachable there (`ipv6_lets_boxes_behind_routers_play_from_each_other`).
+//!
 //! Needs root, nftables and miniupnpd; elsewhere it says so and does nothing.
 
 use std::path::PathBuf;
@@ -40,6 +44,30 @@ fn place(bed: &Testbed, i: usize) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Box `i`'s place once the stream flows to it.
+fn flowing(bed: &Testbed, i: usize, logs: &str) -> Value {
+    eventually(Duration::from_secs(30), || {
+        let p = place(bed, i);
+        (p["flowing"] == true).then_some(p)
+    })
+    .unwrap_or_else(|| panic!("{} does not play\n{logs}", bed.viewers[i].name))
+}
+
+/// Box `i`'s hub takes in more frames.
+fn frames_keep_coming(bed: &Testbed, i: usize) {
+    let hub = || {
+        bed.viewers[i]
+            .get("/streams")
+            .map_or(Value::Null, |s| s[0].clone())
+    };
+    let before = hub()["tags_in"].as_u64().unwrap_or(0);
+    let more = eventually(Duration::from_secs(5), || {
+        let now = hub()["tags_in"].as_u64().unwrap_or(0);
+        (now > before + 10).then_some(now)
+    });
+    assert!(more.is_some(), "frames keep coming: {}", hub());
+}
+
 #[test]
 fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
     if !testbed::can_run() {
@@ -53,11 +81,15 @@ fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
     options.source_uplink_kbps = 3000;
     let mut bed = Testbed::start(options).expect("the testbed starts");
     let outside = 0;
-    let mapping = bed.add_router(RouterKind::Upnp).expect("a UPnP router");
+    let mapping = bed
+        .add_router(RouterKind::Upnp, false)
+        .expect("a UPnP router");
     let port_control = bed
-        .add_router(RouterKind::NatPmp)
+        .add_router(RouterKind::NatPmp, false)
         .expect("a NAT-PMP router");
-    let plain = bed.add_router(RouterKind::Plain).expect("a plain router");
+    let plain = bed
+        .add_router(RouterKind::Plain, false)
+        .expect("a plain router");
     let booted = Instant::now();
     // One slot each: neither can take the other's place under the source.
     let one_slot = ["--max-forwards".to_owned(), "1".to_owned()];
@@ -135,21 +167,14 @@ fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
     // play from it: it asks through the portal, and the unreachable box connects to
     // it. The box on the internet can then only play from the mapped box, through
     // the router's mapping.
-    let flowing = |bed: &Testbed, i: usize| {
-        eventually(Duration::from_secs(30), || {
-            let p = place(bed, i);
-            (p["flowing"] == true).then_some(p)
-        })
-        .unwrap_or_else(|| panic!("{} does not play\n{logs}", bed.viewers[i].name))
-    };
     let id = |bed: &Testbed, i: usize| bed.viewers[i].get("/status").unwrap()["peer"]["id"].clone();
     let (mapped_id, unmapped_id) = (id(&bed, mapped), id(&bed, unmapped));
     bed.watch(unmapped).unwrap();
-    let p = flowing(&bed, unmapped);
+    let p = flowing(&bed, unmapped, &logs);
     assert_eq!(p["depth"], 1, "under the source: {p}");
     assert_eq!(p["slots"], 1, "it keeps its slot for boxes it dials: {p}");
     bed.watch(mapped).unwrap();
-    let p = flowing(&bed, mapped);
+    let p = flowing(&bed, mapped, &logs);
     assert_eq!(
         p["parent"], unmapped_id,
         "plays from the unreachable box: {p}"
@@ -161,19 +186,9 @@ fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
     })
     .unwrap_or_else(|| panic!("no connected child: {}\n{logs}", place(&bed, unmapped)));
     eprintln!("the unreachable box forwards over the connection it made: {dialled}");
-    let hub = |i: usize| {
-        bed.viewers[i]
-            .get("/streams")
-            .map_or(Value::Null, |s| s[0].clone())
-    };
-    let before = hub(mapped)["tags_in"].as_u64().unwrap_or(0);
-    let more = eventually(Duration::from_secs(5), || {
-        let now = hub(mapped)["tags_in"].as_u64().unwrap_or(0);
-        (now > before + 10).then_some(now)
-    });
-    assert!(more.is_some(), "frames keep coming: {}", hub(mapped));
+    frames_keep_coming(&bed, mapped);
     bed.watch(outside).unwrap();
-    let p = flowing(&bed, outside);
+    let p = flowing(&bed, outside, &logs);
     assert_eq!(p["parent"], mapped_id, "plays from the mapped box: {p}");
 
     // Its router lets nothing in, yet other boxes reach it through its control
@@ -337,4 +352,90 @@ fn boxes_behind_home_routers_map_their_ports_or_play_as_viewers() {
         "every command is logged on the box:\n{log}"
     );
     assert!(log.contains("refused POST /leave from the portal"), "{log}");
+}
+
+/// Two boxes behind routers that map no port, each with an IPv6 address of its own.
+/// One router lets IPv6 connections in, the other, as most do, only replies. Over
+/// IPv4 neither box can be connected to, so they could not exchange video; over IPv6
+/// the first can, and the second plays from it directly.
+#[test]
+fn ipv6_lets_boxes_behind_routers_play_from_each_other() {
+    if !testbed::can_run() {
+        eprintln!("skipped: the testbed needs root (network namespaces, nftables)");
+        return;
+    }
+    let astral = PathBuf::from(env!("CARGO_BIN_EXE_astral"));
+    // No box on the internet but the source, with one slot.
+    let mut options = testbed::Options::new(astral, 0);
+    options.source_uplink_kbps = 3000;
+    options.ipv6 = true;
+    let mut bed = Testbed::start(options).expect("the testbed starts");
+    let open = bed.add_router(RouterKind::Plain, true).expect("a router");
+    let closed = bed.add_router(RouterKind::Plain, false).expect("a router");
+    let one_slot = ["--max-forwards".to_owned(), "1".to_owned()];
+    let served = bed.add_home_box(open, 6000, &one_slot).expect("a box");
+    let walled = bed.add_home_box(closed, 6000, &one_slot).expect("a box");
+    let logs = format!("logs in {}", bed.work_dir().display());
+
+    let reach = |bed: &Testbed, i: usize| {
+        eventually(Duration::from_secs(20), || {
+            let reach = bed.viewers[i].get("/status").ok()?["reach"].clone();
+            (reach["state"] != "unknown" && reach["ipv6"].is_object()).then_some(reach)
+        })
+        .unwrap_or_else(|| panic!("{} did not check IPv6\n{logs}", bed.viewers[i].name))
+    };
+    let (open_reach, closed_reach) = (reach(&bed, served), reach(&bed, walled));
+    eprintln!("behind the open router: {open_reach}\nbehind the closed one: {closed_reach}");
+    let served_ip6 = bed.viewers[served]
+        .ip6
+        .expect("an IPv6 address")
+        .to_string();
+    assert_eq!(
+        open_reach["state"], "unreachable",
+        "over IPv4: {open_reach}"
+    );
+    assert_eq!(open_reach["ipv6"]["address"], served_ip6.as_str());
+    assert_eq!(open_reach["ipv6"]["reachable"], true, "{open_reach}");
+    assert_eq!(closed_reach["ipv6"]["reachable"], false, "{closed_reach}");
+    let why = closed_reach["ipv6"]["why"].as_str().unwrap();
+    assert!(
+        why.contains(
+            "only if the router's firewall lets IPv6 connections in to TCP ports 8000 and 1935"
+        ),
+        "says what to do: {why}"
+    );
+    let status = bed.viewers[served].get("/status").unwrap();
+    assert_eq!(
+        status["peer"]["rtmp_v6"],
+        format!("[{}]:1935", served_ip6).as_str(),
+        "advertised: {status}"
+    );
+
+    let upstream = |bed: &Testbed, i: usize| {
+        bed.viewers[i].get("/streams").unwrap()[0]["source"]["upstream"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // The box reached over IPv6 takes the source's slot, and plays from it over IPv6.
+    bed.watch(served).unwrap();
+    let p = flowing(&bed, served, &logs);
+    assert_eq!(p["depth"], 1, "under the source: {p}");
+    let source_ip6 = bed.source.ip6.unwrap().to_string();
+    let from = upstream(&bed, served);
+    assert!(
+        from.starts_with(&format!("rtmp://[{source_ip6}]:1935/")),
+        "over IPv6: {from}"
+    );
+    // The box behind the closed router plays from it, over IPv6.
+    let served_id = bed.viewers[served].get("/status").unwrap()["peer"]["id"].clone();
+    bed.watch(walled).unwrap();
+    let p = flowing(&bed, walled, &logs);
+    assert_eq!(p["parent"], served_id, "{p}");
+    let from = upstream(&bed, walled);
+    assert!(
+        from.starts_with(&format!("rtmp://[{}]:1935/", served_ip6)),
+        "over IPv6: {from}"
+    );
+    frames_keep_coming(&bed, walled);
 }

@@ -21,14 +21,15 @@ use proto::overlay::{NodeCard, NodeId, Peer, Request, StreamId, TicketId};
 
 fn card() -> NodeCard {
     NodeCard {
-        peer: Peer {
-            id: NodeId::new("fuzzed").unwrap(),
-            api: ([10, 0, 0, 1], 8000).into(),
-            rtmp: ([10, 0, 0, 1], 1935).into(),
-        },
+        peer: Peer::new(
+            NodeId::new("fuzzed").unwrap(),
+            ([10, 0, 0, 1], 8000).into(),
+            ([10, 0, 0, 1], 1935).into(),
+        ),
         max_forwards: 2,
         upload_kbps: 8000,
         reachable: true,
+        ipv6: false,
     }
 }
 

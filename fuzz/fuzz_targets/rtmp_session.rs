@@ -40,11 +40,11 @@ fn node() -> Arc<Node> {
         ..NodeArgs::default()
     };
     let config = Config::from_toml("[streams.cam]\nkey = \"fuzzkey1\"\n", &args).expect("a config");
-    let me = Peer {
-        id: NodeId::new("fuzzed").unwrap(),
-        api: ([127, 0, 0, 1], 8000).into(),
-        rtmp: ([127, 0, 0, 1], 1935).into(),
-    };
+    let me = Peer::new(
+        NodeId::new("fuzzed").unwrap(),
+        ([127, 0, 0, 1], 8000).into(),
+        ([127, 0, 0, 1], 1935).into(),
+    );
     Node::new(config, me, NodeKey::from_seed([1; 32]), "t".repeat(32))
 }
 

@@ -274,6 +274,7 @@ impl Client {
         println!("api        {}    rtmp {}", status.api, status.rtmp);
         println!("reached at api {}  rtmp {}", o.me.api, o.me.rtmp);
         println!("reachable  {}", reach_line(&status.reach));
+        println!("ipv6       {}", ipv6_line(status.reach.ipv6.as_ref()));
         let membership = match (o.running, o.is_supernode, &o.supernode) {
             (false, _, _) => "not in an overlay (no --portal or --supernode)".to_owned(),
             (true, true, _) => format!(
@@ -544,14 +545,24 @@ fn reach_line(reach: &crate::reach::ReachReport) -> String {
             Some(protocol) => format!("yes, through ports the router mapped over {protocol}"),
             None => "yes".into(),
         },
-        ReachState::Unreachable => format!(
-            "no: the box forwards to no one. {}",
-            reach.why.as_deref().unwrap_or_default()
-        ),
+        ReachState::Unreachable => format!("no. {}", reach.why.as_deref().unwrap_or_default()),
         ReachState::Unknown => match &reach.why {
             Some(why) => format!("not known: {why}"),
             None => "not checked (no portal)".into(),
         },
+    }
+}
+
+/// `astral status`'s line on the box's own IPv6 address.
+fn ipv6_line(ipv6: Option<&crate::reach::ipv6::Ipv6Report>) -> String {
+    match ipv6 {
+        Some(v6) if v6.reachable => format!("{}, reached by boxes with IPv6", v6.address),
+        Some(v6) => format!(
+            "{}, not reached: {}",
+            v6.address,
+            v6.why.as_deref().unwrap_or_default()
+        ),
+        None => "none (no IPv6 address that reaches the portal's)".into(),
     }
 }
 

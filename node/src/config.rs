@@ -97,6 +97,10 @@ pub struct NodeArgs {
     /// those that can, by connecting to them (connection reversal) [default: true]
     #[arg(long, env = "ASTRAL_REVERSAL")]
     pub reversal: Option<bool>,
+    /// Use this box's own IPv6 address, when it has one the portal answers on, to
+    /// connect directly to boxes that have IPv6 too [default: true]
+    #[arg(long, env = "ASTRAL_IPV6")]
+    pub ipv6: Option<bool>,
     /// Players from this network (CIDR) play without a ticket. Repeat for more
     /// [default: 127.0.0.0/8 and ::1, the box itself]
     #[arg(long = "play-without-ticket", value_name = "CIDR")]
@@ -137,6 +141,7 @@ struct RawConfig {
     advertise: Option<IpAddr>,
     port_mapping: Option<bool>,
     reversal: Option<bool>,
+    ipv6: Option<bool>,
     play_without_ticket: Option<Vec<String>>,
     #[serde(default)]
     overlay: RawOverlay,
@@ -313,6 +318,8 @@ pub struct Config {
     /// Whether a box that cannot be connected to forwards to boxes that can, by
     /// connecting to them.
     pub reversal: bool,
+    /// Whether the box uses its own IPv6 address, when it has one.
+    pub ipv6: bool,
     /// Networks whose players need no ticket.
     pub play_without_ticket: Vec<Cidr>,
     pub overlay: overlay::Config,
@@ -729,6 +736,7 @@ impl Config {
             advertise: args.advertise.or(raw.advertise),
             port_mapping: args.port_mapping.or(raw.port_mapping).unwrap_or(true),
             reversal: args.reversal.or(raw.reversal).unwrap_or(true),
+            ipv6: args.ipv6.or(raw.ipv6).unwrap_or(true),
             play_without_ticket,
             overlay,
             panel,
@@ -813,11 +821,9 @@ fn parse_cidrs(field: &str, list: &[String]) -> Result<Vec<Cidr>, ConfigError> {
 /// A stand-in for the node's own address while the config is checked; the directory
 /// fills in the real one.
 fn placeholder_peer() -> proto::overlay::Peer {
-    proto::overlay::Peer {
-        id: proto::overlay::NodeId::new("config").expect("a valid id"),
-        api: SocketAddr::from(([0, 0, 0, 0], 0)),
-        rtmp: SocketAddr::from(([0, 0, 0, 0], 0)),
-    }
+    let any = SocketAddr::from(([0, 0, 0, 0], 0));
+    let id = proto::overlay::NodeId::new("config").expect("a valid id");
+    proto::overlay::Peer::new(id, any, any)
 }
 
 fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {

@@ -91,7 +91,7 @@ impl Node {
         let config = self.config();
         let (max_forwards, upload_kbps) = config.capacity();
         let reachable = self.reach.can_be_reached();
-        let max_forwards = if reachable || config.reversal {
+        let max_forwards = if reachable || config.reversal || self.reach.reached_over_ipv6() {
             max_forwards
         } else {
             0
@@ -132,6 +132,7 @@ impl Node {
             max_forwards,
             upload_kbps,
             reachable: true,
+            ipv6: false,
         };
         let control = Control::new(
             config.overlay.clone(),
@@ -302,7 +303,9 @@ fn advertised(
 /// The address this box reaches the portal from, as its routes pick it.
 fn route_to_portal(portal: Option<&str>) -> Option<IpAddr> {
     let url = url::Url::parse(portal?).ok()?;
-    let target = url.socket_addrs(|| Some(80)).ok()?.into_iter().next()?;
+    // IPv4 first, as the overlay's requests go (`control::http`).
+    let targets = url.socket_addrs(|| Some(80)).ok()?;
+    let target = *targets.iter().find(|a| a.is_ipv4()).or(targets.first())?;
     let any = if target.is_ipv4() {
         IpAddr::from([0, 0, 0, 0])
     } else {
@@ -356,11 +359,27 @@ pub fn tune_player_socket(socket: &tokio::net::TcpStream) -> std::io::Result<()>
 /// The box's part in the overlay. Once it knows where other boxes reach it (the API
 /// serves meanwhile, for the portal to dial it back), it joins, and keeps its place,
 /// its listings and its port mappings. Aborting this task ends all of it.
-async fn take_part(node: Arc<Node>, api: SocketAddr, rtmp: SocketAddr) {
+async fn take_part(
+    node: Arc<Node>,
+    api: SocketAddr,
+    rtmp: SocketAddr,
+    ipv6: Option<reach::ipv6::Ipv6Addresses>,
+) {
+    // One after the other: the two checks may sign the same request in the same
+    // millisecond, and the portal takes a signed request once.
+    let ipv6_report = match ipv6 {
+        Some(at) => reach::ipv6::check(&node, at).await,
+        None => None,
+    };
     let advertised = reach::settle(&node, api, rtmp).await;
+    let mut me = node.control.me();
     if let (Some((api, rtmp)), None) = (advertised, node.config().advertise) {
-        node.control.readdress(api, rtmp);
+        (me.api, me.rtmp) = (api, rtmp);
     }
+    let reached_over_ipv6 = ipv6_report.as_ref().is_some_and(|r| r.reachable);
+    me.rtmp_v6 = ipv6.filter(|_| reached_over_ipv6).map(|at| at.rtmp());
+    node.control.readdress(me, ipv6_report.is_some());
+    reach::set_ipv6(&node, ipv6_report);
     let mut parts = tokio::task::JoinSet::new();
     parts.spawn(control::drive(Arc::clone(&node)));
     parts.spawn(control::list_streams(Arc::clone(&node)));
@@ -382,6 +401,8 @@ async fn take_part(node: Arc<Node>, api: SocketAddr, rtmp: SocketAddr) {
 pub struct Listeners {
     pub rtmp: TcpListener,
     pub api: TcpListener,
+    /// The same on the box's own IPv6 address, when it has one (`reach::ipv6`).
+    pub ipv6: Option<reach::ipv6::Listeners6>,
 }
 
 impl Listeners {
@@ -392,7 +413,9 @@ impl Listeners {
         let api = TcpListener::bind(config.api)
             .await
             .with_context(|| format!("cannot listen for the API on {}", config.api))?;
-        Ok(Listeners { rtmp, api })
+        let ipv6 =
+            reach::ipv6::bind(config, api.local_addr()?.port(), rtmp.local_addr()?.port()).await;
+        Ok(Listeners { rtmp, api, ipv6 })
     }
 }
 
@@ -416,17 +439,13 @@ pub async fn run(
     let key = identity::load_or_create(&config.data_dir)?;
     let me = if in_overlay {
         let portal = config.portal.as_deref();
-        Peer {
-            id: key.node_id(),
-            api: advertised(api_addr, config.advertise, portal)?,
-            rtmp: advertised(rtmp_addr, config.advertise, portal)?,
-        }
+        Peer::new(
+            key.node_id(),
+            advertised(api_addr, config.advertise, portal)?,
+            advertised(rtmp_addr, config.advertise, portal)?,
+        )
     } else {
-        Peer {
-            id: key.node_id(),
-            api: api_addr,
-            rtmp: rtmp_addr,
-        }
+        Peer::new(key.node_id(), api_addr, rtmp_addr)
     };
     let admin_token = auth::load_or_create(&config.data_dir)?;
     let node = Node::new(config, me, key, admin_token);
@@ -452,7 +471,13 @@ pub async fn run(
             },
         )
     });
-    let rtmp = tokio::spawn(rtmp::server::serve(listeners.rtmp, Arc::clone(&node)));
+    let (mut rtmp_listeners, mut api_listeners) = (vec![listeners.rtmp], vec![listeners.api]);
+    let ipv6 = listeners.ipv6.map(|six| {
+        rtmp_listeners.push(six.rtmp);
+        api_listeners.push(six.api);
+        six.at
+    });
+    let rtmp = tokio::spawn(rtmp::server::serve(rtmp_listeners, Arc::clone(&node)));
     let mut tasks = vec![rtmp];
     if in_overlay {
         // The owner may ask for streams at once; the engine keeps them until it joins.
@@ -461,6 +486,7 @@ pub async fn run(
             Arc::clone(&node),
             api_addr,
             rtmp_addr,
+            ipv6,
         )));
     }
     tracing::info!(
@@ -468,6 +494,7 @@ pub async fn run(
         id = %node.control.me().id,
         %rtmp_addr,
         %api_addr,
+        ipv6 = ?ipv6.map(|at| at.own),
         "node running"
     );
     service::ready(&format!(
@@ -491,7 +518,7 @@ pub async fn run(
         }
     };
     let app = api::router(Arc::clone(&node));
-    web::server::serve(listeners.api, app, API_CONNECTIONS_PER_ADDRESS, tune, stop).await;
+    web::server::serve(api_listeners, app, API_CONNECTIONS_PER_ADDRESS, tune, stop).await;
     for task in tasks {
         task.abort();
     }

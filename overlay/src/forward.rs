@@ -5,8 +5,8 @@ use std::cmp::Reverse;
 use std::time::Duration;
 
 use proto::overlay::{
-    Holding, NodeCard, NodeId, Peer, Refusal, RefusalKind, Request, Response, StreamId, Ticket,
-    TicketId,
+    can_connect_to, Holding, NodeCard, NodeId, Peer, Refusal, RefusalKind, Request, Response,
+    StreamId, Ticket, TicketId,
 };
 use rand::Rng;
 
@@ -530,11 +530,12 @@ impl Node {
         self.announce_soon();
     }
 
-    /// Whether this box and `child` can connect: one of them must accept connections
-    /// (a child that cannot is connected to; one that can is dialled by a parent that
-    /// cannot, `Request::Dial`).
+    /// Whether this box and `child` can connect: the child connects here (over IPv6
+    /// if both have it and this box is reached there), or this box dials a child that
+    /// accepts connections (`Request::Dial`).
     fn can_connect(&self, child: &NodeCard) -> Result<(), Refusal> {
-        if self.me.reachable || child.reachable {
+        let me = &self.me;
+        if can_connect_to(child.ipv6, me.reachable, &me.peer) || child.reachable {
             return Ok(());
         }
         Err(Refusal::new(

@@ -12,6 +12,8 @@ use std::hash::{Hash, Hasher};
 
 use proto::overlay::{Candidate, Holding, NodeId, Peer, StreamId};
 
+use crate::supernode::Requester;
+
 #[derive(Default)]
 pub(crate) struct Holdings {
     /// In the same order as `entries`.
@@ -28,6 +30,8 @@ struct Rank {
     free: u8,
     weakest_child: Option<u8>,
     reachable: bool,
+    /// Reached over IPv6 (`Peer::rtmp_v6`).
+    ipv6: bool,
 }
 
 struct Entry {
@@ -50,6 +54,7 @@ impl Holdings {
                 free: holding.free,
                 weakest_child: holding.weakest_child,
                 reachable: holding.reachable,
+                ipv6: peer.rtmp_v6.is_some(),
             });
             self.entries.push(Entry {
                 node,
@@ -98,31 +103,30 @@ impl Holdings {
     /// The best `max` holders of `stream` for `requester`: shallowest first, then
     /// most free slots, equals in random order, so that boxes joining together do
     /// not all ask the same parent. A holder must have a free slot, or a child
-    /// with fewer slots than `slots` that the requester may displace; and for a
-    /// requester that cannot be connected to, be one that can.
+    /// with fewer slots than the requester's that the requester may displace; and
+    /// for a requester that cannot be connected to, be one it can connect to.
     pub(crate) fn best(
         &self,
         stream: &StreamId,
-        requester: &NodeId,
-        slots: u8,
-        reachable: bool,
+        requester: &Requester,
         max: usize,
         rng: &mut impl rand::Rng,
     ) -> Vec<Candidate> {
         let key = hash(stream) as u32;
-        let (node, bit) = (hash(requester), bloom_bit(requester));
+        let id = &requester.id;
+        let (node, bit) = (hash(id), bloom_bit(id));
         // The requester and its descendants cannot be its parent. They are rarely
         // here (a repairing box's subtree): look for them only if the best list
         // turns out to hold one.
         let excluded = |i: usize| {
             let e = &self.entries[i];
-            (e.node == node && e.peer.id == *requester)
-                || (e.ancestors & bit != 0 && e.holding.path.contains(requester))
+            (e.node == node && e.peer.id == *id)
+                || (e.ancestors & bit != 0 && e.holding.path.contains(id))
                 || e.holding.stream != *stream
         };
-        let mut best = self.scan(key, slots, reachable, max, rng, |_| false);
+        let mut best = self.scan(key, requester, max, rng, |_| false);
         if best.iter().any(|&i| excluded(i)) {
-            best = self.scan(key, slots, reachable, max, rng, excluded);
+            best = self.scan(key, requester, max, rng, excluded);
         }
         best.into_iter()
             .map(|i| Candidate {
@@ -136,17 +140,17 @@ impl Holdings {
     fn scan(
         &self,
         stream: u32,
-        slots: u8,
-        reachable: bool,
+        requester: &Requester,
         max: usize,
         rng: &mut impl rand::Rng,
         excluded: impl Fn(usize) -> bool,
     ) -> Vec<usize> {
-        // Two boxes that cannot be connected to cannot connect to each other.
+        // Two boxes that cannot be connected to cannot connect to each other, unless
+        // both have IPv6 and the holder is reached there.
         let open = self.ranks.iter().enumerate().filter(|(_, r)| {
             r.stream == stream
-                && (r.free > 0 || r.weakest_child.is_some_and(|w| w < slots))
-                && (r.reachable || reachable)
+                && (r.free > 0 || r.weakest_child.is_some_and(|w| w < requester.slots))
+                && (r.reachable || requester.reachable || (r.ipv6 && requester.ipv6))
         });
         // Depth, free slots, tie-breaker; and the index.
         type Order = (u8, Reverse<u8>, u32);

@@ -479,15 +479,17 @@ impl Node {
         (next != Time::NEVER).then_some(next)
     }
 
-    /// Changes the addresses this node gives others, before it joins: a box learns
-    /// where it is reached (its router's address, mapped ports) only once it serves.
-    pub fn readdress(&mut self, api: std::net::SocketAddr, rtmp: std::net::SocketAddr) {
+    /// Changes the addresses this node gives others, and whether it has IPv6, before
+    /// it joins: a box learns where it is reached (its router's address, mapped ports,
+    /// its own IPv6 address) only once it serves.
+    pub fn readdress(&mut self, peer: Peer, ipv6: bool) {
         debug_assert!(
             self.supernode_id().is_none(),
             "a node is readdressed before it joins"
         );
-        self.me.peer.api = api;
-        self.me.peer.rtmp = rtmp;
+        debug_assert_eq!(peer.id, self.me.peer.id, "a node keeps its id");
+        self.me.peer = peer;
+        self.me.ipv6 = ipv6;
     }
 
     /// Streams this node holds or wants.
@@ -652,11 +654,13 @@ impl Node {
                 requester,
                 requester_slots,
                 requester_reachable,
+                requester_ipv6,
             } => {
                 let requester = crate::supernode::Requester {
                     id: requester,
                     slots: requester_slots,
                     reachable: requester_reachable,
+                    ipv6: requester_ipv6,
                 };
                 return self.sn_search(id, query, stream, ttl, requester);
             }

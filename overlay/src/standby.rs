@@ -93,6 +93,7 @@ impl Node {
                         requester: self.me.peer.id.clone(),
                         requester_slots: 0,
                         requester_reachable: self.me.reachable,
+                        requester_ipv6: self.me.ipv6,
                     };
                     let to = Target::Node(supernode.clone());
                     self.call(to, request, Pending::StandbySearch(stream.clone()))

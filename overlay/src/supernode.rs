@@ -73,8 +73,10 @@ pub(crate) struct Requester {
     pub(crate) id: NodeId,
     /// Its slots for the stream: a parent with a weaker child counts.
     pub(crate) slots: u8,
-    /// Whether it can be connected to: if not, only parents that can count.
+    /// Whether it can be connected to: if not, only parents it can connect to count.
     pub(crate) reachable: bool,
+    /// Whether it has IPv6, and so connects to parents reached there.
+    pub(crate) ipv6: bool,
 }
 
 enum Origin {
@@ -280,6 +282,7 @@ impl Node {
             // its `max_forwards`, which the budget may cut).
             slots: self.my_slots(stream),
             reachable: self.me.reachable,
+            ipv6: self.me.ipv6,
         };
         if let Some(found) =
             self.start_flood(query, Origin::Local(stream.clone()), stream, ttl, &me)
@@ -306,14 +309,7 @@ impl Node {
         if sn.seen.insert(query, now + SEEN_FOR).is_some() {
             return Some(Vec::new());
         }
-        let found = sn.holdings.best(
-            stream,
-            &requester.id,
-            requester.slots,
-            requester.reachable,
-            max,
-            &mut self.rng,
-        );
+        let found = sn.holdings.best(stream, requester, max, &mut self.rng);
         if ttl == 0 || sn.neighbours.is_empty() {
             return Some(rank(found, max));
         }
@@ -329,6 +325,7 @@ impl Node {
                 requester: requester.id.clone(),
                 requester_slots: requester.slots,
                 requester_reachable: requester.reachable,
+                requester_ipv6: requester.ipv6,
             };
             self.call_within(Target::Node(peer), request, Pending::Flood(query), wait);
         }

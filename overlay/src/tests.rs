@@ -9,14 +9,15 @@ use crate::{CallError, Config, Input, Node, Output, RequestId, Target, Time};
 
 fn card(name: &str, i: u8, upload_kbps: u32) -> NodeCard {
     NodeCard {
-        peer: Peer {
-            id: NodeId::new(name).unwrap(),
-            api: ([10, 0, 0, i], 8000).into(),
-            rtmp: ([10, 0, 0, i], 1935).into(),
-        },
+        peer: Peer::new(
+            NodeId::new(name).unwrap(),
+            ([10, 0, 0, i], 8000).into(),
+            ([10, 0, 0, i], 1935).into(),
+        ),
         max_forwards: 2,
         upload_kbps,
         reachable: true,
+        ipv6: false,
     }
 }
 
@@ -260,6 +261,7 @@ fn searches_are_bounded_and_answered_once() {
         requester: NodeId::new("n1").unwrap(),
         requester_slots: 1,
         requester_reachable: true,
+        requester_ipv6: false,
     };
     assert_eq!(
         h.request(search(1, 200)).unwrap_err().kind,
@@ -327,12 +329,62 @@ fn boxes_that_cannot_be_reached_are_paired_only_with_boxes_that_can() {
         requester: NodeId::new("n1").unwrap(),
         requester_slots: 1,
         requester_reachable,
+        requester_ipv6: false,
     };
     let Ok(Response::Candidates { candidates }) = h.request(search(1, true)) else {
         panic!()
     };
     assert_eq!(candidates.len(), 1);
     assert!(!candidates[0].holding.reachable);
+    let Ok(Response::Candidates { candidates }) = h.request(search(2, false)) else {
+        panic!()
+    };
+    assert!(candidates.is_empty(), "{candidates:?}");
+}
+
+/// Boxes that have IPv6 connect to one reached there, whether or not either can be
+/// reached over IPv4; a box without IPv6 still cannot.
+#[test]
+fn boxes_with_ipv6_connect_to_one_reached_there() {
+    let mut source = card("src", 1, 10_000);
+    source.reachable = false;
+    source.ipv6 = true;
+    source.peer.rtmp_v6 = Some("[2001:db8::1]:1935".parse().unwrap());
+    let mut h = Harness::alone(Config::default(), source, 7);
+    h.input(Input::Publish {
+        stream: stream(),
+        kbps: 2500,
+    });
+    let walled = |name: &str, i: u8, ipv6| NodeCard {
+        reachable: false,
+        ipv6,
+        ..card(name, i, 8000)
+    };
+    assert_eq!(
+        h.ticket(&walled("v4", 10, false), None),
+        Err(RefusalKind::Unavailable),
+        "without IPv6, two boxes that cannot be reached cannot connect"
+    );
+    h.ticket(&walled("v6", 11, true), None)
+        .expect("a box with IPv6 connects to the source over IPv6");
+
+    let search = |query, requester_ipv6| Request::Search {
+        query,
+        stream: stream(),
+        ttl: 0,
+        requester: NodeId::new("n1").unwrap(),
+        requester_slots: 1,
+        requester_reachable: false,
+        requester_ipv6,
+    };
+    let Ok(Response::Candidates { candidates }) = h.request(search(1, true)) else {
+        panic!()
+    };
+    assert_eq!(candidates.len(), 1);
+    assert_eq!(
+        candidates[0].peer.rtmp_for(true),
+        "[2001:db8::1]:1935".parse().unwrap()
+    );
     let Ok(Response::Candidates { candidates }) = h.request(search(2, false)) else {
         panic!()
     };
@@ -532,7 +584,7 @@ fn a_late_claim_on_a_dead_childs_slot_names_the_child_that_took_it() {
     ));
     let late = h.request(claim(&second)).unwrap_err();
     assert_eq!(late.kind, RefusalKind::Full);
-    assert_eq!(late.instead, Some(first.peer.clone()));
+    assert_eq!(late.instead.as_deref(), Some(&first.peer));
     // Without a claim on that slot there is nothing to name.
     let plain = h.request(Request::Ticket {
         stream: stream(),

@@ -305,6 +305,7 @@ impl Node {
                     requester: self.me.peer.id.clone(),
                     requester_slots: self.my_slots(stream),
                     requester_reachable: self.me.reachable,
+                    requester_ipv6: self.me.ipv6,
                 };
                 // A supernode answers within its flood's wait: one that lost power
                 // should not hold a repair for the whole call timeout.
@@ -648,7 +649,7 @@ impl Node {
                 if let Some(Seek::Asking { queue, .. }) =
                     self.watch_mut(stream).map(|w| &mut w.seek)
                 {
-                    queue.push_front((heir, None));
+                    queue.push_front((*heir, None));
                 }
                 self.ask_next(stream)
             }
@@ -1012,7 +1013,7 @@ impl Node {
             Ok(ticket) => self.attach(stream, ticket, Purpose::Repair),
             Err(heir) => self.ask(
                 stream,
-                VecDeque::from([(heir, None)]),
+                VecDeque::from([(*heir, None)]),
                 Purpose::Repair,
                 true,
             ),

@@ -52,9 +52,15 @@ const CONNECTIONS_PER_ADDRESS: usize = 256;
 /// Flags of `astral portal`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PortalArgs {
-    /// Address to serve the API on
-    #[arg(long, env = "ASTRAL_PORTAL_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    /// Address to serve the API on. Repeat for more: an IPv4 and an IPv6 one, so that
+    /// boxes can check whether they are reached over both
+    #[arg(
+        long,
+        env = "ASTRAL_PORTAL_LISTEN",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: Vec<SocketAddr>,
     /// SQLite database file, created if missing
     #[arg(
         long,
@@ -105,7 +111,7 @@ impl State {
 
 /// A portal with its database open and its port bound, not yet serving.
 pub struct Portal {
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     state: State,
 }
 
@@ -117,6 +123,9 @@ impl Portal {
     pub async fn open_with_clock(args: &PortalArgs, clock: Clock) -> anyhow::Result<Portal> {
         if args.bootstrap_list == 0 {
             anyhow::bail!("--bootstrap-list must be at least 1");
+        }
+        if args.listen.is_empty() {
+            anyhow::bail!("--listen: give at least one address");
         }
         if let Some(dir) = args.db.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| {
@@ -136,15 +145,15 @@ impl Portal {
                 args.db.display()
             )
         })?;
-        let listener = TcpListener::bind(args.listen).await.with_context(|| {
-            format!(
-                "cannot listen on {} (pick another with --listen)",
-                args.listen
-            )
-        })?;
-        tracing::info!(listen = %args.listen, db = %args.db.display(), "portal open");
+        let mut listeners = Vec::new();
+        for &address in &args.listen {
+            listeners.push(TcpListener::bind(address).await.with_context(|| {
+                format!("cannot listen on {address} (pick another with --listen)")
+            })?);
+        }
+        tracing::info!(listen = ?args.listen, db = %args.db.display(), "portal open");
         Ok(Portal {
-            listener,
+            listeners,
             state: State {
                 store,
                 live: Arc::new(live::Live::new(proto::portal::MAP_TTL_SECS)),
@@ -156,8 +165,9 @@ impl Portal {
         })
     }
 
+    /// The address of the first listener.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.listeners[0].local_addr()
     }
 
     /// Serves until `shutdown` completes, pruning expired entries now and then.
@@ -184,7 +194,7 @@ impl Portal {
         let tune = |socket: &tokio::net::TcpStream| {
             let _ = socket.set_nodelay(true);
         };
-        web::server::serve(self.listener, app, CONNECTIONS_PER_ADDRESS, tune, shutdown).await;
+        web::server::serve(self.listeners, app, CONNECTIONS_PER_ADDRESS, tune, shutdown).await;
         pruner.abort();
         self.state.store.close().await;
         tracing::info!("portal stopped");

@@ -320,11 +320,11 @@ fn since(now: u64, ttl: u64) -> i64 {
 
 fn peer_of(row: &sqlx::sqlite::SqliteRow) -> Option<Peer> {
     let addr = |column: &str| row.get::<String, _>(column).parse::<SocketAddr>().ok();
-    Some(Peer {
-        id: NodeId::new(row.get::<String, _>("id")).ok()?,
-        api: addr("api")?,
-        rtmp: addr("rtmp")?,
-    })
+    Some(Peer::new(
+        NodeId::new(row.get::<String, _>("id")).ok()?,
+        addr("api")?,
+        addr("rtmp")?,
+    ))
 }
 
 fn entry_of(row: &sqlx::sqlite::SqliteRow) -> Option<StreamEntry> {
@@ -335,11 +335,11 @@ fn entry_of(row: &sqlx::sqlite::SqliteRow) -> Option<StreamEntry> {
         id: StreamId::new(row.get::<String, _>("id")).ok()?,
         title: row.get("title"),
         description: row.get("description"),
-        source: Peer {
-            id: NodeId::new(row.get::<String, _>("source_id")).ok()?,
-            api: addr("source_api")?,
-            rtmp: addr("source_rtmp")?,
-        },
+        source: Peer::new(
+            NodeId::new(row.get::<String, _>("source_id")).ok()?,
+            addr("source_api")?,
+            addr("source_rtmp")?,
+        ),
         viewers: number("viewers"),
         started: time("started"),
         updated: time("updated"),

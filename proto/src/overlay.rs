@@ -90,6 +90,38 @@ pub struct Peer {
     pub id: NodeId,
     pub api: SocketAddr,
     pub rtmp: SocketAddr,
+    /// Its RTMP server on its own IPv6 address, where the portal could reach it: boxes
+    /// that have IPv6 connect there directly, through no NAT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmp_v6: Option<SocketAddr>,
+}
+
+impl Peer {
+    /// A peer known by its IPv4 (or only) addresses.
+    pub fn new(id: NodeId, api: SocketAddr, rtmp: SocketAddr) -> Peer {
+        Peer {
+            id,
+            api,
+            rtmp,
+            rtmp_v6: None,
+        }
+    }
+
+    /// Where a box connects to this one's RTMP server: over IPv6 when it has IPv6
+    /// (`from_ipv6`) and this one can be reached there.
+    pub fn rtmp_for(&self, from_ipv6: bool) -> SocketAddr {
+        match self.rtmp_v6 {
+            Some(v6) if from_ipv6 => v6,
+            _ => self.rtmp,
+        }
+    }
+}
+
+/// Whether a box can open a connection to another: the other accepts connections from
+/// beyond its router (`to_reachable`), or both have IPv6 and the other accepts them
+/// there.
+pub fn can_connect_to(from_ipv6: bool, to_reachable: bool, to: &Peer) -> bool {
+    to_reachable || (from_ipv6 && to.rtmp_v6.is_some())
 }
 
 /// What a node tells its supernode about itself when it registers.
@@ -104,6 +136,10 @@ pub struct NodeCard {
     /// only to boxes that can: it dials them (connection reversal, `Request::Dial`).
     #[serde(default = "yes", skip_serializing_if = "is_yes")]
     pub reachable: bool,
+    /// Whether it can open connections over IPv6: to boxes that accept them there
+    /// (`Peer::rtmp_v6`) whether or not either can be reached over IPv4.
+    #[serde(default, skip_serializing_if = "is_no")]
+    pub ipv6: bool,
 }
 
 fn yes() -> bool {
@@ -112,6 +148,10 @@ fn yes() -> bool {
 
 fn is_yes(b: &bool) -> bool {
     *b
+}
+
+fn is_no(b: &bool) -> bool {
+    !*b
 }
 
 /// A stream a node holds, as announced to its supernode.
@@ -200,6 +240,10 @@ pub enum Request {
         /// parents that can.
         #[serde(default = "yes", skip_serializing_if = "is_yes")]
         requester_reachable: bool,
+        /// Whether the requester has IPv6: it can connect to parents that are reached
+        /// there.
+        #[serde(default, skip_serializing_if = "is_no")]
+        requester_ipv6: bool,
     },
     /// `POST /tickets`: forward `stream` to me. Answer: `Ticket`.
     Ticket {
@@ -325,9 +369,10 @@ pub struct Refusal {
     pub kind: RefusalKind,
     pub error: String,
     /// Where to ask instead: a parent refusing the claim on a dead child's slot names
-    /// the sibling that took it first.
+    /// the sibling that took it first. Boxed: a refusal is an error of most of the
+    /// engine's calls, and seldom names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instead: Option<Peer>,
+    pub instead: Option<Box<Peer>>,
 }
 
 impl Refusal {
@@ -342,7 +387,7 @@ impl Refusal {
     /// The same refusal, naming where to ask instead.
     pub fn ask_instead(self, peer: Peer) -> Refusal {
         Refusal {
-            instead: Some(peer),
+            instead: Some(Box::new(peer)),
             ..self
         }
     }

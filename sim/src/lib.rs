@@ -322,14 +322,11 @@ impl Sim {
         let id = NodeId::new(format!("n{i}")).expect("valid id");
         let two = source || self.rng.gen::<f64>() < self.params.two_slot_share;
         let card = NodeCard {
-            peer: Peer {
-                id,
-                api: addr,
-                rtmp,
-            },
+            peer: Peer::new(id, addr, rtmp),
             max_forwards: 2,
             upload_kbps: if two { 7000 } else { 4000 },
             reachable: true,
+            ipv6: false,
         };
         let cfg = overlay::Config {
             max_children: self.params.max_children,

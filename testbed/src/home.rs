@@ -6,7 +6,8 @@
 //! A router is a namespace with one leg on the testbed's bridge (its WAN address) and
 //! a LAN bridge, 192.168.N.0/24 with the router at .1, into which each box behind it
 //! has a veth. The driver cannot reach those boxes: it reads them from inside their
-//! namespace (`curl`).
+//! namespace (`curl`). In a testbed with IPv6 the LAN is also 2001:db8:100:N::/64,
+//! routed, not masqueraded; the router lets IPv6 connections in only if it is open.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -57,20 +58,27 @@ impl Drop for Router {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = ip(&["netns", "del", &self.ns]);
+        crate::ipv6::delete_namespace(&self.ns);
     }
 }
 
-/// The ruleset of a home router: the LAN goes out masqueraded; only replies and what
-/// miniupnpd forwards come in. The chains miniupnpd fills are there on every router,
-/// empty where it does not run.
-fn ruleset(wan: &str, lan: &str) -> String {
+/// The ruleset of a home router: the LAN goes out, masqueraded over IPv4; only
+/// replies and what miniupnpd forwards come in, and, if `ipv6_open`, any IPv6
+/// connection. The chains miniupnpd fills are there on every router, empty where it
+/// does not run.
+fn ruleset(wan: &str, lan: &str, ipv6_open: bool) -> String {
+    let ipv6 = if ipv6_open {
+        format!("meta nfproto ipv6 iifname \"{wan}\" oifname \"{lan}\" accept")
+    } else {
+        String::new()
+    };
     format!(
         "table inet filter {{
     chain forward {{
         type filter hook forward priority 0; policy drop;
         ct state established,related accept
         iifname \"{lan}\" oifname \"{wan}\" accept
+        {ipv6}
         jump miniupnpd
     }}
     chain miniupnpd {{
@@ -82,7 +90,7 @@ fn ruleset(wan: &str, lan: &str) -> String {
     chain postrouting {{
         type nat hook postrouting priority 100; policy accept;
         jump postrouting_miniupnpd
-        oifname \"{wan}\" masquerade
+        meta nfproto ipv4 oifname \"{wan}\" masquerade
     }}
     chain prerouting_miniupnpd {{
     }}
@@ -130,8 +138,9 @@ deny 0-65535 0.0.0.0/0 0-65535
 }
 
 impl Testbed {
-    /// A home router on the internet, with an empty LAN.
-    pub fn add_router(&mut self, kind: RouterKind) -> anyhow::Result<usize> {
+    /// A home router on the internet, with an empty LAN; in a testbed with IPv6 it
+    /// lets IPv6 connections in if `ipv6_open`.
+    pub fn add_router(&mut self, kind: RouterKind, ipv6_open: bool) -> anyhow::Result<usize> {
         let index = self.routers.len();
         ensure!(index < 200, "at most 200 routers");
         let name = format!("router{:02}", index + 1);
@@ -140,7 +149,7 @@ impl Testbed {
         let lan = (index + 1) as u8;
         let dir = self.work.path().join(&name);
         std::fs::create_dir_all(&dir)?;
-        ip(&["netns", "add", &ns])?;
+        self.add_namespace(&ns)?;
         let mut router = Router {
             name,
             ns,
@@ -170,6 +179,14 @@ impl Testbed {
             "lan0",
         ])?;
         ip(&["-n", ns, "link", "set", "lan0", "up"])?;
+        if self.options.ipv6 {
+            let wan6 = crate::ipv6::router_address(index);
+            crate::ipv6::address(ns, "wan0", wan6)?;
+            crate::ipv6::address(ns, "lan0", crate::ipv6::lan_address(lan, 1))?;
+            crate::ipv6::forward(ns)?;
+            crate::ipv6::route_to_homes(ns)?;
+            crate::ipv6::route_home(&self.switch, lan, wan6)?;
+        }
         run(
             "ip",
             &[
@@ -182,7 +199,7 @@ impl Testbed {
             ],
         )?;
         let rules = router.dir.join("rules.nft");
-        std::fs::write(&rules, ruleset("wan0", "lan0"))?;
+        std::fs::write(&rules, ruleset("wan0", "lan0", ipv6_open))?;
         run(
             "ip",
             &[
@@ -238,16 +255,16 @@ impl Testbed {
         uplink_kbps: u32,
         extra: &[String],
     ) -> anyhow::Result<usize> {
-        let (ns, address, gateway, name) = {
+        let (ns, address, gateway, name, lan) = {
             let r = &mut self.routers[router];
             r.hosts += 1;
             ensure!(r.hosts < 250, "at most 249 boxes behind a router");
             let name = format!("{}box{}", r.name, r.hosts);
             let address = Ipv4Addr::new(192, 168, r.lan, 1 + r.hosts as u8);
-            (r.ns.clone(), address, r.gateway(), name)
+            (r.ns.clone(), address, r.gateway(), name, (r.lan, r.hosts))
         };
         let host_ns = format!("tb{}{}", self.tag, name);
-        ip(&["netns", "add", &host_ns])?;
+        self.add_namespace(&host_ns)?;
         let port = format!("l{}", self.routers[router].hosts);
         ip(&["-n", &host_ns, "link", "set", "lo", "up"])?;
         crate::veth(&host_ns, "eth0", &ns, &port, "lan0")?;
@@ -255,6 +272,18 @@ impl Testbed {
         ip(&["-n", &host_ns, "addr", "add", &cidr, "dev", "eth0"])?;
         ip(&["-n", &host_ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &host_ns, "route", "add", "default", "via", &gateway])?;
+        let ip6 = self
+            .options
+            .ipv6
+            .then(|| crate::ipv6::lan_address(lan.0, 1 + lan.1 as u16));
+        if let Some(ip6) = ip6 {
+            crate::ipv6::address(&host_ns, "eth0", ip6)?;
+            let gateway6 = crate::ipv6::lan_address(lan.0, 1).to_string();
+            ip(&[
+                "-n", &host_ns, "-6", "route", "add", "default", "via", &gateway6,
+            ])?;
+            self.name_portal(&host_ns)?;
+        }
         crate::limit_upload(&host_ns, uplink_kbps)?;
         let data_dir = self.work.path().join(&name);
         std::fs::create_dir_all(&data_dir)?;
@@ -262,6 +291,7 @@ impl Testbed {
             name,
             ns: host_ns,
             ip: address,
+            ip6,
             uplink_kbps,
             data_dir,
             child: None,

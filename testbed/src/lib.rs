@@ -11,10 +11,11 @@
 
 mod chaos;
 mod home;
+mod ipv6;
 mod report;
 pub mod timeline;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,6 +48,8 @@ pub struct Options {
     pub supernode_max_children: usize,
     /// How boxes keep a hot-standby parent (`--standby full` or `idle`); `None`, none.
     pub standby: Option<String>,
+    /// Every host, and every box behind a router, also has IPv6 (`ipv6.rs`).
+    pub ipv6: bool,
 }
 
 impl Options {
@@ -63,6 +66,7 @@ impl Options {
             fps: 25,
             supernode_max_children: 8,
             standby: None,
+            ipv6: false,
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct Host {
     pub name: String,
     pub ns: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a testbed with IPv6.
+    pub ip6: Option<Ipv6Addr>,
     pub uplink_kbps: u32,
     pub data_dir: PathBuf,
     child: Option<Child>,
@@ -235,6 +241,7 @@ const INTERNET_PREFIX: u8 = 16;
 
 /// The driver's own address on the internet.
 const MONITOR_INDEX: usize = 16_000;
+const PORTAL_INDEX: usize = 1;
 
 /// The internet address of the host with this index.
 fn internet_address(index: usize) -> Ipv4Addr {
@@ -328,12 +335,18 @@ impl Testbed {
     pub fn start(options: Options) -> anyhow::Result<Testbed> {
         ensure!(can_run(), "the testbed needs root (network namespaces, tc)");
         ensure!(options.hosts <= 1000, "hosts: at most 1000");
-        let tag = format!("{:05}", std::process::id() % 100_000);
+        // Unique among the testbeds of this process too: tests run side by side.
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nth = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("{:05}{nth}", std::process::id() % 100_000);
         let switch = format!("tb{tag}sw");
         let monitor = format!("tb{tag}m");
         let work = tempfile::tempdir()?;
         let neighbours = NeighbourLimits::raise(options.hosts)?;
         ip(&["netns", "add", &switch])?;
+        if options.ipv6 {
+            ipv6::no_dad(&switch)?;
+        }
         let mut bed = Testbed {
             portal: placeholder(),
             source: placeholder(),
@@ -350,7 +363,7 @@ impl Testbed {
             _neighbours: neighbours,
         };
         bed.wire_switch()?;
-        bed.portal = bed.host("portal", 1, 100_000)?;
+        bed.portal = bed.host("portal", PORTAL_INDEX, 100_000)?;
         bed.start_portal()?;
         bed.source = bed.host("source", 2, bed.options.source_uplink_kbps)?;
         bed.start_source()?;
@@ -370,6 +383,9 @@ impl Testbed {
         ip(&["-n", sw, "link", "set", "lo", "up"])?;
         ip(&["-n", sw, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", sw, "link", "set", "br0", "up"])?;
+        if self.options.ipv6 {
+            ipv6::wire_switch(sw)?;
+        }
         // The driver's own way in: a veth from this namespace to the bridge.
         ip(&[
             "link",
@@ -395,7 +411,7 @@ impl Testbed {
         let ns = format!("tb{}{}", self.tag, name);
         let addr = internet_address(index);
         let port = format!("h{}", index);
-        ip(&["netns", "add", &ns])?;
+        self.add_namespace(&ns)?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         veth(&ns, "eth0", &self.switch, &port, "br0")?;
         ip(&[
@@ -409,6 +425,12 @@ impl Testbed {
         ])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         ip(&["-n", &ns, "route", "add", home::ROUTERS, "dev", "eth0"])?;
+        let ip6 = self.options.ipv6.then(|| ipv6::internet_address(index));
+        if let Some(ip6) = ip6 {
+            ipv6::address(&ns, "eth0", ip6)?;
+            ipv6::route_to_homes(&ns)?;
+            self.name_portal(&ns)?;
+        }
         limit_upload(&ns, uplink_kbps)?;
         let data_dir = self.work.path().join(name);
         std::fs::create_dir_all(&data_dir)?;
@@ -416,6 +438,7 @@ impl Testbed {
             name: name.into(),
             ns,
             ip: addr,
+            ip6,
             uplink_kbps,
             data_dir,
             child: None,
@@ -440,14 +463,40 @@ impl Testbed {
             .with_context(|| format!("cannot start {}", host.name))
     }
 
+    fn add_namespace(&self, ns: &str) -> anyhow::Result<()> {
+        ip(&["netns", "add", ns])?;
+        if self.options.ipv6 {
+            ipv6::no_dad(ns)?;
+        }
+        Ok(())
+    }
+
+    /// Names the portal in `ns`, for boxes to find its IPv6 address.
+    fn name_portal(&self, ns: &str) -> anyhow::Result<()> {
+        let v4 = internet_address(PORTAL_INDEX);
+        ipv6::name_portal(ns, v4, ipv6::internet_address(PORTAL_INDEX))
+    }
+
+    /// The portal's URL, as boxes know it: by name in a testbed with IPv6.
+    fn portal_url(&self) -> String {
+        if self.options.ipv6 {
+            format!("http://{}:{PORTAL_PORT}", ipv6::PORTAL_NAME)
+        } else {
+            format!("http://{}:{PORTAL_PORT}", self.portal.ip)
+        }
+    }
+
     fn start_portal(&mut self) -> anyhow::Result<()> {
-        let args = [
+        let mut args = vec![
             "portal".into(),
             "--listen".into(),
             format!("{}:{PORTAL_PORT}", self.portal.ip),
             "--db".into(),
             self.portal.data_dir.join("portal.db").display().to_string(),
         ];
+        if let Some(ip6) = self.portal.ip6 {
+            args.extend(["--listen".into(), format!("[{ip6}]:{PORTAL_PORT}")]);
+        }
         self.portal.child = Some(self.spawn(&self.portal, &args)?);
         wait_for(Duration::from_secs(10), || {
             get(&format!(
@@ -469,7 +518,7 @@ impl Testbed {
             "--rtmp",
             &format!("{}:1935", host.ip),
             "--portal",
-            &format!("http://{}:{PORTAL_PORT}", self.portal.ip),
+            &self.portal_url(),
             "--upload-kbps",
             &host.uplink_kbps.to_string(),
             "--data-dir",
@@ -684,6 +733,7 @@ fn placeholder() -> Host {
         name: String::new(),
         ns: String::new(),
         ip: Ipv4Addr::UNSPECIFIED,
+        ip6: None,
         uplink_kbps: 0,
         data_dir: PathBuf::new(),
         child: None,
@@ -711,7 +761,7 @@ impl Drop for Testbed {
         {
             host.kill();
             if !host.ns.is_empty() {
-                let _ = ip(&["netns", "del", &host.ns]);
+                ipv6::delete_namespace(&host.ns);
             }
         }
         let _ = ip(&["link", "del", &self.monitor]);

@@ -31,11 +31,11 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for open connections at shutdown.
 pub const DRAIN: Duration = Duration::from_secs(5);
 
-/// Serves `app` on `listener` until `shutdown` completes. The handlers see the
-/// client's address as `ConnectInfo<SocketAddr>`; `tune` sets each accepted socket's
-/// options.
+/// Serves `app` on `listeners` (an IPv4 and an IPv6 address, say) until `shutdown`
+/// completes. The handlers see the client's address as `ConnectInfo<SocketAddr>`;
+/// `tune` sets each accepted socket's options.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     app: Router,
     per_address: usize,
     tune: fn(&TcpStream),
@@ -48,7 +48,7 @@ pub async fn serve(
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept_any(&listeners) => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, do not spin.
@@ -70,6 +70,20 @@ pub async fn serve(
     if tokio::time::timeout(DRAIN, stop_tx.closed()).await.is_err() {
         tracing::debug!("HTTP connections still open after {DRAIN:?}: dropped");
     }
+}
+
+/// The next connection on any of `listeners`.
+pub async fn accept_any(listeners: &[TcpListener]) -> std::io::Result<(TcpStream, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        listeners
+            .iter()
+            .find_map(|listener| match listener.poll_accept(cx) {
+                std::task::Poll::Ready(accepted) => Some(accepted),
+                std::task::Poll::Pending => None,
+            })
+            .map_or(std::task::Poll::Pending, std::task::Poll::Ready)
+    })
+    .await
 }
 
 async fn connection(

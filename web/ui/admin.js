@@ -95,6 +95,7 @@ async function refresh(panel, stills) {
         ["Broadcast", h("span", { "data-broadcast": st.broadcast }, st.broadcast)],
         ["Network", o.running ? (o.is_supernode ? `supernode (${o.registered ?? 0} boxes)` : `member of ${o.supernode || "…"}`) : "not in an overlay"],
         ["Reachable", h("span", { "data-reach": st.reach?.state ?? "unknown" }, reachText(st.reach))],
+        ["IPv6", ipv6Text(st.reach?.ipv6)],
         ["Portal", h("span", { "data-owner": owner.owner ? "claimed" : "unclaimed" }, ownerText(owner))],
         ["RTMP", st.rtmp],
         ["API", st.api],
@@ -204,6 +205,12 @@ document.getElementById("logout").addEventListener("click", async () => {
 });
 
 main().catch((e) => app.replaceChildren(h("p", { class: "error" }, `This box's page cannot start: ${e.message}`)));
+
+/** The box's own IPv6 address, and whether boxes with IPv6 reach it there. */
+function ipv6Text(v6) {
+  if (!v6) return "none";
+  return v6.reachable ? `${v6.address}, reached by boxes with IPv6` : `${v6.address}, not reached: ${v6.why ?? ""}`;
+}
 
 /** Whether boxes beyond the router reach this one, and if not, why and what to do. */
 function reachText(reach) {

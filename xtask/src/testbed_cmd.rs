@@ -3,7 +3,8 @@
 //! `--chaos-secs`, then a run of faults (`testbed::Chaos`) and its table; with
 //! `--plots DIR`, the figures as SVG; with `--homes N`, N more boxes each behind a
 //! home router of its own (UPnP, NAT-PMP/PCP and none in turn), and whether and how
-//! soon each could be reached.
+//! soon each could be reached; with `--ipv6`, every box also has IPv6, and routers
+//! let IPv6 connections in (`open`) or not (`closed`, as most do).
 
 use std::time::Duration;
 
@@ -56,6 +57,10 @@ pub struct TestbedArgs {
     /// boxes that can be reached (connection reversal)
     #[arg(long)]
     no_reversal: bool,
+    /// Every box also has IPv6 of its own; home routers let IPv6 connections in
+    /// (open) or only replies (closed)
+    #[arg(long, num_args = 0..=1, default_missing_value = "closed", value_parser = ["closed", "open"])]
+    ipv6: Option<String>,
 }
 
 pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
@@ -64,6 +69,7 @@ pub fn testbed(args: TestbedArgs) -> anyhow::Result<()> {
     options.bitrate_kbps = args.bitrate_kbps;
     options.uplinks_kbps = args.uplinks_kbps.clone();
     options.standby = args.standby.clone();
+    options.ipv6 = args.ipv6.is_some();
     eprintln!(
         "testbed: starting a portal, a source and {} boxes",
         args.hosts
@@ -158,7 +164,8 @@ fn reachability(bed: &mut testbed::Testbed, args: &TestbedArgs) -> anyhow::Resul
     eprintln!("testbed: {} boxes behind home routers", args.homes);
     let mut started = Vec::new();
     for i in 0..args.homes {
-        let router = bed.add_router(kinds[i % kinds.len()])?;
+        let open = args.ipv6.as_deref() == Some("open");
+        let router = bed.add_router(kinds[i % kinds.len()], open)?;
         let uplink = args.uplinks_kbps[i % args.uplinks_kbps.len()];
         started.push((router, bed.add_home_box(router, uplink, &extra)?));
     }
@@ -167,7 +174,9 @@ fn reachability(bed: &mut testbed::Testbed, args: &TestbedArgs) -> anyhow::Resul
     for (router, host) in started {
         let reach = loop {
             let reach = bed.viewers[host].get("/status")?["reach"].clone();
-            if reach["state"] != "unknown" || std::time::Instant::now() > deadline {
+            let checked =
+                reach["state"] != "unknown" && (args.ipv6.is_none() || reach["ipv6"].is_object());
+            if checked || std::time::Instant::now() > deadline {
                 break reach;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -180,19 +189,31 @@ fn reachability(bed: &mut testbed::Testbed, args: &TestbedArgs) -> anyhow::Resul
         .iter()
         .filter(|(_, r)| r["state"] == "reachable")
         .count();
-    println!("| router | box | reached | through | known after |");
-    println!("|---|---|---|---|---:|");
+    let over_ipv6 = |r: &serde_json::Value| r["ipv6"]["reachable"] == true;
+    println!("| router | box | reached | through | over IPv6 | known after |");
+    println!("|---|---|---|---|---|---:|");
     for ((kind, reach), host) in rows.iter().zip(&bed.viewers[total - homes..]) {
         println!(
-            "| {kind:?} | {} | {} | {} | {} ms |",
+            "| {kind:?} | {} | {} | {} | {} | {} ms |",
             host.name,
             reach["state"].as_str().unwrap_or("?"),
             reach["mapped_by"].as_str().unwrap_or("-"),
+            if over_ipv6(reach) { "reached" } else { "-" },
             reach["known_after_ms"].as_u64().unwrap_or_default()
         );
     }
     let reached = total - homes + reachable;
-    let forwarders = if args.no_reversal { reached } else { total };
+    // Boxes with IPv6 connect to one reached there.
+    let reached_somehow = reached
+        + rows
+            .iter()
+            .filter(|(_, r)| r["state"] != "reachable" && over_ipv6(r))
+            .count();
+    let forwarders = if args.no_reversal {
+        reached_somehow
+    } else {
+        total
+    };
     println!(
         "boxes that can be reached: {reached} of {total}; behind routers {reachable} of {homes}"
     );
@@ -208,11 +229,15 @@ fn reachability(bed: &mut testbed::Testbed, args: &TestbedArgs) -> anyhow::Resul
     Ok(())
 }
 
-/// Which boxes forward once all play: by whether they can be reached.
+/// Which boxes forward once all play: by whether they can be reached; and how many
+/// play over IPv6.
 fn forwarding(bed: &testbed::Testbed) -> anyhow::Result<()> {
-    let (mut reached, mut unreached) = ((0, 0), (0, 0));
+    let (mut reached, mut unreached, mut over_ipv6) = ((0, 0), (0, 0), 0);
     for host in &bed.viewers {
         let status = host.get("/status")?;
+        let streams = host.get("/streams")?;
+        let upstream = &streams[0]["source"]["upstream"];
+        over_ipv6 += usize::from(upstream.as_str().is_some_and(|u| u.contains('[')));
         let children = status["overlay"]["streams"][0]["tickets"]
             .as_array()
             .map_or(0, |t| t.iter().filter(|t| t["connected"] == true).count());
@@ -227,6 +252,10 @@ fn forwarding(bed: &testbed::Testbed) -> anyhow::Result<()> {
     println!(
         "forwarding after the joins: {} of {} boxes that can be reached, {} of {} that cannot",
         reached.1, reached.0, unreached.1, unreached.0
+    );
+    println!(
+        "playing over IPv6: {over_ipv6} of {} boxes",
+        bed.viewers.len()
     );
     Ok(())
 }

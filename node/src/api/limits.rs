@@ -161,6 +161,7 @@ mod tests {
             requester: requester.clone(),
             requester_slots: 1,
             requester_reachable: true,
+            requester_ipv6: false,
         }
     }
 

@@ -40,6 +40,7 @@ impl Client {
     pub fn new(local: Option<std::net::IpAddr>, key: NodeKey) -> Client {
         let http = reqwest::Client::builder()
             .local_address(local)
+            .dns_resolver(std::sync::Arc::new(Ipv4First))
             .timeout(TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("astral/", env!("CARGO_PKG_VERSION")))
@@ -145,6 +146,23 @@ impl Client {
     ) -> Result<(reqwest::RequestBuilder, String), String> {
         let body = serde_json::to_vec(value).map_err(|e| e.to_string())?;
         self.signed(method, url, Some(("application/json", body.into())))
+    }
+}
+
+/// Resolves a name (the portal's) to its IPv4 addresses when it has any: the overlay's
+/// requests go over IPv4 where they can, as a box's card names its IPv4 address, checked
+/// against where its requests come from. IPv6 is for media (`crate::reach::ipv6`).
+struct Ipv4First;
+
+impl reqwest::dns::Resolve for Ipv4First {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let v4: Vec<SocketAddr> = all.iter().copied().filter(SocketAddr::is_ipv4).collect();
+            let addrs = if v4.is_empty() { all } else { v4 };
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Control {
     started: Instant,
     /// This box as others reach it: set once more before it joins (`readdress`).
     me: Mutex<Peer>,
+    /// Whether the box has IPv6 (`crate::reach::ipv6`).
+    ipv6: std::sync::atomic::AtomicBool,
     /// The name the owner gave the box, for the map.
     name: String,
     left: watch::Sender<bool>,
@@ -112,6 +114,7 @@ impl Control {
             portal: portal.map(|p| p.trim_end_matches('/').to_owned()),
             started,
             me: Mutex::new(me),
+            ipv6: Default::default(),
             name,
             left: watch::Sender::new(false),
             leaving: std::sync::atomic::AtomicBool::new(false),
@@ -127,11 +130,17 @@ impl Control {
         lock(&self.me).clone()
     }
 
-    /// Gives the box the addresses others reach it at, before it joins.
-    pub fn readdress(&self, api: std::net::SocketAddr, rtmp: std::net::SocketAddr) {
-        let mut me = lock(&self.me);
-        (me.api, me.rtmp) = (api, rtmp);
-        lock(&self.state).engine.readdress(api, rtmp);
+    /// Gives the box the addresses others reach it at, and says whether it has IPv6,
+    /// before it joins.
+    pub fn readdress(&self, me: Peer, ipv6: bool) {
+        self.ipv6.store(ipv6, std::sync::atomic::Ordering::Relaxed);
+        *lock(&self.me) = me.clone();
+        lock(&self.state).engine.readdress(me, ipv6);
+    }
+
+    /// Whether this box connects to boxes over IPv6 where they are reached there.
+    pub fn has_ipv6(&self) -> bool {
+        self.ipv6.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn portal(&self) -> Option<&str> {
@@ -308,7 +317,7 @@ impl Node {
                 parent,
                 token,
             } => {
-                let upstream = Upstream::new(&stream, parent, token);
+                let upstream = Upstream::new(&stream, parent, token, self.control.has_ipv6());
                 let pulled = lock(&self.control.state)
                     .pulls
                     .get(&stream)
@@ -422,7 +431,7 @@ impl Node {
     }
 
     fn steer_pull(self: &Arc<Self>, stream: StreamId, parent: Peer, token: String) {
-        let upstream = Upstream::new(&stream, parent, token);
+        let upstream = Upstream::new(&stream, parent, token, self.control.has_ipv6());
         let mut state = lock(&self.control.state);
         if let Some(pull) = state.pulls.get(&stream) {
             pull.steer(upstream);

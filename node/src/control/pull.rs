@@ -402,34 +402,55 @@ impl Puller {
         let stream = self.stream.clone();
         let (parent, token) = (upstream.parent, upstream.token);
         Box::pin(async move {
+            let mut address = resolve(&url).await?;
             let reversed = node
                 .upgrade()
                 .is_some_and(|n| n.control().client.is_unreachable(&parent.id));
+            let over_ipv6 = Some(address) == parent.rtmp_v6;
             let limit = if reversed {
                 REVERSED_CONNECT_TIMEOUT
             } else {
                 CONNECT_TIMEOUT
             };
             timeout(limit, async {
+                let connect = crate::rtmp::dial::connect_from;
+                if over_ipv6 {
+                    // Half the time, so that IPv4 has the rest.
+                    match timeout(limit / 2, connect(bind, address)).await {
+                        Ok(Ok(socket)) => return play(socket, &url).await,
+                        Ok(Err(e)) => tracing::info!(%address, "cannot connect to the parent over IPv6, trying IPv4: {e}"),
+                        Err(_) => tracing::info!(%address, "no answer from the parent over IPv6, trying IPv4"),
+                    }
+                    address = parent.rtmp;
+                }
                 let socket = if reversed {
                     dialled_by(node, stream, parent, token).await?
                 } else {
-                    crate::rtmp::dial::connect_from(bind, resolve(&url).await?).await?
+                    connect(bind, address).await?
                 };
-                let mut player = Player::play_on(socket, &url).await?;
-                let mut first = Vec::new();
-                loop {
-                    let received = player.next().await?;
-                    let media = matches!(received, Received::Media(_));
-                    first.push(received);
-                    if media {
-                        return Ok((player, first));
-                    }
-                }
+                play(socket, &url).await
             })
             .await
             .map_err(|_| RtmpError::Timeout("the connection"))?
         })
+    }
+}
+
+/// Plays `url` on `socket` until the first media tag, which it returns with what
+/// came before it.
+async fn play(
+    socket: tokio::net::TcpStream,
+    url: &RtmpUrl,
+) -> Result<(Player, Vec<Received>), RtmpError> {
+    let mut player = Player::play_on(socket, url).await?;
+    let mut first = Vec::new();
+    loop {
+        let received = player.next().await?;
+        let media = matches!(received, Received::Media(_));
+        first.push(received);
+        if media {
+            return Ok((player, first));
+        }
     }
 }
 
@@ -443,9 +464,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(stream: &StreamId, parent: Peer, token: String) -> Upstream {
+    /// Plays from `parent` over IPv6 when this box has it (`ipv6`) and the parent is
+    /// reached there.
+    pub fn new(stream: &StreamId, parent: Peer, token: String, ipv6: bool) -> Upstream {
         Upstream {
-            url: RtmpUrl::for_ticket(parent.rtmp, stream.as_str(), &token),
+            url: RtmpUrl::for_ticket(parent.rtmp_for(ipv6), stream.as_str(), &token),
             parent,
             token,
         }

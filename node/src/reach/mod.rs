@@ -15,7 +15,11 @@
 //! reachable or unreachable changes its slots. The address it advertises is the one
 //! it joined with: a new external address takes a restart. As the box leaves, its
 //! mappings are removed.
+//!
+//! A box with IPv6 is also dialled back on its own IPv6 address, once, as it starts
+//! (`ipv6.rs`): boxes with IPv6 connect to it there, through no NAT.
 
+pub mod ipv6;
 pub mod mapping;
 
 use std::net::{IpAddr, SocketAddr};
@@ -50,6 +54,9 @@ pub struct ReachReport {
     /// How long after the box started it first knew (ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_after_ms: Option<u64>,
+    /// Its own IPv6 address, when it has one the portal answered on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<ipv6::Ipv6Report>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +86,14 @@ impl Reach {
     /// they cannot.
     pub fn can_be_reached(&self) -> bool {
         lock(&self.report).state != ReachState::Unreachable
+    }
+
+    /// Whether boxes with IPv6 reach this one on its own IPv6 address.
+    pub fn reached_over_ipv6(&self) -> bool {
+        lock(&self.report)
+            .ipv6
+            .as_ref()
+            .is_some_and(|v6| v6.reachable)
     }
 }
 
@@ -213,6 +228,7 @@ fn report_of(round: &Round, reversal: bool) -> ReachReport {
         mapped_by: round.mapped_by.map(|p| p.to_string()),
         why: (!reachable).then(|| why(round, reversal)),
         known_after_ms: None,
+        ipv6: None,
     }
 }
 
@@ -260,9 +276,19 @@ fn set(node: &Arc<Node>, mut report: ReachReport) {
     report.known_after_ms = held.known_after_ms.or_else(|| {
         (report.state != ReachState::Unknown).then(|| node.uptime().as_millis() as u64)
     });
+    report.ipv6 = held.ipv6.take();
     *held = report;
     drop(held);
     if node.reach.can_be_reached() != before {
+        node.capacity_changed();
+    }
+}
+
+/// Records what the box found of its IPv6.
+pub fn set_ipv6(node: &Arc<Node>, ipv6: Option<ipv6::Ipv6Report>) {
+    let before = node.reach.reached_over_ipv6();
+    lock(&node.reach.report).ipv6 = ipv6;
+    if node.reach.reached_over_ipv6() != before {
         node.capacity_changed();
     }
 }

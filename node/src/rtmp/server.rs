@@ -51,12 +51,12 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Packets written to a player per socket write, at most.
 const WRITE_BATCH: usize = 64;
 
-/// Accepts RTMP connections until the listener fails.
-pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+/// Accepts RTMP connections on `listeners` (the IPv4 and the IPv6 one) until aborted.
+pub async fn serve(listeners: Vec<TcpListener>, node: Arc<Node>) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let open = PerAddress::new("RTMP", CONNECTIONS_PER_ADDRESS);
     loop {
-        let (socket, peer) = match listener.accept().await {
+        let (socket, peer) = match web::server::accept_any(&listeners).await {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
