@@ -365,13 +365,12 @@ async fn take_part(
     rtmp: SocketAddr,
     ipv6: Option<reach::ipv6::Ipv6Addresses>,
 ) {
-    // One after the other: the two checks may sign the same request in the same
-    // millisecond, and the portal takes a signed request once.
-    let ipv6_report = match ipv6 {
-        Some(at) => reach::ipv6::check(&node, at).await,
-        None => None,
-    };
-    let advertised = reach::settle(&node, api, rtmp).await;
+    let (advertised, ipv6_report) = tokio::join!(reach::settle(&node, api, rtmp), async {
+        match ipv6 {
+            Some(at) => reach::ipv6::check(&node, at).await,
+            None => None,
+        }
+    });
     let mut me = node.control.me();
     if let (Some((api, rtmp)), None) = (advertised, node.config().advertise) {
         (me.api, me.rtmp) = (api, rtmp);

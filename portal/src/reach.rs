@@ -31,6 +31,11 @@ async fn reachability(signed: Signed) -> Result<Json<Reachability>> {
         return Err(ApiError::BadRequest("ports: 1 to 65535".into()));
     }
     let address = signed.caller.ip().to_canonical();
+    if check.ipv6 && !address.is_ipv6() {
+        return Err(ApiError::BadRequest(format!(
+            "a check of an IPv6 address must come over IPv6, not from {address}"
+        )));
+    }
     let (api, rtmp) = tokio::join!(
         dial_api(SocketAddr::new(address, check.api_port), &signed.by.node),
         dial_rtmp(SocketAddr::new(address, check.rtmp_port)),

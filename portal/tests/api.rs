@@ -436,6 +436,13 @@ async fn bad_input_gets_a_json_error_and_changes_nothing() {
             Some(promote("garden", src, Value::Object(many))),
             400,
         ),
+        // A check of a box's IPv6 address that comes over IPv4.
+        (
+            "POST",
+            "/api/reachability",
+            Some(r#"{"api_port":8000,"rtmp_port":1935,"ipv6":true}"#.into()),
+            400,
+        ),
         ("DELETE", "/api/supernodes/nosuch", None, 404),
         ("GET", "/api/nowhere", None, 404),
         ("PATCH", "/api/streams/cam", None, 405),

@@ -247,6 +247,11 @@ pub enum MapEvent {
 pub struct ReachabilityCheck {
     pub api_port: u16,
     pub rtmp_port: u16,
+    /// A check of the box's own IPv6 address, which must then come over IPv6. It runs
+    /// beside the IPv4 check: the two requests differ, so neither is taken for a
+    /// replay of the other.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6: bool,
 }
 
 /// The portal's answer: the address it saw the box at, and whether each port

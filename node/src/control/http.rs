@@ -453,15 +453,10 @@ pub async fn report_place(
 pub async fn check_reachability(
     client: &Client,
     portal: &str,
-    api_port: u16,
-    rtmp_port: u16,
+    check: &proto::portal::ReachabilityCheck,
 ) -> Result<proto::portal::Reachability, PortalError> {
     let url = format!("{portal}/api/reachability");
-    let check = proto::portal::ReachabilityCheck {
-        api_port,
-        rtmp_port,
-    };
-    match portal_json(client.json(Method::POST, &url, &check)).await? {
+    match portal_json(client.json(Method::POST, &url, check)).await? {
         (_, Some(answer)) => Ok(answer),
         (_, None) => Err(PortalError::Unreachable("an empty answer".into())),
     }

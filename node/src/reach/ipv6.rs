@@ -3,7 +3,8 @@
 //! A home router gives each box on its LAN a global IPv6 address of its own: no NAT
 //! stands between two boxes that have one, only, at most, the router's firewall. So
 //! a box that has IPv6 also listens on its own IPv6 address, on the same ports, and
-//! asks the portal to dial it back there, over a request it sends over IPv6. A box
+//! asks the portal to dial it back there, over a request it sends over IPv6, beside
+//! the IPv4 check. A box
 //! the portal reached there advertises its RTMP address on IPv6 (`Peer::rtmp_v6`),
 //! and any box that has IPv6 (`NodeCard::ipv6`) plays from it over IPv6, whether or
 //! not either can be reached over IPv4. Two boxes behind routers that map no port
@@ -131,11 +132,12 @@ pub async fn check(node: &Node, at: Ipv6Addresses) -> Option<Ipv6Report> {
     // The signature covers the method, path and body, not the host.
     let portal = format!("http://{}", at.portal);
     let (api_port, rtmp_port) = (at.api_port, at.rtmp_port);
-    let answer = match crate::control::http::check_reachability(
-        &client, &portal, api_port, rtmp_port,
-    )
-    .await
-    {
+    let check = proto::portal::ReachabilityCheck {
+        api_port,
+        rtmp_port,
+        ipv6: true,
+    };
+    let answer = match crate::control::http::check_reachability(&client, &portal, &check).await {
         Ok(answer) => answer,
         Err(e) => {
             tracing::warn!(%address, "the portal did not answer over IPv6, so this box uses IPv4 only: {e}");

@@ -26,7 +26,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proto::portal::Reachability;
+use proto::portal::{Reachability, ReachabilityCheck};
 use serde::{Deserialize, Serialize};
 
 use crate::{lock, Node};
@@ -198,7 +198,12 @@ async fn check(node: &Arc<Node>, api: SocketAddr, rtmp: SocketAddr) -> Result<Ro
 /// Asks the portal to dial the box back on these ports.
 async fn dial_back(node: &Node, api_port: u16, rtmp_port: u16) -> Result<Reachability, String> {
     let portal = node.control.portal().ok_or("no portal")?;
-    crate::control::http::check_reachability(&node.control.client, portal, api_port, rtmp_port)
+    let check = ReachabilityCheck {
+        api_port,
+        rtmp_port,
+        ipv6: false,
+    };
+    crate::control::http::check_reachability(&node.control.client, portal, &check)
         .await
         .map_err(|e| format!("the portal did not check: {e}"))
 }
