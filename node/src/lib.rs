@@ -472,8 +472,8 @@ pub async fn run(
     });
     let (mut rtmp_listeners, mut api_listeners) = (vec![listeners.rtmp], vec![listeners.api]);
     let ipv6 = listeners.ipv6.map(|six| {
-        rtmp_listeners.push(six.rtmp);
-        api_listeners.push(six.api);
+        rtmp_listeners.extend(six.rtmp);
+        api_listeners.extend(six.api);
         six.at
     });
     let rtmp = tokio::spawn(rtmp::server::serve(rtmp_listeners, Arc::clone(&node)));

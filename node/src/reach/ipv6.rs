@@ -25,11 +25,12 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::Node;
 
-/// The box's API and RTMP server on its own IPv6 address.
+/// The box's API and RTMP server on its own IPv6 address: `None` where the box's
+/// listener, bound to `[::]`, accepts there already.
 pub struct Listeners6 {
     pub at: Ipv6Addresses,
-    pub api: TcpListener,
-    pub rtmp: TcpListener,
+    pub api: Option<TcpListener>,
+    pub rtmp: Option<TcpListener>,
 }
 
 /// The box's IPv6 address and ports, and the portal's IPv6 address to ask for the
@@ -71,8 +72,14 @@ pub async fn bind(config: &Config, api_port: u16, rtmp_port: u16) -> Option<List
         tracing::debug!(%portal, "no IPv6 address of this box reaches the portal's");
         return None;
     };
-    let listen = |port| TcpListener::bind(SocketAddr::new(IpAddr::V6(address), port));
-    match tokio::try_join!(listen(api_port), listen(rtmp_port)) {
+    let listen = |bound: SocketAddr, port| async move {
+        if bound.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+            return Ok(None);
+        }
+        let at = SocketAddr::new(IpAddr::V6(address), port);
+        TcpListener::bind(at).await.map(Some)
+    };
+    match tokio::try_join!(listen(config.api, api_port), listen(config.rtmp, rtmp_port)) {
         Ok((api, rtmp)) => Some(Listeners6 {
             at: Ipv6Addresses {
                 own: address,
