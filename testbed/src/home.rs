@@ -292,6 +292,7 @@ impl Testbed {
             ns: host_ns,
             ip: address,
             ip6,
+            port: (ns.clone(), port.clone()),
             uplink_kbps,
             data_dir,
             child: None,

@@ -83,6 +83,8 @@ pub struct Host {
     child: Option<Child>,
     /// On a home LAN: the driver reads it from inside its namespace.
     behind_router: bool,
+    /// The far end of its link: the namespace and name of the bridge's port.
+    port: (String, String),
 }
 
 impl Host {
@@ -443,6 +445,7 @@ impl Testbed {
             data_dir,
             child: None,
             behind_router: false,
+            port: (self.switch.clone(), port),
         })
     }
 
@@ -610,9 +613,12 @@ impl Testbed {
 
     /// A power cut at viewer `i`: its link goes down first, so that no peer hears
     /// its sockets close and every one of them must notice the silence; then the
-    /// process dies. [`Testbed::restart`] brings the link back.
+    /// process dies. [`Testbed::restart`] brings the link back. The bridge's end goes
+    /// down, not the box's: the box's own end keeps its addresses and routes, which
+    /// the kernel drops from a link set down (IPv6 addresses too).
     pub fn cut_power(&mut self, i: usize, fault: Fault) -> anyhow::Result<()> {
-        ip(&["-n", &self.viewers[i].ns, "link", "set", "eth0", "down"])?;
+        let (ns, port) = &self.viewers[i].port;
+        ip(&["-n", ns, "link", "set", port, "down"])?;
         self.kill(i, fault);
         Ok(())
     }
@@ -644,7 +650,8 @@ impl Testbed {
     /// asks it to watch once it serves.
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.viewers[i].kill();
-        ip(&["-n", &self.viewers[i].ns, "link", "set", "eth0", "up"])?;
+        let (ns, port) = &self.viewers[i].port;
+        ip(&["-n", ns, "link", "set", port, "up"])?;
         let child = self.spawn_node(&self.viewers[i], &[])?;
         self.viewers[i].child = Some(child);
         Testbed::wait_serving(&self.viewers[i])?;
@@ -738,6 +745,7 @@ fn placeholder() -> Host {
         data_dir: PathBuf::new(),
         child: None,
         behind_router: false,
+        port: Default::default(),
     }
 }
 

@@ -4,11 +4,10 @@
 //! stands between two boxes that have one, only, at most, the router's firewall. So
 //! a box that has IPv6 also listens on its own IPv6 address, on the same ports, and
 //! asks the portal to dial it back there, over a request it sends over IPv6, beside
-//! the IPv4 check. A box
-//! the portal reached there advertises its RTMP address on IPv6 (`Peer::rtmp_v6`),
-//! and any box that has IPv6 (`NodeCard::ipv6`) plays from it over IPv6, whether or
-//! not either can be reached over IPv4. Two boxes behind routers that map no port
-//! can then exchange video, which over IPv4 they cannot.
+//! the IPv4 check. A box the portal reached there advertises its RTMP address on IPv6
+//! (`Peer::rtmp_v6`), and any box that has IPv6 (`NodeCard::ipv6`) plays from it over
+//! IPv6, whether or not either can be reached over IPv4. Two boxes behind routers that
+//! map no port can then exchange video, which over IPv4 they cannot.
 //!
 //! The box's IPv6 address is the one its routes pick to reach the portal's IPv6
 //! address, which the portal's name gives (DNS AAAA, or an IPv6 literal in its URL).
@@ -26,7 +25,7 @@ use crate::config::Config;
 use crate::Node;
 
 /// The box's API and RTMP server on its own IPv6 address: `None` where the box's
-/// listener, bound to `[::]`, accepts there already.
+/// listener, bound to `[::]` or to that address, accepts there already.
 pub struct Listeners6 {
     pub at: Ipv6Addresses,
     pub api: Option<TcpListener>,
@@ -73,7 +72,7 @@ pub async fn bind(config: &Config, api_port: u16, rtmp_port: u16) -> Option<List
         return None;
     };
     let listen = |bound: SocketAddr, port| async move {
-        if bound.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        if matches!(bound.ip(), IpAddr::V6(ip) if ip.is_unspecified() || ip == address) {
             return Ok(None);
         }
         let at = SocketAddr::new(IpAddr::V6(address), port);
