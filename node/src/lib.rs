@@ -306,6 +306,11 @@ fn route_to_portal(portal: Option<&str>) -> Option<IpAddr> {
     // IPv4 first, as the overlay's requests go (`control::http`).
     let targets = url.socket_addrs(|| Some(80)).ok()?;
     let target = *targets.iter().find(|a| a.is_ipv4()).or(targets.first())?;
+    route_to(target)
+}
+
+/// The address this box's routes send from to reach `target`.
+fn route_to(target: SocketAddr) -> Option<IpAddr> {
     let any = if target.is_ipv4() {
         IpAddr::from([0, 0, 0, 0])
     } else {

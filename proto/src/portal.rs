@@ -293,6 +293,14 @@ impl Reachability {
     pub fn reachable(&self) -> bool {
         self.api.reachable && self.rtmp.reachable
     }
+
+    /// Why each port that did not answer did not.
+    pub fn errors(&self) -> Vec<String> {
+        [&self.api, &self.rtmp]
+            .into_iter()
+            .filter_map(|d| d.error.clone())
+            .collect()
+    }
 }
 
 /// A pairing code as its owner may type it: case, spaces and dashes do not matter.

@@ -112,10 +112,7 @@ async fn portal_address(portal: &str) -> Option<SocketAddr> {
 
 /// The global IPv6 address this box's routes reach `portal` from.
 fn own_address(portal: SocketAddr) -> Option<Ipv6Addr> {
-    let probe = std::net::UdpSocket::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))).ok()?;
-    // Connecting a UDP socket sends nothing; it only picks the route.
-    probe.connect(portal).ok()?;
-    match probe.local_addr().ok()?.ip() {
+    match crate::route_to(portal)? {
         IpAddr::V6(ip) if is_global(ip) => Some(ip),
         _ => None,
     }
@@ -152,10 +149,7 @@ pub async fn check(node: &Node, at: Ipv6Addresses) -> Option<Ipv6Report> {
     };
     let reachable = answer.reachable();
     let why = (!reachable).then(|| {
-        let errors: Vec<String> = [&answer.api, &answer.rtmp]
-            .into_iter()
-            .filter_map(|d| d.error.clone())
-            .collect();
+        let errors = answer.errors();
         format!(
             "{}. Boxes with IPv6 connect to this one only if the router's firewall lets \
              IPv6 connections in to TCP ports {api_port} and {rtmp_port}",

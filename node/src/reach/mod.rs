@@ -239,10 +239,7 @@ fn report_of(round: &Round, reversal: bool) -> ReachReport {
 
 /// Why a box cannot be reached, and what its owner can do.
 fn why(round: &Round, reversal: bool) -> String {
-    let mut why: Vec<String> = [&round.answer.api, &round.answer.rtmp]
-        .into_iter()
-        .filter_map(|d| d.error.clone())
-        .collect();
+    let mut why = round.answer.errors();
     if let Some(unmapped) = &round.unmapped {
         why.push(format!("the router mapped no port ({unmapped})"));
     }
